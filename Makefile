@@ -1,0 +1,25 @@
+# The README's commands. Both create .venv with Python 3.10 (Rasa 3.6 refuses 3.11) and install the package.
+PYTHON ?= $(shell for p in python3.10 $$HOME/.pyenv/versions/3.10*/bin/python3.10 /usr/local/bin/python3.10 /usr/bin/python3.10; do \
+	$$p -c 'import sys; assert sys.version_info[:2] == (3, 10)' >/dev/null 2>&1 && echo $$p && break; done)
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: demo test install clean
+
+$(BIN)/.installed: pyproject.toml
+	@test -n "$(PYTHON)" || { echo "error: Python 3.10 not found (Rasa 3.6 needs it); set PYTHON=/path/to/python3.10"; exit 1; }
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(BIN)/.installed
+
+demo: $(BIN)/.installed
+	$(BIN)/python -m rasa_gpt3.demo example_bot
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q tests
+
+clean:
+	rm -rf $(VENV)
