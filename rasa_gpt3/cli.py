@@ -138,7 +138,37 @@ def _not_yet(verb: str) -> int:
 
 
 def _run_export(args: argparse.Namespace) -> int:
-    return _not_yet("export")
+    """Exports the project's data for one task or all, writes the files, prints the validation summary."""
+    from rasa_gpt3.data.export import export_project, format_export_summary
+
+    result = export_project(
+        args.project,
+        args.out,
+        task=args.task,
+        fmt=args.format,
+        base_model=args.base_model,
+        valid_fraction=args.valid_fraction,
+        seed=args.seed,
+        history=args.history,
+        command=_export_command(args),
+    )
+    for line in result.project_warnings:
+        print(f"warning: {line}", file=sys.stderr)
+    print(format_export_summary(result))
+    return 1 if result.errors else 0
+
+
+def _export_command(args: argparse.Namespace) -> str:
+    """The export command with every option spelled out, so the manifest says exactly how to re-create it."""
+    import shlex
+
+    parts = ["rasa-gpt3", "export", "--project", args.project, "--out", args.out, "--task", args.task]
+    if args.format:
+        parts += ["--format", args.format]
+    if args.base_model:
+        parts += ["--base-model", args.base_model]
+    parts += ["--valid-fraction", repr(args.valid_fraction), "--seed", str(args.seed), "--history", str(args.history)]
+    return " ".join(shlex.quote(part) for part in parts)
 
 
 def _run_validate(args: argparse.Namespace) -> int:
