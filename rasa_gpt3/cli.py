@@ -106,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", nargs="?", choices=("list", "use", "prune"), default="list")
     p.add_argument("model", nargs="?", metavar="MODEL", help="with `use`: the model id to make active")
     p.add_argument("--task", choices=TASKS, default=None, help="with `use`: the task the model serves")
+    p.add_argument("--keep", type=int, default=5, metavar="N",
+                   help="with `prune`: earlier models kept per task and backend (default: 5); models this backend "
+                        "no longer has are dropped too. Models are never deleted on the backend.")
     p.set_defaults(run=_run_models)
 
     p = verbs.add_parser(
@@ -176,31 +179,204 @@ def _run_validate(args: argparse.Namespace) -> int:
 
 
 def _run_fine_tune(args: argparse.Namespace) -> int:
-    return _not_yet("fine-tune")
+    """Exports one task, then fine-tunes it (or reuses an identical model) and records it in the registry."""
+    from rasa_gpt3.data.export import export_task
+    from rasa_gpt3.data.project import load_project
+    from rasa_gpt3.finetune import FollowInterrupted, ensure_fine_tuned
+    from rasa_gpt3.progress import TqdmProgressBar
+
+    _show_fine_tune_log()
+    project = load_project(args.project)
+    exported = export_task(
+        args.task, project.nlu, project.domain, project.stories, fmt=args.format, base_model=args.base_model
+    )
+    settings = _settings(args)
+    try:
+        outcome = ensure_fine_tuned(
+            settings, exported, project_name=project.name, epochs=args.epochs, suffix=args.suffix,
+            max_cost=args.max_cost, wait=not args.no_wait, force=args.force, progress=TqdmProgressBar(),
+        )
+    except FollowInterrupted as stop:
+        print(stop.resume_hint(args.project), file=sys.stderr)
+        return 130
+    if outcome.model is None:
+        print(f"job {outcome.job_id} is {outcome.status}; follow it with: rasa-gpt3 follow {outcome.job_id}"
+              + _project_option(args))
+        return 0
+    how = "reused (same data, base model and hyperparameters)" if outcome.reused and not outcome.attached else "trained"
+    print(f"{outcome.task}: {outcome.model} ({how}, job {outcome.job_id})")
+    if outcome.entry is not None or outcome.reused:
+        print(f"active {outcome.task} model on {settings.backend_name} in {settings.registry_path.name}")
+    return 0
 
 
 def _run_follow(args: argparse.Namespace) -> int:
-    return _not_yet("follow")
+    """Follows a job with a progress bar; a succeeded rasa_gpt3 job is recorded in the registry."""
+    from rasa_gpt3.finetune import FollowInterrupted, follow
+    from rasa_gpt3.progress import TqdmProgressBar
+
+    _show_fine_tune_log()
+    settings = _settings(args)
+    try:
+        job, entry = follow(settings, args.job, TqdmProgressBar())
+    except FollowInterrupted as stop:
+        print(stop.resume_hint(args.project), file=sys.stderr)
+        return 130
+    print(f"{job.id} succeeded: {job.fine_tuned_model}")
+    if entry is not None:
+        task = (job.metadata or {}).get("rasa_gpt3_task")
+        print(f"active {task} model on {settings.backend_name} in {settings.registry_path.name}")
+    return 0
 
 
 def _run_status(args: argparse.Namespace) -> int:
-    return _not_yet("status")
+    """Prints a job's state, what it trains, its error if it failed, and its latest events."""
+    from rasa_gpt3.finetune import get_job, job_epochs
+    from rasa_gpt3.registry import timestamp_iso
+
+    job, events = get_job(_settings(args), args.job)
+    meta = job.metadata or {}
+    rows = [
+        ("job", job.id),
+        ("status", job.status),
+        ("base model", job.model),
+        ("fine-tuned model", job.fine_tuned_model or "-"),
+        ("task / project", f"{meta.get('rasa_gpt3_task', '-')} / {meta.get('rasa_gpt3_project', '-')}"),
+        ("epochs", job_epochs(job) or "auto"),
+        ("created", timestamp_iso(job.created_at)),
+        ("finished", timestamp_iso(job.finished_at) if job.finished_at else "-"),
+        ("trained tokens", f"{job.trained_tokens:,}" if job.trained_tokens else "-"),
+    ]
+    if job.error is not None and job.error.message:
+        rows.append(("error", f"{job.error.message} [{job.error.code}]"))
+    for name, value in rows:
+        print(f"{name:>17}: {value}")
+    if events:
+        print("events:")
+        for event in events:
+            print(f"  {timestamp_iso(event.created_at)} {event.level:5} {event.message}")
+    return 0
 
 
 def _run_cancel(args: argparse.Namespace) -> int:
-    return _not_yet("cancel")
+    """Cancels a running job."""
+    from rasa_gpt3.finetune import cancel_job
+
+    job = cancel_job(_settings(args), args.job)
+    print(f"{job.id}: {job.status}")
+    return 0
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    return _not_yet("list")
+    """Lists the project's fine-tuning jobs (found through their metadata), newest first."""
+    from rasa_gpt3.finetune import list_jobs
+    from rasa_gpt3.registry import timestamp_iso
+
+    settings = _settings(args)
+    name = None if args.all else _project_name(args)
+    jobs = list_jobs(settings, name)
+    if not jobs:
+        which = "" if args.all else f" of project '{name}' (--all shows every job)"
+        print(f"no fine-tuning jobs{which} on {settings.backend_name}")
+        return 0
+    rows = [("JOB", "STATUS", "TASK", "CREATED", "BASE MODEL", "FINE-TUNED MODEL")]
+    for job in jobs:
+        rows.append((job.id, job.status, (job.metadata or {}).get("rasa_gpt3_task", "-"),
+                     timestamp_iso(job.created_at), job.model, job.fine_tuned_model or "-"))
+    print(_table(rows))
+    return 0
 
 
 def _run_results(args: argparse.Namespace) -> int:
-    return _not_yet("results")
+    """Prints a job's result file as a table and, with --plot, writes its loss and accuracy curves as a PNG."""
+    from rasa_gpt3.finetune import job_results
+    from rasa_gpt3.training_results import format_table, plot_results
+
+    job, table = job_results(_settings(args), args.job)
+    print(format_table(table))
+    if args.plot:
+        path = plot_results(table, args.plot, title=f"{job.id}  {job.fine_tuned_model or job.model}")
+        print(f"wrote {path}", file=sys.stderr)
+    return 0
 
 
 def _run_models(args: argparse.Namespace) -> int:
-    return _not_yet("models")
+    """The registry verbs: list the models, make one active for a task, prune the history."""
+    from rasa_gpt3.finetune import prune_registry, use_model
+    from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
+    from rasa_gpt3.registry import Registry
+
+    settings = _settings(args)
+    if args.action == "use":
+        if not args.model or not args.task:
+            raise RasaGPT3Error("`rasa-gpt3 models use` needs a MODEL and --task (e.g. models use ft:... --task intent)")
+        entry = use_model(settings, args.model, args.task)
+        print(f"{entry.model} is now the active {args.task} model on {settings.backend_name} "
+              f"in {settings.registry_path.name}")
+        return 0
+    if args.model or args.task:
+        raise RasaGPT3Error(f"`rasa-gpt3 models {args.action}` takes no MODEL or --task (only `use` does)")
+    if args.action == "prune":
+        removed = prune_registry(settings, args.keep)
+        for task, backend, entry in removed:
+            print(f"removed {task} / {backend}: {entry.model}")
+        print(f"pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} from {settings.registry_path.name}")
+        return 0
+    registry = Registry.load(settings.registry_path)
+    rows = [("TASK", "BACKEND", "", "MODEL", "CREATED", "DATA", "VALID LOSS", "VALID ACC")]
+    for task, backend, entry, active in registry.entries():
+        note = "active" if active else ""
+        if active and entry.prompt_format and entry.prompt_format != PROMPT_FORMAT_VERSION:
+            note = "active (old prompt format)"
+        metrics = entry.metrics
+        rows.append((task, backend, note, entry.model, entry.created or "-", (entry.fingerprint or "-")[:12],
+                     _metric(metrics.get("valid_loss")), _metric(metrics.get("valid_accuracy"))))
+    if len(rows) == 1:
+        print(f"no models in {settings.registry_path} yet; run `rasa-gpt3 fine-tune --task intent`")
+        return 0
+    print(_table(rows))
+    return 0
+
+
+def _metric(value: Optional[float]) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _settings(args: argparse.Namespace):
+    """Settings for the project of `args` (environment first: OPENAI_API_KEY, OPENAI_BASE_URL, RASA_GPT3_*)."""
+    from rasa_gpt3.settings import Settings
+
+    return Settings.from_env(args.project)
+
+
+def _project_name(args: argparse.Namespace) -> str:
+    """The project's name as jobs record it: its directory's name, as data.project.load_project names it."""
+    from pathlib import Path
+
+    return Path(args.project).resolve().name
+
+
+def _project_option(args: argparse.Namespace) -> str:
+    return "" if args.project in (".", None) else f" --project {args.project}"
+
+
+def _show_fine_tune_log() -> None:
+    """Shows the fine-tune lifecycle's info lines (cost estimate, reuse, upload, job id) on stderr."""
+    import logging
+
+    log = logging.getLogger("rasa_gpt3.finetune")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
+def _table(rows: List[tuple]) -> str:
+    """Rows of cells as left-aligned columns (the first row is the header)."""
+    widths = [max(len(str(row[index])) for row in rows) for index in range(len(rows[0]))]
+    return "\n".join("  ".join(str(cell).ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
 
 def _run_evaluate(args: argparse.Namespace) -> int:

@@ -1,0 +1,730 @@
+"""The fine-tune lifecycle: cost guard, upload, job, follow, results, and the record in the project's registry.
+
+The same code runs against OpenAI, any OpenAI-compatible server and the embedded local backend; it only uses the
+current fine-tuning API (`client.files`, `client.fine_tuning.jobs`, `client.models`).
+
+Decisions worth knowing:
+- Idempotency: a fine-tune is identified by a key, sha256 over the data fingerprint (which already covers the
+  prompt-format version and the format), task, base model, hyperparameters and seed. The key is stored in the
+  job's metadata and in the registry entry. The same key never starts a second job: a succeeded model (from the
+  registry, or found through the jobs list when the registry lost it) is reused, a running job is attached to.
+  `force=True` starts anew. Epochs are resolved before hashing (`default_epochs(n)` when not given) and sent to
+  the API explicitly, so the cost estimate and the key describe exactly the job that runs.
+- Upload dedupe: the uploaded file's name embeds the sha256 of its bytes (`rasa-gpt3-intent-train-<16 hex>.jsonl`)
+  and an identical file is found again through `files.list`. No local cache that could disagree with the server;
+  it works for every member of a team against the same OpenAI organisation.
+- The budget guard runs before anything is uploaded, and only when a new job would start: reusing a model costs
+  nothing. The estimate uses the base model's price table even against the local backend (which is free), so a
+  command behaves the same everywhere.
+- Errors: every API failure becomes a BackendError with one line; a failed job's own error message is included
+  with what to do next.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+
+from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model
+from rasa_gpt3.errors import BackendError, BudgetError, DataError, RasaGPT3Error
+from rasa_gpt3.progress import JobProgress, ProgressReporter, apply_event
+from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
+from rasa_gpt3.registry import Registry, RegistryEntry, timestamp_iso, with_metrics
+from rasa_gpt3.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+RUNNING_STATUSES = ("validating_files", "queued", "running", "pausing", "paused")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+FILE_PURPOSE = "fine-tune"
+DEFAULT_SEED = 42
+
+META_KEY = "rasa_gpt3_key"
+META_PROJECT = "rasa_gpt3_project"
+META_TASK = "rasa_gpt3_task"
+META_FINGERPRINT = "rasa_gpt3_fingerprint"
+META_PROMPT_FORMAT = "rasa_gpt3_prompt_format"
+META_FORMAT = "rasa_gpt3_format"
+
+# how many jobs to look through for an identical one when the server ignores the metadata filter
+_JOB_SCAN_LIMIT = 500
+
+
+# ---------------------------------------------------------------------------------------------- results
+
+
+@dataclass(frozen=True)
+class CostEstimate:
+    """What a fine-tune would cost at the base model's training price."""
+
+    base_model: str
+    examples: int
+    tokens_per_epoch: int
+    epochs: int
+    usd: float
+
+    @property
+    def trained_tokens(self) -> int:
+        """Tokens billed: tokens per epoch times epochs."""
+        return self.tokens_per_epoch * self.epochs
+
+    def describe(self) -> str:
+        """One line: dollars, and how they come about."""
+        return (
+            f"${self.usd:.4f} ({self.tokens_per_epoch:,} tokens x {self.epochs} epochs on {self.base_model}, "
+            f"{self.examples} training examples)"
+        )
+
+
+@dataclass(frozen=True)
+class FineTuneOutcome:
+    """What `ensure_fine_tuned` did: the model (None while a job still runs), its job, and whether it was reused."""
+
+    model: Optional[str]
+    job_id: Optional[str]
+    reused: bool
+    status: str
+    task: str
+    base_model: str
+    fingerprint: str
+    key: str
+    estimate: CostEstimate
+    # True when an identical job was already running and we attached to it
+    attached: bool = False
+    entry: Optional[RegistryEntry] = None
+    uploaded_files: Tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The model a task should use, the registry entry behind it (if known), and whether the data moved on."""
+
+    model: Optional[str]
+    entry: Optional[RegistryEntry]
+    stale: bool
+    reason: str = ""
+
+    def warning(self, task: str) -> str:
+        """The one warning line callers log when `stale` is true."""
+        return (
+            f"the {task} model {self.model} is stale: {self.reason}; "
+            f"run `rasa-gpt3 fine-tune --task {task}` to train one on the current data"
+        )
+
+
+class FollowInterrupted(KeyboardInterrupt):
+    """Ctrl-C while following a job: the job keeps running on the server."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__(job_id)
+        self.job_id = job_id
+
+    def resume_hint(self, project: Optional[str] = None) -> str:
+        """One line telling how to pick the job up again."""
+        where = f" --project {project}" if project and project != "." else ""
+        return f"stopped following {self.job_id}; it keeps running. Resume with: rasa-gpt3 follow {self.job_id}{where}"
+
+
+# ---------------------------------------------------------------------------------------------- pure parts
+
+
+def estimate_cost(train_records: Sequence[Dict[str, Any]], base_model: BaseModel, epochs: Optional[int] = None) -> CostEstimate:
+    """The training cost of `train_records` on `base_model` (epochs: given, else OpenAI's default for the size)."""
+    from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+
+    records = list(train_records)
+    n_epochs = epochs or default_epochs(len(records))
+    per_record = count_record_tokens(records, get_encoding(base_model.encoding)) if records else []
+    # OpenAI truncates examples to the context; billed tokens cannot exceed it
+    tokens = sum(min(count, base_model.context) for count in per_record)
+    usd = base_model.training_cost(tokens * n_epochs)
+    return CostEstimate(base_model=base_model.name, examples=len(records), tokens_per_epoch=tokens, epochs=n_epochs, usd=usd)
+
+
+def check_budget(estimate: CostEstimate, max_cost: Optional[float]) -> None:
+    """Raises BudgetError (one line) when the estimate is above `max_cost` dollars."""
+    if max_cost is None or estimate.usd <= max_cost:
+        return
+    raise BudgetError(
+        f"estimated cost {estimate.describe()} is above --max-cost ${max_cost:.4f}; nothing was uploaded. "
+        "Raise --max-cost, lower --epochs, or choose a cheaper --base-model"
+    )
+
+
+def supervised_hyperparameters(epochs: int) -> Dict[str, Any]:
+    """The hyperparameters sent with the job: explicit epochs, the rest left to the API."""
+    return {"n_epochs": int(epochs), "batch_size": "auto", "learning_rate_multiplier": "auto"}
+
+
+def idempotency_key(
+    fingerprint: str, task: str, base_model: str, hyperparameters: Dict[str, Any], seed: int = DEFAULT_SEED
+) -> str:
+    """The fine-tune's identity: the same data, task, base model, hyperparameters and seed give the same key."""
+    payload = json.dumps(
+        {"fingerprint": fingerprint, "task": task, "base_model": base_model, "hyperparameters": hyperparameters,
+         "seed": seed},
+        sort_keys=True, separators=(",", ":"),
+    )
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def upload_filename(task: str, kind: str, content: bytes) -> str:
+    """The name an upload gets; it embeds the content hash, which is how an identical upload is found again."""
+    return f"rasa-gpt3-{task}-{kind}-{hashlib.sha256(content).hexdigest()[:16]}.jsonl"
+
+
+def default_suffix(project_name: str) -> str:
+    """A model-name suffix from the project name (lowercase letters, digits and dashes, at most 40 characters)."""
+    cleaned = re.sub(r"[^a-z0-9-]+", "-", project_name.lower()).strip("-")
+    return cleaned[:40].rstrip("-") or "rasa-gpt3"
+
+
+def job_metadata(exported: Any, project_name: str, key: str) -> Dict[str, str]:
+    """The metadata stored with a job: enough to find it again and to register its model later."""
+    return {
+        META_KEY: key,
+        META_PROJECT: project_name[:512],
+        META_TASK: exported.task,
+        META_FINGERPRINT: exported.fingerprint,
+        META_PROMPT_FORMAT: PROMPT_FORMAT_VERSION,
+        META_FORMAT: exported.fmt,
+    }
+
+
+def job_epochs(job: Any) -> Optional[int]:
+    """The job's n_epochs, from `method.supervised` or the legacy `hyperparameters` (None when 'auto')."""
+    candidates = []
+    method = getattr(job, "method", None)
+    supervised = getattr(method, "supervised", None) if method is not None else None
+    if supervised is not None and getattr(supervised, "hyperparameters", None) is not None:
+        candidates.append(supervised.hyperparameters.n_epochs)
+    if getattr(job, "hyperparameters", None) is not None:
+        candidates.append(job.hyperparameters.n_epochs)
+    for value in candidates:
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def failure_message(job: Any) -> str:
+    """One line: why the job failed or stopped, and what to do next."""
+    if job.status == "cancelled":
+        return f"fine-tuning job {job.id} was cancelled; run `rasa-gpt3 fine-tune` again to start a new one"
+    error = getattr(job, "error", None)
+    reason = " ".join(str(getattr(error, "message", "") or "no reason given").split()) if error else "no reason given"
+    code = f" [{error.code}]" if error is not None and getattr(error, "code", None) else ""
+    param = getattr(error, "param", None) if error is not None else None
+    if param in ("training_file", "validation_file"):
+        hint = "fix the data (check it with `rasa-gpt3 validate FILE.jsonl`) and run `rasa-gpt3 fine-tune` again"
+    else:
+        hint = f"run `rasa-gpt3 fine-tune` again; if it fails again, look at `rasa-gpt3 status {job.id}`"
+    return f"fine-tuning job {job.id} failed: {reason}{code}; {hint}"
+
+
+def entry_from_job(job: Any, backend: str, metrics: Optional[Dict[str, float]] = None) -> RegistryEntry:
+    """The registry entry for a succeeded job, from the job itself and the metadata we stored with it."""
+    meta = dict(getattr(job, "metadata", None) or {})
+    base_model = job.model
+    fmt = meta.get(META_FORMAT)
+    if not fmt:
+        try:
+            fmt = resolve_base_model(base_model).format
+        except ValueError:
+            fmt = None
+    entry = RegistryEntry(
+        model=job.fine_tuned_model,
+        backend=backend,
+        base_model=base_model,
+        format=fmt,
+        job=job.id,
+        fingerprint=meta.get(META_FINGERPRINT),
+        prompt_format=meta.get(META_PROMPT_FORMAT),
+        created=timestamp_iso(getattr(job, "finished_at", None) or job.created_at),
+        epochs=job_epochs(job),
+        key=meta.get(META_KEY),
+        trained_tokens=getattr(job, "trained_tokens", None),
+    )
+    return with_metrics(entry, metrics or {})
+
+
+def staleness(entry: RegistryEntry, fingerprint: Optional[str]) -> str:
+    """Why `entry` no longer matches the current data ('' when it does)."""
+    if entry.prompt_format and entry.prompt_format != PROMPT_FORMAT_VERSION:
+        return f"trained with prompt format {entry.prompt_format}, this rasa_gpt3 uses {PROMPT_FORMAT_VERSION}"
+    if fingerprint and entry.fingerprint and entry.fingerprint != fingerprint:
+        return (
+            f"the bot's data changed since it was trained (fingerprint {entry.fingerprint[:12]} -> {fingerprint[:12]})"
+        )
+    return ""
+
+
+def poll_interval(settings: Settings) -> float:
+    """Seconds between polls of a job: short for the local backend (jobs take seconds), longer for a remote API."""
+    from urllib.parse import urlparse
+
+    host = urlparse(settings.base_url).hostname if settings.base_url else None
+    if settings.uses_local_backend or host in ("127.0.0.1", "localhost", "::1"):
+        return 0.2
+    return 5.0
+
+
+# ---------------------------------------------------------------------------------------------- API access
+
+
+def _client(settings: Settings) -> Any:
+    from rasa_gpt3.client import make_client
+
+    return make_client(settings)
+
+
+@contextmanager
+def api_errors(doing: str) -> Iterator[None]:
+    """Turns SDK errors raised inside into a one-line BackendError saying what was being done."""
+    import openai
+
+    try:
+        yield
+    except openai.OpenAIError as error:
+        from rasa_gpt3.client import describe_api_error
+
+        raise BackendError(f"{doing}: {describe_api_error(error)}") from None
+
+
+def _retrieve_job(client: Any, job_id: str, backend: str) -> Any:
+    import openai
+
+    try:
+        return client.fine_tuning.jobs.retrieve(job_id)
+    except openai.NotFoundError:
+        raise BackendError(f"no fine-tuning job '{job_id}' on {backend}; see `rasa-gpt3 list`") from None
+
+
+def model_exists(client: Any, model: str) -> bool:
+    """Whether the backend still serves `model` (a deleted model, or another machine's local model, does not)."""
+    import openai
+
+    try:
+        client.models.retrieve(model)
+        return True
+    except (openai.NotFoundError, openai.PermissionDeniedError):
+        return False
+
+
+def upload_jsonl(client: Any, content: bytes, task: str, kind: str) -> Tuple[str, bool]:
+    """Uploads JSONL `content` unless an identical file is already there; returns (file id, reused)."""
+    filename = upload_filename(task, kind, content)
+    for existing in client.files.list(purpose=FILE_PURPOSE):
+        if (
+            existing.filename == filename and existing.bytes == len(content)
+            and getattr(existing, "status", None) not in ("error", "deleted")
+        ):
+            logger.debug("reusing uploaded file %s (%s)", existing.id, filename)
+            return existing.id, True
+    uploaded = client.files.create(file=(filename, content, "application/jsonl"), purpose=FILE_PURPOSE)
+    logger.debug("uploaded %s as %s", filename, uploaded.id)
+    return uploaded.id, False
+
+
+def find_identical_job(client: Any, key: str) -> Optional[Any]:
+    """The newest job with idempotency `key` that succeeded or still runs (succeeded preferred), or None."""
+    succeeded, running = None, None
+    for index, job in enumerate(client.fine_tuning.jobs.list(metadata={META_KEY: key}, limit=100)):
+        if index >= _JOB_SCAN_LIMIT:
+            break
+        if (job.metadata or {}).get(META_KEY) != key:
+            continue
+        if job.status == "succeeded" and job.fine_tuned_model and succeeded is None:
+            succeeded = job
+        elif job.status in RUNNING_STATUSES and running is None:
+            running = job
+    return succeeded or running
+
+
+def _new_events(client: Any, job_id: str, seen: set) -> List[Any]:
+    """Events not seen yet, oldest first (the API lists newest first; stop paging at the first one seen)."""
+    fresh: List[Any] = []
+    for event in client.fine_tuning.jobs.list_events(job_id, limit=100):
+        if event.id in seen:
+            break
+        fresh.append(event)
+    fresh.reverse()
+    return fresh
+
+
+def follow_job(
+    client: Any,
+    job_id: str,
+    *,
+    progress: Optional[ProgressReporter] = None,
+    interval: float = 0.2,
+    reconnect_for: float = 180.0,
+    backend: str = "the backend",
+    sleep: Callable[[float], None] = time.sleep,
+) -> Tuple[Any, JobProgress]:
+    """Polls job `job_id` and its events until it finishes; returns (final job, last progress snapshot).
+
+    Lost connections, timeouts, 429s and 5xx are retried for up to `reconnect_for` seconds, resuming from the
+    last event seen (so a restarted server or a dropped connection costs nothing). Ctrl-C raises FollowInterrupted;
+    the job keeps running.
+    """
+    import openai
+
+    transient = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
+    state = JobProgress(job_id=job_id)
+    seen: set = set()
+    trouble_since: Optional[float] = None
+    try:
+        while True:
+            try:
+                job = _retrieve_job(client, job_id, backend)
+                state = replace(state, status=job.status, n_epochs=job_epochs(job) or state.n_epochs)
+                for event in _new_events(client, job_id, seen):
+                    seen.add(event.id)
+                    state = apply_event(state, event)
+                    if progress is not None:
+                        is_metrics = getattr(event, "type", None) == "metrics" or "Step " in (event.message or "")
+                        progress.update(state, None if is_metrics else event.message)
+                if progress is not None:
+                    progress.update(state)
+                if trouble_since is not None:
+                    logger.info("reconnected to %s; following %s again", backend, job_id)
+                    trouble_since = None
+                if job.status in FINISHED_STATUSES:
+                    return job, state
+            except transient as error:
+                now = time.monotonic()
+                if trouble_since is None:
+                    trouble_since = now
+                    logger.warning("lost contact with %s while following %s; retrying", backend, job_id)
+                elif now - trouble_since > reconnect_for:
+                    from rasa_gpt3.client import describe_api_error
+
+                    raise BackendError(
+                        f"lost contact with {backend} for {reconnect_for:.0f}s while following {job_id} "
+                        f"({describe_api_error(error)}); the job may still run: rasa-gpt3 follow {job_id}"
+                    ) from None
+                sleep(min(max(interval, 1.0), 5.0))
+                continue
+            except openai.OpenAIError as error:
+                from rasa_gpt3.client import describe_api_error
+
+                raise BackendError(f"following {job_id}: {describe_api_error(error)}") from None
+            sleep(interval)
+    except KeyboardInterrupt:
+        raise FollowInterrupted(job_id) from None
+    finally:
+        if progress is not None:
+            progress.close()
+
+
+def fetch_results(client: Any, job: Any) -> Any:
+    """The job's result file as a ResultTable; raises BackendError when the job has none yet."""
+    from rasa_gpt3.training_results import parse_result_file
+
+    if not getattr(job, "result_files", None):
+        raise BackendError(f"job {job.id} has no result file yet (status: {job.status}); try again when it succeeded")
+    with api_errors(f"downloading the result file of {job.id}"):
+        content = client.files.content(job.result_files[0]).content
+    return parse_result_file(content)
+
+
+def job_metrics(client: Any, job: Any, fallback: Optional[JobProgress] = None) -> Dict[str, float]:
+    """The final validation and training metrics of a finished job (result file, else the last events)."""
+    try:
+        return fetch_results(client, job).final_metrics()
+    except RasaGPT3Error as error:
+        logger.debug("no metrics from the result file of %s: %s", job.id, error)
+    return fallback.metrics() if fallback is not None else {}
+
+
+def register_job(settings: Settings, job: Any, metrics: Dict[str, float], activate: bool = True) -> Optional[RegistryEntry]:
+    """Records a succeeded job's model in the project's registry; None when the job was not made by rasa_gpt3."""
+    task = (getattr(job, "metadata", None) or {}).get(META_TASK)
+    if job.status != "succeeded" or not job.fine_tuned_model or not task:
+        return None
+    entry = entry_from_job(job, settings.backend_name, metrics)
+    # reload right before writing so a concurrent change to the file is not lost
+    registry = Registry.load(settings.registry_path)
+    known = registry.find(task, entry.backend, model=entry.model)
+    if known is not None and not entry.metrics:
+        entry = replace(entry, metrics=known.metrics)
+    registry.record(task, entry, activate=activate)
+    registry.save()
+    return entry
+
+
+# ---------------------------------------------------------------------------------------------- the lifecycle
+
+
+def _check_records(exported: Any) -> None:
+    """Raises DataError when the export's validation report (computed now if missing) has errors."""
+    if not exported.train:
+        raise DataError(f"no {exported.task} training examples in the project; nothing to fine-tune")
+    report = getattr(exported, "report", None)
+    if report is None:
+        from rasa_gpt3.data.validation import validate_records
+
+        report = validate_records(
+            exported.train + exported.valid, fmt=exported.fmt, base_model=exported.base_model,
+            codec=exported.codec, source=f"{exported.task} export",
+        )
+    errors = list(report.errors)
+    if errors:
+        first = errors[0]
+        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+        fix = f"; {first.fix}" if getattr(first, "fix", "") else ""
+        raise DataError(
+            f"the {exported.task} data has errors, nothing was uploaded: {first.message}{fix}{more}; "
+            "`rasa-gpt3 export` shows the full report"
+        )
+
+
+def ensure_fine_tuned(
+    settings: Settings,
+    exported: Any,
+    *,
+    project_name: str,
+    epochs: Optional[int] = None,
+    suffix: Optional[str] = None,
+    max_cost: Optional[float] = None,
+    wait: bool = True,
+    force: bool = False,
+    progress: Optional[ProgressReporter] = None,
+    seed: int = DEFAULT_SEED,
+) -> FineTuneOutcome:
+    """Makes sure a fine-tuned model exists for `exported` (an ExportedTask) and records it in the registry.
+
+    Validates, estimates the cost, reuses an identical succeeded model or attaches to an identical running job
+    (unless `force`), otherwise checks `max_cost`, uploads (deduplicated), creates the job and, with `wait`,
+    follows it. `progress=None` is quiet (for `rasa train`). Raises DataError, BudgetError or BackendError, each
+    with one line; Ctrl-C while waiting raises FollowInterrupted and leaves the job running.
+    """
+    base_model: BaseModel = exported.base_model
+    _check_records(exported)
+    estimate = estimate_cost(exported.train, base_model, epochs)
+    hyperparameters = supervised_hyperparameters(estimate.epochs)
+    key = idempotency_key(exported.fingerprint, exported.task, base_model.name, hyperparameters, seed)
+    backend = settings.backend_name
+    common = dict(task=exported.task, base_model=base_model.name, fingerprint=exported.fingerprint, key=key,
+                  estimate=estimate)
+
+    client = _client(settings)
+    if not force:
+        reused = _reuse(settings, client, exported.task, key, common)
+        if reused is not None:
+            if reused.model is not None or not wait:
+                return reused
+            return _finish(settings, client, reused.job_id, progress, common, reused=True, attached=True)
+
+    check_budget(estimate, max_cost)
+    with api_errors(f"uploading the {exported.task} training data to {backend}"):
+        # the bytes of `rasa-gpt3 export`'s train.jsonl / valid.jsonl, so their sha256 matches the upload's name
+        train_id, _ = upload_jsonl(client, exported.jsonl("train").encode("utf-8"), exported.task, "train")
+        valid_id = None
+        if exported.valid:
+            valid_id, _ = upload_jsonl(client, exported.jsonl("valid").encode("utf-8"), exported.task, "valid")
+    with api_errors(f"creating the fine-tuning job on {backend}"):
+        job = client.fine_tuning.jobs.create(
+            model=base_model.name,
+            training_file=train_id,
+            validation_file=valid_id,
+            seed=seed,
+            suffix=suffix or default_suffix(project_name),
+            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+            metadata=job_metadata(exported, project_name, key),
+        )
+    logger.info("started fine-tuning job %s (%s, %s) on %s", job.id, exported.task, base_model.name, backend)
+    files = tuple(file_id for file_id in (train_id, valid_id) if file_id)
+    if not wait:
+        return FineTuneOutcome(model=None, job_id=job.id, reused=False, status=job.status, uploaded_files=files, **common)
+    outcome = _finish(settings, client, job.id, progress, common, reused=False, attached=False)
+    return replace(outcome, uploaded_files=files)
+
+
+def _reuse(settings: Settings, client: Any, task: str, key: str, common: Dict[str, Any]) -> Optional[FineTuneOutcome]:
+    """An outcome for an identical model (registry, then jobs list) or an identical running job; None if neither."""
+    backend = settings.backend_name
+    entry = Registry.load(settings.registry_path).find(task, backend, key=key)
+    with api_errors(f"looking for an identical fine-tune on {backend}"):
+        if entry is not None and model_exists(client, entry.model):
+            registry = Registry.load(settings.registry_path)
+            if (registry.active(task, backend) or entry).model != entry.model:
+                registry.record(task, entry, activate=True)
+                registry.save()
+            logger.info("reusing %s: same data, base model and hyperparameters", entry.model)
+            return FineTuneOutcome(model=entry.model, job_id=entry.job, reused=True, status="succeeded", entry=entry,
+                                   **common)
+        job = find_identical_job(client, key)
+        if job is None:
+            return None
+        if job.status == "succeeded":
+            if not model_exists(client, job.fine_tuned_model):
+                return None
+            registered = register_job(settings, job, job_metrics(client, job))
+            logger.info("reusing %s from job %s", job.fine_tuned_model, job.id)
+            return FineTuneOutcome(model=job.fine_tuned_model, job_id=job.id, reused=True, status=job.status,
+                                   entry=registered, **common)
+    logger.info("attaching to the identical job %s, still %s", job.id, job.status)
+    return FineTuneOutcome(model=None, job_id=job.id, reused=True, attached=True, status=job.status, **common)
+
+
+def _finish(
+    settings: Settings, client: Any, job_id: str, progress: Optional[ProgressReporter], common: Dict[str, Any],
+    *, reused: bool, attached: bool,
+) -> FineTuneOutcome:
+    job, state = follow_job(
+        client, job_id, progress=progress, interval=poll_interval(settings), backend=settings.backend_name
+    )
+    if job.status != "succeeded":
+        raise BackendError(failure_message(job))
+    entry = register_job(settings, job, job_metrics(client, job, state))
+    return FineTuneOutcome(model=job.fine_tuned_model, job_id=job.id, reused=reused, attached=attached,
+                           status=job.status, entry=entry, **common)
+
+
+def follow(settings: Settings, job_id: str, progress: Optional[ProgressReporter] = None) -> Tuple[Any, Optional[RegistryEntry]]:
+    """Follows a job to its end (`rasa-gpt3 follow`); a succeeded rasa_gpt3 job is recorded in the registry.
+
+    Returns (job, registry entry or None); raises BackendError with the job's error when it failed.
+    """
+    client = _client(settings)
+    job, state = follow_job(
+        client, job_id, progress=progress, interval=poll_interval(settings), backend=settings.backend_name
+    )
+    if job.status != "succeeded":
+        raise BackendError(failure_message(job))
+    return job, register_job(settings, job, job_metrics(client, job, state))
+
+
+def resolve_model(settings: Settings, task: str, fingerprint: Optional[str], explicit: Optional[str] = None) -> ResolvedModel:
+    """The model `task` should use: `explicit` when given, else the registry's active one for this backend.
+
+    `stale` is true when the registry entry was trained on other data (fingerprint) or another prompt format;
+    callers then log `resolved.warning(task)` once. `model` is None when the registry has no model for the task.
+    Reads only the registry file; no network.
+    """
+    registry = Registry.load(settings.registry_path)
+    backend = settings.backend_name
+    if explicit:
+        entry = registry.find(task, backend, model=explicit)
+        reason = staleness(entry, fingerprint) if entry is not None else ""
+        return ResolvedModel(model=explicit, entry=entry, stale=bool(reason), reason=reason)
+    entry = registry.active(task, backend)
+    if entry is None:
+        return ResolvedModel(model=None, entry=None, stale=False)
+    reason = staleness(entry, fingerprint)
+    return ResolvedModel(model=entry.model, entry=entry, stale=bool(reason), reason=reason)
+
+
+# ---------------------------------------------------------------------------------------------- job inspection
+
+
+def get_job(settings: Settings, job_id: str) -> Tuple[Any, List[Any]]:
+    """A job and its newest events (up to 20, oldest first)."""
+    client = _client(settings)
+    with api_errors(f"reading job {job_id}"):
+        job = _retrieve_job(client, job_id, settings.backend_name)
+        events = list(client.fine_tuning.jobs.list_events(job_id, limit=20).data)
+    events.reverse()
+    return job, events
+
+
+def cancel_job(settings: Settings, job_id: str) -> Any:
+    """Cancels a job; raises BackendError when it already finished."""
+    client = _client(settings)
+    with api_errors(f"reading job {job_id}"):
+        job = _retrieve_job(client, job_id, settings.backend_name)
+    if job.status in FINISHED_STATUSES:
+        raise BackendError(f"job {job_id} already {job.status}; nothing to cancel")
+    with api_errors(f"cancelling job {job_id}"):
+        return client.fine_tuning.jobs.cancel(job_id)
+
+
+def list_jobs(settings: Settings, project_name: Optional[str], limit: int = 100) -> List[Any]:
+    """The newest jobs (at most `limit`), only this project's (from job metadata) when `project_name` is given."""
+    client = _client(settings)
+    jobs: List[Any] = []
+    query = {"metadata": {META_PROJECT: project_name}} if project_name else {}
+    with api_errors(f"listing fine-tuning jobs on {settings.backend_name}"):
+        for index, job in enumerate(client.fine_tuning.jobs.list(limit=min(limit, 100), **query)):
+            if index >= _JOB_SCAN_LIMIT or len(jobs) >= limit:
+                break
+            if project_name and (job.metadata or {}).get(META_PROJECT) != project_name:
+                continue
+            jobs.append(job)
+    return jobs
+
+
+def job_results(settings: Settings, job_id: str) -> Tuple[Any, Any]:
+    """(job, ResultTable) of a finished job."""
+    client = _client(settings)
+    with api_errors(f"reading job {job_id}"):
+        job = _retrieve_job(client, job_id, settings.backend_name)
+    return job, fetch_results(client, job)
+
+
+# ---------------------------------------------------------------------------------------------- registry verbs
+
+
+def use_model(settings: Settings, model: str, task: str) -> RegistryEntry:
+    """Makes `model` the active one for `task` on this backend (`rasa-gpt3 models use`).
+
+    A model the registry does not know yet is checked on the backend and described from the job that made it.
+    """
+    registry = Registry.load(settings.registry_path)
+    backend = settings.backend_name
+    known = registry.find(task, backend, model=model)
+    if known is None:
+        for other_task, other_backend, _ in registry.locate(model):
+            if other_backend == backend and other_task != task:
+                raise DataError(f"{model} was trained for the {other_task} task, not {task}")
+        known = _describe_remote_model(settings, model, task)
+    entry = registry.use(task, backend, model, known)
+    registry.save()
+    return entry
+
+
+def _describe_remote_model(settings: Settings, model: str, task: str) -> RegistryEntry:
+    client = _client(settings)
+    backend = settings.backend_name
+    with api_errors(f"looking up {model} on {backend}"):
+        if not model_exists(client, model):
+            raise DataError(f"{backend} has no model '{model}'; see `rasa-gpt3 models list` and `rasa-gpt3 list`")
+        for index, job in enumerate(client.fine_tuning.jobs.list(limit=100)):
+            if index >= _JOB_SCAN_LIMIT:
+                break
+            if job.fine_tuned_model == model:
+                made_for = (job.metadata or {}).get(META_TASK)
+                if made_for and made_for != task:
+                    raise DataError(f"{model} was trained for the {made_for} task, not {task}")
+                return entry_from_job(job, backend, job_metrics(client, job))
+    base = None
+    try:
+        base = resolve_base_model(model).name
+    except ValueError:
+        pass
+    return RegistryEntry(model=model, backend=backend, base_model=base, created=timestamp_iso(None))
+
+
+def prune_registry(settings: Settings, keep: int) -> List[Tuple[str, str, RegistryEntry]]:
+    """Drops history entries this backend no longer serves, and all but the `keep` newest per task and backend.
+
+    Active models always stay, and models are never deleted on the backend. Returns what was removed.
+    """
+    registry = Registry.load(settings.registry_path)
+    backend = settings.backend_name
+    history = [entry for task, name, entry, active in registry.entries() if name == backend and not active]
+    gone: set = set()
+    if history:
+        client = _client(settings)
+        with api_errors(f"checking models on {backend}"):
+            gone = {entry.model for entry in history if not model_exists(client, entry.model)}
+    removed = registry.prune(keep, drop=gone)
+    if removed:
+        registry.save()
+    return removed

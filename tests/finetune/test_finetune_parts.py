@@ -1,0 +1,147 @@
+"""The pure parts of the fine-tune lifecycle: idempotency key, cost guard, events -> progress, staleness."""
+from types import SimpleNamespace
+
+import pytest
+
+from rasa_gpt3 import finetune
+from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.errors import BudgetError
+from rasa_gpt3.progress import JobProgress, apply_event, describe, epoch_of
+from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
+from rasa_gpt3.registry import Registry, RegistryEntry
+from rasa_gpt3.settings import Settings
+
+HP = finetune.supervised_hyperparameters(3)
+
+
+def test_idempotency_key_is_stable_and_changes_with_every_input():
+    key = finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP)
+    assert key == finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", dict(reversed(list(HP.items()))))
+    others = {
+        finetune.idempotency_key("fp2", "intent", "gpt-4o-mini-2024-07-18", HP),
+        finetune.idempotency_key("fp", "entities", "gpt-4o-mini-2024-07-18", HP),
+        finetune.idempotency_key("fp", "intent", "babbage-002", HP),
+        finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", finetune.supervised_hyperparameters(4)),
+        finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, seed=7),
+    }
+    assert key not in others and len(others) == 5
+
+
+def test_cost_estimate_counts_tokens_times_epochs_at_the_table_price():
+    base = resolve_base_model("gpt-4o-mini")
+    records = [intent_record("hello there", "greet", "chat")] * 10
+    estimate = finetune.estimate_cost(records, base, epochs=4)
+    assert estimate.epochs == 4 and estimate.examples == 10
+    assert estimate.usd == pytest.approx(estimate.tokens_per_epoch * 4 * base.training_price / 1e6)
+    assert finetune.estimate_cost(records, base).epochs == 10  # default_epochs: at least 100 examples seen
+
+
+def test_budget_guard_refuses_above_max_cost_with_one_line():
+    estimate = finetune.CostEstimate("gpt-4o-mini-2024-07-18", examples=50, tokens_per_epoch=10_000, epochs=3, usd=0.09)
+    finetune.check_budget(estimate, None)
+    finetune.check_budget(estimate, 0.09)
+    with pytest.raises(BudgetError) as caught:
+        finetune.check_budget(estimate, 0.01)
+    message = str(caught.value)
+    assert "\n" not in message and "$0.0900" in message and "--max-cost $0.0100" in message
+    assert "nothing was uploaded" in message
+
+
+def test_upload_names_embed_the_content_hash():
+    a = finetune.upload_filename("intent", "train", b'{"a": 1}\n')
+    assert a == finetune.upload_filename("intent", "train", b'{"a": 1}\n')
+    assert a != finetune.upload_filename("intent", "train", b'{"a": 2}\n')
+    assert a.startswith("rasa-gpt3-intent-train-") and a.endswith(".jsonl")
+
+
+def test_default_suffix_is_a_valid_model_suffix():
+    assert finetune.default_suffix("Financial Demo_Bot!") == "financial-demo-bot"
+    assert finetune.default_suffix("???") == "rasa-gpt3"
+    assert len(finetune.default_suffix("x" * 100)) == 40
+
+
+def test_metrics_events_map_to_steps_epochs_and_losses():
+    state = JobProgress(n_epochs=3)
+    state = apply_event(state, {"id": "e1", "message": "Validating training file", "type": "message"})
+    assert state.step == 0 and state.last_event_id == "e1"
+    state = apply_event(state, {"id": "e2", "type": "metrics", "message": "Step 4/9: training loss=0.5",
+                                "data": {"step": 4, "total_steps": 9, "train_loss": 0.5,
+                                         "train_mean_token_accuracy": 0.75, "valid_loss": 0.6}})
+    assert (state.step, state.total_steps, state.epoch) == (4, 9, 2)
+    assert state.metrics() == {"train_loss": 0.5, "valid_loss": 0.6, "train_accuracy": 0.75}
+    state = apply_event(state, {"id": "e3", "type": "metrics", "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4,
+                                                                        "full_valid_mean_token_accuracy": 0.8}})
+    assert state.epoch == 3 and state.valid_loss == 0.4 and state.valid_accuracy == 0.8
+    assert describe(state).startswith("epoch 3/3, loss 0.500, val_loss 0.400")
+
+
+def test_text_only_events_are_understood_too():
+    state = apply_event(JobProgress(), SimpleNamespace(
+        id="e9", message="Step 12/90: training loss=0.41, validation loss=0.52", data=None))
+    assert (state.step, state.total_steps, state.train_loss, state.valid_loss) == (12, 90, 0.41, 0.52)
+
+
+def test_steps_never_go_backwards_and_epochs_are_bounded():
+    state = apply_event(JobProgress(step=5), {"id": "x", "data": {"step": 3}})
+    assert state.step == 5
+    assert epoch_of(10, 10, 3) == 3 and epoch_of(1, 10, 3) == 1 and epoch_of(0, 10, 3) is None
+
+
+def failed_job(param, message="line 3: messages missing"):
+    error = SimpleNamespace(code="invalid_training_file", message=message, param=param)
+    return SimpleNamespace(id="ftjob-1", status="failed", error=error)
+
+
+def test_failure_message_carries_the_job_error_and_what_to_do():
+    text = finetune.failure_message(failed_job("training_file", "line 3:\nmessages missing"))
+    assert "\n" not in text and "line 3: messages missing" in text and "rasa-gpt3 validate" in text
+    assert "rasa-gpt3 status ftjob-1" in finetune.failure_message(failed_job(None, "server exploded"))
+    assert "cancelled" in finetune.failure_message(SimpleNamespace(id="ftjob-2", status="cancelled", error=None))
+
+
+def write_registry(tmp_path, **fields):
+    registry = Registry(tmp_path / "gpt3_models.yml")
+    registry.record("intent", RegistryEntry(model="ft:active", backend="local", fingerprint="fp-old",
+                                            prompt_format=PROMPT_FORMAT_VERSION, **fields))
+    registry.save()
+    return Settings(project_dir=tmp_path, force_local=True)
+
+
+def test_resolve_model_reports_changed_data_as_stale(tmp_path):
+    settings = write_registry(tmp_path)
+    same = finetune.resolve_model(settings, "intent", "fp-old")
+    assert (same.model, same.stale) == ("ft:active", False)
+    moved = finetune.resolve_model(settings, "intent", "fp-new")
+    assert moved.model == "ft:active" and moved.stale
+    warning = moved.warning("intent")
+    assert "\n" not in warning and "rasa-gpt3 fine-tune --task intent" in warning and "fingerprint" in warning
+
+
+def test_resolve_model_reports_another_prompt_format_as_stale(tmp_path):
+    registry = Registry(tmp_path / "gpt3_models.yml")
+    registry.record("intent", RegistryEntry(model="ft:old", backend="local", fingerprint="fp", prompt_format="0"))
+    registry.save()
+    resolved = finetune.resolve_model(Settings(project_dir=tmp_path, force_local=True), "intent", "fp")
+    assert resolved.stale and "prompt format 0" in resolved.reason
+
+
+def test_an_explicit_model_wins_and_other_backends_do_not_count(tmp_path):
+    settings = write_registry(tmp_path)
+    explicit = finetune.resolve_model(settings, "intent", "fp-new", explicit="ft:mine")
+    assert (explicit.model, explicit.entry, explicit.stale) == ("ft:mine", None, False)
+    remote = settings.with_(api_key="sk-test", force_local=False)
+    assert finetune.resolve_model(remote, "intent", "fp-old").model is None
+    assert finetune.resolve_model(settings, "entities", None).model is None
+
+
+def test_entry_from_job_uses_the_metadata_written_at_creation():
+    job = SimpleNamespace(
+        id="ftjob-9", model="gpt-4o-mini-2024-07-18", fine_tuned_model="ft:gpt-4o-mini-2024-07-18:local:bot:abc",
+        created_at=1_700_000_000, finished_at=1_700_000_100, trained_tokens=999, hyperparameters=None,
+        method=SimpleNamespace(supervised=SimpleNamespace(hyperparameters=SimpleNamespace(n_epochs=4))),
+        metadata={finetune.META_TASK: "intent", finetune.META_FINGERPRINT: "fp", finetune.META_KEY: "k",
+                  finetune.META_PROMPT_FORMAT: "1", finetune.META_FORMAT: "chat"},
+    )
+    entry = finetune.entry_from_job(job, "local", {"valid_loss": 0.123456})
+    assert (entry.job, entry.fingerprint, entry.key, entry.epochs, entry.format) == ("ftjob-9", "fp", "k", 4, "chat")
+    assert entry.created == "2023-11-14T22:15:00Z" and entry.metrics == {"valid_loss": 0.1235}
