@@ -175,7 +175,40 @@ def _export_command(args: argparse.Namespace) -> str:
 
 
 def _run_validate(args: argparse.Namespace) -> int:
-    return _not_yet("validate")
+    """Checks a JSONL file and prints the report; with --fix also writes a repaired copy and checks that.
+
+    Exit status: 1 when the file has errors, or with --fix when the repaired copy still has errors; else 0.
+    """
+    import json
+
+    from rasa_gpt3.atomic_files import write_atomic
+    from rasa_gpt3.data.validation import jsonl_text, read_jsonl, repair_records, validate_records
+
+    parsed = read_jsonl(args.file)
+    report = validate_records(parsed.records, fmt=args.format, base_model=args.base_model, lines=parsed.lines,
+                              keys=parsed.texts, source=args.file)
+    result = report.to_json()
+    failed = not report.ok
+    fixed_report = None
+    if args.fix:
+        repaired, actions = repair_records(parsed.records, fmt=args.format or report.stats["format"],
+                                           base_model=args.base_model, lines=parsed.lines)
+        write_atomic(args.fix, jsonl_text(repaired))
+        fixed_report = validate_records(repaired, fmt=args.format or report.stats["format"],
+                                        base_model=args.base_model, source=args.fix)
+        result["fix"] = {"file": args.fix, "records": len(repaired), "actions": actions,
+                         "errors": len(fixed_report.errors), "warnings": len(fixed_report.warnings)}
+        failed = not fixed_report.ok
+    if args.json:
+        print(json.dumps(result, ensure_ascii=False, indent=2))
+    else:
+        print(report.render())
+        if fixed_report is not None:
+            print(f"wrote {args.fix}: {len(repaired)} records" + ("" if actions else " (nothing to repair)"))
+            for action in actions:
+                print(f"  {action}")
+            print(f"{args.fix}: {len(fixed_report.errors)} errors, {len(fixed_report.warnings)} warnings")
+    return 1 if failed else 0
 
 
 def _run_fine_tune(args: argparse.Namespace) -> int:

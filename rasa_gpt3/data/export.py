@@ -342,9 +342,11 @@ def export_task(
             train + valid,
             fmt=fmt,
             base_model=model,
-            labels=train_labels + valid_labels,
-            codec=codec,
+            keys=train_lines + valid_lines,
             token_counts=token_counts,
+            classification=task == "intent",
+            training_count=len(train),
+            codec=codec,
             source=f"{task} export",
         )
 

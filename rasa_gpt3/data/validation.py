@@ -1,8 +1,42 @@
-"""Checks of fine-tune data (work in progress: the report structure; the checks follow)."""
+"""Checks of fine-tune JSONL data: what OpenAI's legacy `prepare_data` and its chat data guide checked, and more.
+
+Each check is a small named function that looks at the parsed records and returns findings (error or warning,
+a message, a suggested fix, the line numbers). `validate_records` runs them all; `validate_file` first parses a
+JSONL file (a line that is not JSON or not UTF-8 is a DataError naming file:line); `repair_records` is what
+`--fix` does. Rasa-aware checks apply to classification data (labels): the same text with different labels,
+examples per label against Rasa's minimum of 2 and the ~100-per-class guidance, class imbalance, and labels that
+are not one token of the base model's tokenizer (the classifier reads one token's logprobs).
+
+Severity: an error is something the fine-tuning API rejects or that silently ruins training (missing keys,
+no assistant answer, empty answers, examples over the context limit, special tokens, text that is not valid
+UTF-8, fewer than 10 examples). Everything else is a warning.
+"""
 from __future__ import annotations
 
+import json
+import os
+import re
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+from rasa_gpt3 import prompts
+from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model, default_base_model
+from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+from rasa_gpt3.errors import DataError
+
+MIN_EXAMPLES = 10  # the fine-tuning API refuses fewer
+RECOMMENDED_PER_LABEL = 100  # OpenAI's guidance for classification
+RASA_MIN_PER_LABEL = 2  # Rasa warns below this and the split cannot put the label in both files
+IMBALANCE_RATIO = 10
+CAPITALISED_SHARE = 1 / 3  # the legacy tool's threshold for "mostly upper case"
+CHAT_TOP_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
+CHAT_MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
+CHAT_ROLES = {"system", "user", "assistant", "tool", "function"}
+COMPLETION_KEYS = {"prompt", "completion"}
+_UPPER = bytes(range(ord("A"), ord("Z") + 1))
+_LETTERS = _UPPER + bytes(range(ord("a"), ord("z") + 1))
 
 
 @dataclass
@@ -15,6 +49,11 @@ class Finding:
     fix: str = ""
     lines: List[int] = field(default_factory=list)
 
+    def to_json(self) -> Dict[str, Any]:
+        """The finding as a JSON-ready dict."""
+        return {"check": self.check, "severity": self.severity, "message": self.message, "fix": self.fix,
+                "lines": list(self.lines)}
+
 
 @dataclass
 class ValidationReport:
@@ -26,11 +65,18 @@ class ValidationReport:
 
     @property
     def errors(self) -> List[Finding]:
+        """The findings of severity error."""
         return [f for f in self.findings if f.severity == "error"]
 
     @property
     def warnings(self) -> List[Finding]:
+        """The findings of severity warning."""
         return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error."""
+        return not self.errors
 
     def summary(self) -> Dict[str, Any]:
         """Counts of errors and warnings and the checks that raised them."""
@@ -40,16 +86,740 @@ class ValidationReport:
             "checks": sorted({f.check for f in self.findings}),
         }
 
-
     def summary_lines(self) -> List[str]:
-        """One line with the counts, then one line per finding."""
+        """One line with the counts, then one line per finding (what `export` prints)."""
         lines = [f"validation: {len(self.errors)} errors, {len(self.warnings)} warnings"]
         lines.extend(f"{f.severity} [{f.check}]: {f.message}" for f in self.findings)
         return lines
 
+    def to_json(self) -> Dict[str, Any]:
+        """The whole report as a JSON-ready dict (what `validate --json` prints)."""
+        return {"source": self.source, **self.stats, "errors": len(self.errors), "warnings": len(self.warnings),
+                "findings": [f.to_json() for f in self.findings]}
 
-def validate_records(records: List[Dict[str, Any]], *, fmt: Optional[str] = None, base_model: Any = None,
-                     labels: Optional[List[str]] = None, codec: Any = None, token_counts: Optional[List[int]] = None,
-                     source: str = "records") -> ValidationReport:
-    """Runs every check on `records` (placeholder until the checks land)."""
-    return ValidationReport(source=source)
+    def render(self) -> str:
+        """The human report: what the data is, tokens and cost, then each finding with its fix and lines."""
+        s = self.stats
+        out = [f"{self.source}: {s.get('records', 0):,} records, {s.get('format') or 'unknown'} format"
+               + (f", classification with {s['labels']} labels" if s.get("classification") else "")]
+        tokens, estimate = s.get("tokens"), s.get("estimate")
+        if tokens and estimate:
+            out.append(
+                f"tokens: {tokens['total']:,} in total, max {tokens['max_per_record']:,} per record "
+                f"(limit {tokens['context_limit']:,}); {s['base_model']}: {estimate['epochs']} epochs, "
+                f"{estimate['trained_tokens']:,} trained tokens, est. ${estimate['training_cost_usd']:.4f}"
+            )
+        for finding in self.findings:
+            where = ""
+            if finding.lines:
+                shown = ", ".join(str(n) for n in finding.lines[:10])
+                more = f" and {len(finding.lines) - 10} more" if len(finding.lines) > 10 else ""
+                where = f" (lines {shown}{more})"
+            out.append(f"{finding.severity} [{finding.check}]: {finding.message}{where}")
+            if finding.fix:
+                out.append(f"  fix: {finding.fix}")
+        out.append(f"{len(self.errors)} errors, {len(self.warnings)} warnings")
+        return "\n".join(out)
+
+
+# ---------------------------------------------------------------- the data the checks look at
+
+
+@dataclass
+class CheckData:
+    """Parsed records plus what every check needs, computed once (the checks must stay fast at 100k records)."""
+
+    records: List[Any]
+    lines: List[int]
+    fmt: Optional[str]
+    model: BaseModel
+    encoding: Any
+    kinds: List[Optional[str]]  # "chat", "completion" or None per record
+    wellformed: List[bool]
+    prompt_texts: List[Optional[str]]
+    answers: List[Optional[str]]
+    keys: List[str]
+    token_counts: List[int]
+    classification: bool
+    training_count: int
+    codec: Any = None
+
+    def good(self) -> List[int]:
+        """Indices of well-formed records."""
+        return [i for i, ok in enumerate(self.wellformed) if ok]
+
+
+def _kind(record: Any) -> Optional[str]:
+    if not isinstance(record, dict):
+        return None
+    if "messages" in record:
+        return "chat"
+    if "prompt" in record or "completion" in record:
+        return "completion"
+    return None
+
+
+def _is_wellformed(record: Any, kind: Optional[str]) -> bool:
+    if kind == "completion":
+        return isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str)
+    if kind == "chat":
+        messages = record.get("messages")
+        if not isinstance(messages, list) or not messages:
+            return False
+        for message in messages:
+            if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+                return False
+            if not isinstance(message.get("content"), str) and not (message.get("function_call") or message.get("tool_calls")):
+                return False
+        return messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str)
+    return False
+
+
+def _lines_of(data: CheckData, indices: Sequence[int]) -> List[int]:
+    return [data.lines[i] for i in indices]
+
+
+# ---------------------------------------------------------------- the checks
+
+
+def check_format(data: CheckData) -> List[Finding]:
+    """Every record is a JSON object in one format (chat `messages` or `prompt`/`completion`), the one expected."""
+    findings = []
+    unknown = [i for i, kind in enumerate(data.kinds) if kind is None]
+    if unknown:
+        findings.append(Finding("format", "error",
+                                f"{len(unknown)} records are neither chat (`messages`) nor prompt/completion objects",
+                                "rewrite them as {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...}",
+                                _lines_of(data, unknown)))
+    counts = Counter(kind for kind in data.kinds if kind)
+    if len(counts) > 1:
+        minority = min(counts, key=lambda k: (counts[k], k))
+        odd = [i for i, kind in enumerate(data.kinds) if kind == minority]
+        findings.append(Finding("format", "error",
+                                f"the file mixes chat and prompt/completion records ({counts['chat']} chat, "
+                                f"{counts['completion']} completion)",
+                                "use one format per file: chat for gpt-4o-mini/gpt-4.1-nano, completion for babbage-002/davinci-002",
+                                _lines_of(data, odd)))
+    elif counts and data.fmt and next(iter(counts)) != data.fmt:
+        findings.append(Finding("format", "error",
+                                f"the records are in the {next(iter(counts))} format, but {data.fmt} was expected "
+                                f"(base model {data.model.name})",
+                                "re-export with the right --format or pick a base model of the file's format"))
+    return findings
+
+
+def check_missing_keys(data: CheckData) -> List[Finding]:
+    """Completion records have `prompt` and `completion` strings; chat records have a non-empty `messages` list."""
+    missing = []
+    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
+        if kind == "completion":
+            if not isinstance(record.get("prompt"), str) or not isinstance(record.get("completion"), str):
+                missing.append(i)
+        elif kind == "chat":
+            if not isinstance(record.get("messages"), list) or not record["messages"]:
+                missing.append(i)
+    if not missing:
+        return []
+    return [Finding("missing_keys", "error",
+                    f"{len(missing)} records lack a required key (prompt and completion as text, or a non-empty messages list)",
+                    "add the missing key or drop the records", _lines_of(data, missing))]
+
+
+def check_extra_keys(data: CheckData) -> List[Finding]:
+    """No keys the API does not know: extra top-level keys are ignored (warning), unknown message keys rejected."""
+    top, inner = [], []
+    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
+        if kind == "completion" and set(record) - COMPLETION_KEYS:
+            top.append(i)
+        elif kind == "chat":
+            if set(record) - CHAT_TOP_KEYS:
+                top.append(i)
+            messages = record.get("messages")
+            if isinstance(messages, list) and any(
+                isinstance(m, dict) and set(m) - CHAT_MESSAGE_KEYS for m in messages
+            ):
+                inner.append(i)
+    findings = []
+    if top:
+        extra = sorted({k for i in top for k in set(data.records[i]) - COMPLETION_KEYS - CHAT_TOP_KEYS
+                        - ({"messages"} if data.kinds[i] == "completion" else set())})
+        findings.append(Finding("extra_keys", "warning",
+                                f"{len(top)} records have keys the API ignores: {', '.join(extra[:5])}",
+                                "drop the extra keys (--fix does)", _lines_of(data, top)))
+    if inner:
+        findings.append(Finding("extra_keys", "error",
+                                f"{len(inner)} records have messages with unrecognised keys "
+                                f"(allowed: {', '.join(sorted(CHAT_MESSAGE_KEYS))})",
+                                "drop the unrecognised message keys (--fix does)", _lines_of(data, inner)))
+    return findings
+
+
+def check_message_structure(data: CheckData) -> List[Finding]:
+    """Chat messages are objects with a known role and text content."""
+    bad_role, bad_content, not_object = [], [], []
+    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
+        messages = record.get("messages") if kind == "chat" else None
+        if not isinstance(messages, list):
+            continue
+        for message in messages:
+            if not isinstance(message, dict):
+                not_object.append(i)
+                break
+            if message.get("role") not in CHAT_ROLES:
+                bad_role.append(i)
+                break
+            if not isinstance(message.get("content"), str) and not (message.get("function_call") or message.get("tool_calls")):
+                bad_content.append(i)
+                break
+    findings = []
+    if not_object:
+        findings.append(Finding("message_structure", "error", f"{len(not_object)} records have a message that is not an object",
+                                "write each message as {\"role\": ..., \"content\": ...}", _lines_of(data, not_object)))
+    if bad_role:
+        findings.append(Finding("message_structure", "error",
+                                f"{len(bad_role)} records have a message with a missing or unknown role "
+                                f"(known: {', '.join(sorted(CHAT_ROLES))})",
+                                "fix the role names", _lines_of(data, bad_role)))
+    if bad_content:
+        findings.append(Finding("message_structure", "error", f"{len(bad_content)} records have a message without text content",
+                                "give every message a \"content\" string", _lines_of(data, bad_content)))
+    return findings
+
+
+def check_assistant_message(data: CheckData) -> List[Finding]:
+    """Every chat record ends with the assistant message the model is to learn."""
+    missing = []
+    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
+        messages = record.get("messages") if kind == "chat" else None
+        if isinstance(messages, list) and messages:
+            last = messages[-1]
+            if not isinstance(last, dict) or last.get("role") != "assistant":
+                missing.append(i)
+    if not missing:
+        return []
+    return [Finding("assistant_message", "error",
+                    f"{len(missing)} chat records do not end with an assistant message, so there is nothing to learn",
+                    "add the expected answer as the last message with role assistant", _lines_of(data, missing))]
+
+
+def check_empty_completions(data: CheckData) -> List[Finding]:
+    """No record teaches an empty answer (an empty completion or assistant message)."""
+    empty = [i for i in data.good() if not (data.answers[i] or "").strip()]
+    if not empty:
+        return []
+    return [Finding("empty_completions", "error", f"{len(empty)} records have an empty answer",
+                    "drop them (--fix does) or write the answer", _lines_of(data, empty))]
+
+
+def check_duplicates(data: CheckData) -> List[Finding]:
+    """No record appears twice."""
+    seen, repeated = set(), []
+    for i, key in enumerate(data.keys):
+        if key in seen:
+            repeated.append(i)
+        else:
+            seen.add(key)
+    if not repeated:
+        return []
+    return [Finding("duplicates", "warning", f"{len(repeated)} records repeat an earlier record",
+                    "drop the repeats (--fix does)", _lines_of(data, repeated))]
+
+
+def check_example_count(data: CheckData) -> List[Finding]:
+    """At least 10 examples (the API's minimum); a few hundred are recommended for generation tasks."""
+    n = data.training_count
+    if n < MIN_EXAMPLES:
+        return [Finding("example_count", "error", f"only {n} training examples; fine-tuning needs at least {MIN_EXAMPLES}",
+                        "add examples to the bot's training data")]
+    if n < 100 and not data.classification:
+        return [Finding("example_count", "warning", f"only {n} training examples; a few hundred usually work much better",
+                        "add stories, rules or examples")]
+    return []
+
+
+def check_token_limit(data: CheckData) -> List[Finding]:
+    """No example is longer than the base model's fine-tuning context (longer ones are truncated or skipped)."""
+    limit = data.model.context
+    long = [i for i, n in enumerate(data.token_counts) if n > limit]
+    if not long:
+        return []
+    return [Finding("token_limit", "error",
+                    f"{len(long)} records are longer than {limit:,} tokens, the limit of {data.model.name}",
+                    "shorten them (for the response task: fewer --history turns)", _lines_of(data, long))]
+
+
+def check_special_tokens(data: CheckData) -> List[Finding]:
+    """No text contains a tokenizer special token such as <|endoftext|>."""
+    specials = sorted(getattr(data.encoding, "special_tokens_set", None) or {"<|endoftext|>"})
+    hits = []
+    for i in data.good():
+        text = (data.prompt_texts[i] or "") + "\n" + (data.answers[i] or "")
+        if "<|" in text and any(token in text for token in specials):
+            hits.append(i)
+    if not hits:
+        return []
+    return [Finding("special_tokens", "error",
+                    f"{len(hits)} records contain special tokens ({', '.join(specials[:3])}, ...) that the tokenizer "
+                    "treats as control tokens", "remove them from the text (--fix does)", _lines_of(data, hits))]
+
+
+def check_unicode(data: CheckData) -> List[Finding]:
+    """Every text encodes as UTF-8 (a JSON `\\ud800` escape decodes to a lone surrogate that does not)."""
+    bad = []
+    for i, key in enumerate(data.keys):
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            bad.append(i)
+    if not bad:
+        return []
+    return [Finding("unicode", "error", f"{len(bad)} records contain text that is not valid UTF-8 (lone surrogates)",
+                    "drop or correct them (--fix drops them)", _lines_of(data, bad))]
+
+
+def _completion_indices(data: CheckData) -> List[int]:
+    return [i for i in data.good() if data.kinds[i] == "completion"]
+
+
+def _common_suffix(texts: Sequence[str]) -> str:
+    if not texts:
+        return ""
+    return os.path.commonprefix([t[::-1] for t in texts])[::-1]
+
+
+def check_prompt_separator(data: CheckData) -> List[Finding]:
+    """Completion prompts all end with the same separator (so the model knows where the answer starts)."""
+    indices = _completion_indices(data)
+    if not indices:
+        return []
+    prompts_ = [data.records[i]["prompt"] for i in indices]
+    suffix = _common_suffix(prompts_)
+    if suffix.strip():
+        inside = [i for i, p in zip(indices, prompts_) if suffix in p[: -len(suffix)]]
+        if inside:
+            return [Finding("prompt_separator", "warning",
+                            f"the separator {suffix!r} also occurs inside {len(inside)} prompts",
+                            f"use a separator that does not occur in the text, such as {prompts.SEPARATOR!r}",
+                            _lines_of(data, inside))]
+        return []
+    missing = [i for i, p in zip(indices, prompts_) if not p.endswith(prompts.SEPARATOR)]
+    return [Finding("prompt_separator", "warning", "the prompts do not end with a common separator",
+                    f"end every prompt with {prompts.SEPARATOR!r} (--fix does)", _lines_of(data, missing))]
+
+
+def check_completion_leading_space(data: CheckData) -> List[Finding]:
+    """Completions start with a space (the tokenizer's words carry their leading space)."""
+    indices = [i for i in _completion_indices(data) if data.records[i]["completion"]
+               and not data.records[i]["completion"][0].isspace()]
+    if not indices:
+        return []
+    return [Finding("completion_leading_space", "warning", f"{len(indices)} completions do not start with a space",
+                    "start every completion with one space (--fix does)", _lines_of(data, indices))]
+
+
+def check_completion_stop(data: CheckData) -> List[Finding]:
+    """Completions all end with the same stop sequence (so generation knows when to stop)."""
+    indices = _completion_indices(data)
+    if not indices:
+        return []
+    suffix = _common_suffix([data.records[i]["completion"] for i in indices])
+    if suffix.strip():
+        return []
+    missing = [i for i in indices if not data.records[i]["completion"].endswith(prompts.STOP)]
+    return [Finding("completion_stop", "warning", "the completions do not end with a common stop sequence",
+                    f"end every completion with {prompts.STOP!r} and pass it as stop= when calling the model (--fix adds it)",
+                    _lines_of(data, missing))]
+
+
+def _upper_share(texts: Sequence[str]) -> float:
+    raw = "\n".join(texts).encode("utf-8", "surrogatepass")
+    letters = len(raw) - len(raw.translate(None, _LETTERS))
+    upper = len(raw) - len(raw.translate(None, _UPPER))
+    return upper / letters if letters else 0.0
+
+
+def check_capitalisation(data: CheckData) -> List[Finding]:
+    """Prompts and answers are not mostly upper case (the legacy tool suggested lowercasing then)."""
+    findings = []
+    good = data.good()
+    for side, texts in (("prompts", [data.prompt_texts[i] or "" for i in good]),
+                        ("answers", [data.answers[i] or "" for i in good])):
+        share = _upper_share(texts)
+        if share > CAPITALISED_SHARE:
+            findings.append(Finding("capitalisation", "warning",
+                                    f"{share:.0%} of the letters in the {side} are upper case",
+                                    "lowercase the text unless the casing carries meaning"))
+    return findings
+
+
+def _labels(data: CheckData) -> List[Tuple[int, str]]:
+    return [(i, data.answers[i]) for i in data.good() if data.answers[i]]
+
+
+def _label_name(data: CheckData, label: str) -> str:
+    intent = data.codec.intent_of(label) if data.codec is not None else None
+    return f"{label} ({intent})" if intent and intent != label else label
+
+
+def check_label_conflicts(data: CheckData) -> List[Finding]:
+    """Classification: the same text is never labelled with two different intents."""
+    if not data.classification:
+        return []
+    by_text: Dict[str, set] = defaultdict(set)
+    where: Dict[str, List[int]] = defaultdict(list)
+    for i, label in _labels(data):
+        text = prompts.normalize_text(data.prompt_texts[i] or "")
+        by_text[text].add(label)
+        where[text].append(i)
+    conflicts = sorted(text for text, labels in by_text.items() if len(labels) > 1)
+    if not conflicts:
+        return []
+    example = conflicts[0]
+    names = " / ".join(_label_name(data, label) for label in sorted(by_text[example]))
+    indices = sorted(i for text in conflicts for i in where[text])
+    return [Finding("label_conflicts", "warning",
+                    f"{len(conflicts)} texts are labelled with different intents, e.g. {example!r}: {names}",
+                    "keep each text under one intent in the NLU data (rasa data validate shows them too)",
+                    _lines_of(data, indices))]
+
+
+def check_examples_per_label(data: CheckData) -> List[Finding]:
+    """Classification: every label has at least Rasa's minimum of 2 examples; ~100 per class is the guidance."""
+    if not data.classification:
+        return []
+    counts = Counter(label for _, label in _labels(data))
+    findings = []
+    too_few = sorted(label for label, n in counts.items() if n < RASA_MIN_PER_LABEL)
+    if too_few:
+        indices = [i for i, label in _labels(data) if label in set(too_few)]
+        findings.append(Finding("examples_per_label", "warning",
+                                f"{len(too_few)} labels have fewer than {RASA_MIN_PER_LABEL} examples (Rasa's minimum; "
+                                f"they cannot be in both train and valid): "
+                                + ", ".join(_label_name(data, label) for label in too_few[:5]),
+                                "add examples to these intents", _lines_of(data, indices)))
+    below = sorted(label for label, n in counts.items() if RASA_MIN_PER_LABEL <= n < RECOMMENDED_PER_LABEL)
+    if below:
+        findings.append(Finding("examples_per_label", "warning",
+                                f"{len(below)} of {len(counts)} labels have fewer than {RECOMMENDED_PER_LABEL} examples "
+                                f"(OpenAI's guidance for classification; smallest: "
+                                + ", ".join(f"{_label_name(data, label)}={counts[label]}"
+                                            for label in sorted(below, key=lambda l: (counts[l], l))[:3]) + ")",
+                                "more examples per intent help; the model still learns from fewer"))
+    return findings
+
+
+def check_class_imbalance(data: CheckData) -> List[Finding]:
+    """Classification: the largest class is at most 10 times the smallest."""
+    if not data.classification:
+        return []
+    counts = Counter(label for _, label in _labels(data))
+    if len(counts) < 2:
+        return []
+    largest = max(counts, key=lambda l: (counts[l], l))
+    smallest = min(counts, key=lambda l: (counts[l], l))
+    if counts[largest] <= IMBALANCE_RATIO * counts[smallest]:
+        return []
+    return [Finding("class_imbalance", "warning",
+                    f"classes are imbalanced: {_label_name(data, largest)} has {counts[largest]} examples, "
+                    f"{_label_name(data, smallest)} only {counts[smallest]}",
+                    "add examples to the small intents or thin out the large ones")]
+
+
+def check_single_token_labels(data: CheckData) -> List[Finding]:
+    """Classification: every label is one token as the model emits it, so one token's logprobs rank the classes."""
+    if not data.classification or not data.fmt:
+        return []
+    labels = sorted({label for _, label in _labels(data)})
+    long = [label for label in labels
+            if len(data.encoding.encode_ordinary(prompts.label_token(label, data.fmt))) != 1]
+    if not long:
+        return []
+    indices = [i for i, label in _labels(data) if label in set(long)]
+    return [Finding("single_token_labels", "warning",
+                    f"{len(long)} labels are more than one token for {data.model.encoding}: "
+                    + ", ".join(long[:5]),
+                    "export with `rasa-gpt3 export`, whose label codec maps each intent to one token",
+                    _lines_of(data, indices))]
+
+
+CHECKS: List[Callable[[CheckData], List[Finding]]] = [
+    check_format,
+    check_missing_keys,
+    check_extra_keys,
+    check_message_structure,
+    check_assistant_message,
+    check_empty_completions,
+    check_duplicates,
+    check_example_count,
+    check_token_limit,
+    check_special_tokens,
+    check_unicode,
+    check_prompt_separator,
+    check_completion_leading_space,
+    check_completion_stop,
+    check_capitalisation,
+    check_label_conflicts,
+    check_examples_per_label,
+    check_class_imbalance,
+    check_single_token_labels,
+]
+
+
+# ---------------------------------------------------------------- running the checks
+
+
+def _detect_format(kinds: Sequence[Optional[str]]) -> Optional[str]:
+    counts = Counter(kind for kind in kinds if kind)
+    return max(counts, key=lambda k: (counts[k], k)) if counts else None
+
+
+def _resolve_model(fmt: Optional[str], base_model: Union[None, str, BaseModel]) -> BaseModel:
+    if isinstance(base_model, BaseModel):
+        return base_model
+    try:
+        return resolve_base_model(base_model or default_base_model(fmt or "chat"), fmt)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+
+
+def validate_records(
+    records: List[Any],
+    *,
+    fmt: Optional[str] = None,
+    base_model: Union[None, str, BaseModel] = None,
+    lines: Optional[List[int]] = None,
+    keys: Optional[List[str]] = None,
+    token_counts: Optional[List[int]] = None,
+    classification: Optional[bool] = None,
+    training_count: Optional[int] = None,
+    codec: Any = None,
+    source: str = "records",
+) -> ValidationReport:
+    """Runs every check on `records` and returns the report with counts, token totals and the cost estimate.
+
+    `fmt` is the expected format (default: detected); `lines` the line number of each record (default 1..n);
+    `keys` an exact text per record for duplicate detection (default: its canonical JSON); `classification`
+    forces or suppresses the label checks (default: detected as the legacy tool did, fewer distinct answers
+    than a third of the records); `training_count` is the size of the training file when `records` also hold
+    the validation split.
+    """
+    kinds = [_kind(record) for record in records]
+    detected = _detect_format(kinds)
+    model = _resolve_model(fmt or detected, base_model)
+    encoding = get_encoding(model.encoding)
+    wellformed = [_is_wellformed(record, kind) for record, kind in zip(records, kinds)]
+    prompt_texts: List[Optional[str]] = []
+    answers: List[Optional[str]] = []
+    for record, ok in zip(records, wellformed):
+        if ok:
+            prompt_texts.append(prompts.record_prompt_text(record))
+            answers.append(prompts.record_answer(record))
+        else:
+            prompt_texts.append(None)
+            answers.append(None)
+    if keys is None:
+        keys = [json.dumps(record, ensure_ascii=False, sort_keys=True) for record in records]
+    if token_counts is None:
+        good = [i for i, ok in enumerate(wellformed) if ok]
+        counted = _count_tokens([records[i] for i in good], encoding)
+        token_counts = [0] * len(records)
+        for i, n in zip(good, counted):
+            token_counts[i] = n
+    answered = [a for a in answers if a]
+    if classification is None:
+        classification = len(answered) >= 2 and len(set(answered)) < len(answered) / 3
+    data = CheckData(
+        records=records,
+        lines=lines if lines is not None else list(range(1, len(records) + 1)),
+        fmt=fmt or detected,
+        model=model,
+        encoding=encoding,
+        kinds=kinds,
+        wellformed=wellformed,
+        prompt_texts=prompt_texts,
+        answers=answers,
+        keys=keys,
+        token_counts=token_counts,
+        classification=bool(classification),
+        training_count=len(records) if training_count is None else training_count,
+        codec=codec,
+    )
+    report = ValidationReport(source=source)
+    for check in CHECKS:
+        report.findings.extend(check(data))
+    total = sum(token_counts)
+    epochs = default_epochs(data.training_count)
+    report.stats = {
+        "records": len(records),
+        "format": data.fmt,
+        "classification": data.classification,
+        "labels": len(set(answered)) if data.classification else None,
+        "base_model": model.name,
+        "tokens": {"total": total, "max_per_record": max(token_counts, default=0), "context_limit": model.context},
+        "estimate": {"epochs": epochs, "trained_tokens": total * epochs,
+                     "training_cost_usd": round(model.training_cost(total * epochs), 6)},
+    }
+    return report
+
+
+def _count_tokens(records: List[Dict[str, Any]], encoding: Any) -> List[int]:
+    safe = []
+    for record in records:
+        # lone surrogates cannot be tokenized; the unicode check reports them
+        text = json.dumps(record, ensure_ascii=False)
+        try:
+            text.encode("utf-8")
+            safe.append(record)
+        except UnicodeEncodeError:
+            safe.append(json.loads(text.encode("utf-8", "replace").decode("utf-8")))
+    return count_record_tokens(safe, encoding)
+
+
+# ---------------------------------------------------------------- files
+
+
+@dataclass
+class JsonlFile:
+    """A parsed JSONL file: its records, the line number of each, and each line's exact text."""
+
+    path: Path
+    records: List[Any]
+    lines: List[int]
+    texts: List[str]
+
+
+def read_jsonl(path: Union[str, Path]) -> JsonlFile:
+    """Parses a JSONL file; raises DataError naming file:line for a line that is not UTF-8 or not JSON."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise DataError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a directory, not a JSONL file") from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read ({error.strerror})") from None
+    records, lines, texts = [], [], []
+    for number, chunk in enumerate(raw.split(b"\n"), start=1):
+        try:
+            text = chunk.decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {error.start + 1} of the line "
+                            "(save the file as UTF-8)") from None
+        text = text.strip()
+        if not text:
+            continue
+        if number == 1 and text.startswith("\ufeff"):
+            text = text[1:]
+        try:
+            records.append(json.loads(text))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}:{number}: not JSON ({error.msg} at column {error.colno}); "
+                            "each line must be one JSON object") from None
+        lines.append(number)
+        texts.append(text)
+    return JsonlFile(path, records, lines, texts)
+
+
+def validate_file(path: Union[str, Path], *, fmt: Optional[str] = None,
+                  base_model: Union[None, str, BaseModel] = None) -> ValidationReport:
+    """Reads a JSONL file and runs every check on it; raises DataError for an unreadable file or line."""
+    parsed = read_jsonl(path)
+    return validate_records(parsed.records, fmt=fmt, base_model=base_model, lines=parsed.lines,
+                            keys=parsed.texts, source=str(path))
+
+
+# ---------------------------------------------------------------- --fix
+
+
+def repair_records(records: List[Any], *, fmt: Optional[str] = None,
+                   base_model: Union[None, str, BaseModel] = None,
+                   lines: Optional[List[int]] = None) -> Tuple[List[Any], List[str]]:
+    """A repaired copy of `records` and what was done: drops unusable, empty and duplicate records, special
+    tokens and unknown keys; for completions adds the separator, the leading space and the stop sequence."""
+    lines = lines if lines is not None else list(range(1, len(records) + 1))
+    kinds = [_kind(record) for record in records]
+    target = fmt or _detect_format(kinds)
+    model = _resolve_model(target, base_model)
+    specials = sorted(getattr(get_encoding(model.encoding), "special_tokens_set", None) or {"<|endoftext|>"})
+    actions: Dict[str, List[int]] = defaultdict(list)
+    kept: List[Any] = []
+    seen = set()
+
+    def strip_specials(text: str, line: int) -> str:
+        if "<|" in text:
+            for token in specials:
+                if token in text:
+                    text = text.replace(token, "")
+                    actions["removed special tokens"].append(line)
+        return text
+
+    for record, kind, line in zip(records, kinds, lines):
+        if kind is None or kind != target:
+            actions["dropped records not in the " + str(target) + " format"].append(line)
+            continue
+        record = json.loads(json.dumps(record))  # a private copy to repair
+        if kind == "completion":
+            if set(record) - COMPLETION_KEYS:
+                actions["dropped extra keys"].append(line)
+                record = {k: v for k, v in record.items() if k in COMPLETION_KEYS}
+        else:
+            if set(record) - CHAT_TOP_KEYS:
+                actions["dropped extra keys"].append(line)
+                record = {k: v for k, v in record.items() if k in CHAT_TOP_KEYS}
+            if isinstance(record.get("messages"), list):
+                cleaned = []
+                for message in record["messages"]:
+                    if isinstance(message, dict) and set(message) - CHAT_MESSAGE_KEYS:
+                        actions["dropped unrecognised message keys"].append(line)
+                        message = {k: v for k, v in message.items() if k in CHAT_MESSAGE_KEYS}
+                    cleaned.append(message)
+                record["messages"] = cleaned
+        if not _is_wellformed(record, kind):
+            actions["dropped malformed records (missing keys, roles or assistant answer)"].append(line)
+            continue
+        try:
+            json.dumps(record, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            actions["dropped records with invalid UTF-8"].append(line)
+            continue
+        if kind == "completion":
+            record["prompt"] = strip_specials(record["prompt"], line)
+            record["completion"] = strip_specials(record["completion"], line)
+            if not prompts.clean_completion(record["completion"]):
+                actions["dropped records with an empty answer"].append(line)
+                continue
+            if not record["prompt"].endswith(prompts.SEPARATOR):
+                record["prompt"] = record["prompt"].rstrip() + prompts.SEPARATOR
+                actions[f"added the separator {prompts.SEPARATOR!r}"].append(line)
+            if not record["completion"][:1].isspace():
+                record["completion"] = " " + record["completion"]
+                actions["added a leading space to the completion"].append(line)
+            if not record["completion"].endswith(prompts.STOP):
+                record["completion"] = record["completion"].rstrip() + prompts.STOP
+                actions[f"added the stop sequence {prompts.STOP!r}"].append(line)
+        else:
+            for message in record["messages"]:
+                if isinstance(message.get("content"), str):
+                    message["content"] = strip_specials(message["content"], line)
+            if not record["messages"][-1]["content"].strip():
+                actions["dropped records with an empty answer"].append(line)
+                continue
+        key = json.dumps(record, ensure_ascii=False, sort_keys=True)
+        if key in seen:
+            actions["dropped duplicate records"].append(line)
+            continue
+        seen.add(key)
+        kept.append(record)
+    described = []
+    for action, where in actions.items():
+        unique = sorted(set(where))
+        shown = ", ".join(str(n) for n in unique[:10]) + (f" and {len(unique) - 10} more" if len(unique) > 10 else "")
+        described.append(f"{action}: {len(unique)} records (lines {shown})")
+    return kept, described
+
+
+def jsonl_text(records: Sequence[Any]) -> str:
+    """Records as JSONL text, one compact-spaced JSON object per line, UTF-8 as is."""
+    dumps = json.JSONEncoder(ensure_ascii=False).encode
+    return "".join(dumps(record) + "\n" for record in records)
