@@ -132,6 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=8765)
     serve.add_argument("--state", default=None, metavar="DIR", help="state directory (default: ./.rasa_gpt3/local)")
     serve.add_argument("--token", default=None, help="require this bearer token")
+    serve.add_argument("--faults", default=None, metavar="SPEC",
+                       help="inject faults into every request, e.g. 'status=429,first=3' or 'latency=0.2;drop,p=0.1'")
+    serve.add_argument("--max-upload-mb", type=float, default=100.0, metavar="MB", help="upload size limit (default: 100)")
     serve.set_defaults(run=_run_local_serve)
     return parser
 
@@ -417,7 +420,35 @@ def _run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _run_local_serve(args: argparse.Namespace) -> int:
-    return _not_yet("local serve")
+    from pathlib import Path
+
+    from rasa_gpt3.local.embedded import BackendStartError, serve_forever
+    from rasa_gpt3.local.faults import FaultSpecError, parse_faults
+    from rasa_gpt3.settings import Settings
+
+    state = Path(args.state) if args.state else Settings.from_env(Path.cwd()).local_state_dir
+    try:
+        parse_faults(args.faults or "")
+    except FaultSpecError as error:
+        raise RasaGPT3Error(f"--faults: {error}") from None
+    if args.max_upload_mb <= 0:
+        raise RasaGPT3Error("--max-upload-mb must be positive")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not args.token:
+        print(f"warning: serving on {args.host} without --token: anyone who can reach it can use it", file=sys.stderr)
+
+    def ready(port: int) -> None:
+        print(f"local backend on http://{args.host}:{port}/v1 (state: {state}); Ctrl-C stops it", flush=True)
+        print(f"use it with: OPENAI_BASE_URL=http://{args.host}:{port}/v1 OPENAI_API_KEY={args.token or 'local'}",
+              flush=True)
+
+    try:
+        serve_forever(state, host=args.host, port=args.port, token=args.token, faults=args.faults,
+                      max_upload_bytes=int(args.max_upload_mb * 1024 * 1024), on_ready=ready)
+    except BackendStartError as error:
+        raise RasaGPT3Error(str(error)) from None
+    except KeyboardInterrupt:
+        print("stopped", file=sys.stderr)
+    return 0
 
 
 def main(argv: Optional[List[str]] = None) -> int:

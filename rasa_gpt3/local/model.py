@@ -1,0 +1,177 @@
+"""A fine-tuned model of the local backend at inference time: which answer, with which log-probabilities.
+
+A classification model scores every label with its softmax head; a retrieval model scores the distinct training
+answers by the cosine similarity of their inputs to the request (softmax over similarities / RETRIEVAL_TEMPERATURE),
+and answers the model's unknown text when even the best match is below its similarity threshold.
+The first generated token carries the answer's log-probability and the top alternatives; the answer's remaining
+tokens (base model's encoding) follow with log-probability 0.
+"""
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from rasa_gpt3 import prompts
+from rasa_gpt3.data.tokens import get_encoding
+from rasa_gpt3.local.embedder import get_embedder
+from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
+
+# similarity differences of 0.05 make a factor e in probability: sharp but not one-hot for near-ties
+RETRIEVAL_TEMPERATURE = 0.05
+DEFAULT_UNKNOWN_TEXT = "Sorry, I don't know."
+DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.5, "tfidf": 0.3}
+MIN_LOGPROB = -9999.0
+
+
+@dataclass
+class Generation:
+    """What the model 'generated': tokens with their log-probabilities and, per token, the top alternatives."""
+
+    tokens: List[str]
+    logprobs: List[float]
+    top: List[List[Tuple[str, float]]]
+
+    @property
+    def text(self) -> str:
+        """The generated text."""
+        return "".join(self.tokens)
+
+
+class LocalModel:
+    """A loaded fine-tuned model (metadata + arrays from the store)."""
+
+    def __init__(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
+        self.meta = meta
+        self.id = meta["id"]
+        self.kind = meta["kind"]
+        self.format = meta["format"]
+        self.answers: List[str] = list(meta["answers"])
+        self.embedder = get_embedder(meta["embedder"])
+        self.embedder_state = {k: v for k, v in arrays.items() if k.startswith(meta["embedder"] + "_")}
+        self.arrays = arrays
+        self.unknown_text = meta.get("unknown_text") or DEFAULT_UNKNOWN_TEXT
+        self.threshold = float(meta.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD[meta["embedder"]]))
+        self._encoding = get_encoding(meta["encoding"])
+        self._token_cache: Dict[str, List[str]] = {}
+        self._lock = threading.Lock()
+        if self.kind != CLASSIFICATION:
+            self.index = index_matrix(arrays)
+
+    # ------------------------------------------------------------------ scoring
+
+    def embed(self, texts: Sequence[str]):
+        """Feature rows of `texts` in this model's embedding space."""
+        return self.embedder.encode(list(texts), self.embedder_state)
+
+    def rank(self, text: str) -> List[Tuple[str, float]]:
+        """Every candidate answer with its probability, most likely first."""
+        features = self.embed([text])
+        if self.kind == CLASSIFICATION:
+            probabilities = softmax(np.asarray(features @ self.arrays["weights"]) + self.arrays["bias"])[0]
+            order = np.argsort(-probabilities)
+            return [(self.answers[i], float(probabilities[i])) for i in order]
+        product = features @ self.index.T
+        similarities = (product.toarray() if hasattr(product, "toarray") else np.asarray(product)).ravel()
+        best = np.full(len(self.answers), -1.0)
+        np.maximum.at(best, self.arrays["answer_of"], similarities)
+        top_similarity = float(best.max()) if len(best) else 0.0
+        probabilities = softmax((best / RETRIEVAL_TEMPERATURE)[None, :])[0]
+        order = np.argsort(-probabilities)
+        ranked = [(self.answers[i], float(probabilities[i])) for i in order]
+        if top_similarity < self.threshold:
+            # not known: the unknown text takes the probability the similarity leaves over
+            unknown = min(1.0, max(1e-6, 1.0 - max(top_similarity, 0.0)))
+            ranked = [(self.unknown_text, unknown)] + [(answer, p * (1 - unknown)) for answer, p in ranked]
+        return ranked
+
+    # ------------------------------------------------------------------ generation
+
+    def answer_text(self, answer: str) -> str:
+        """The full text the model writes for `answer` (completion format: leading space and stop sequence)."""
+        return answer if self.format == "chat" else " " + answer + prompts.STOP
+
+    def _first_token(self, answer: str) -> str:
+        return self._tokens(answer)[0]
+
+    def _tokens(self, answer: str) -> List[str]:
+        with self._lock:
+            cached = self._token_cache.get(answer)
+        if cached is not None:
+            return cached
+        if self.kind == CLASSIFICATION:
+            # the label is one token by construction: exactly the text the training answers started with
+            tokens = [prompts.label_token(answer, self.format)]
+            if self.format == "completion":
+                tokens.append(prompts.STOP)
+        else:
+            text = self.answer_text(answer)
+            pieces = [self._encoding.decode_single_token_bytes(t) for t in self._encoding.encode_ordinary(text)]
+            tokens = _pieces_to_text(pieces) or [text]
+        with self._lock:
+            if len(self._token_cache) > 4096:
+                self._token_cache.clear()
+            self._token_cache[answer] = tokens
+        return tokens
+
+    def generate(self, text: str, top_n: int = 0, temperature: Optional[float] = None, seed: Optional[int] = None) -> Generation:
+        """The answer to the request text `text`: greedy, or sampled when `temperature` > 0."""
+        ranked = self.rank(text)
+        chosen = ranked[0]
+        if temperature is not None and temperature > 0 and len(ranked) > 1:
+            probabilities = np.array([p for _, p in ranked], dtype=np.float64)
+            weights = np.power(np.maximum(probabilities, 1e-12), 1.0 / temperature)
+            rng = np.random.default_rng(seed)
+            chosen = ranked[int(rng.choice(len(ranked), p=weights / weights.sum()))]
+        tokens = self._tokens(chosen[0])
+        first_top: Dict[str, float] = {}
+        for answer, probability in ranked:
+            token = self._first_token(answer)
+            first_top[token] = first_top.get(token, 0.0) + probability
+        chosen_logprob = _log(first_top[tokens[0]])
+        top = sorted(((token, _log(p)) for token, p in first_top.items()), key=lambda item: -item[1])[: max(top_n, 1)]
+        logprobs = [chosen_logprob] + [0.0] * (len(tokens) - 1)
+        tops = [top] + [[(token, 0.0)] for token in tokens[1:]]
+        return Generation(tokens=list(tokens), logprobs=logprobs, top=tops)
+
+
+def _log(probability: float) -> float:
+    return max(MIN_LOGPROB, math.log(probability)) if probability > 0 else MIN_LOGPROB
+
+
+def _pieces_to_text(pieces: List[bytes]) -> List[str]:
+    """Token byte pieces as text, joining pieces that split a UTF-8 character so every token decodes."""
+    tokens: List[str] = []
+    pending = b""
+    for piece in pieces:
+        pending += piece
+        try:
+            tokens.append(pending.decode("utf-8"))
+            pending = b""
+        except UnicodeDecodeError:
+            continue
+    if pending:
+        tokens.append(pending.decode("utf-8", errors="replace"))
+    return tokens
+
+
+def index_arrays(features) -> Dict[str, np.ndarray]:
+    """The retrieval index as storable arrays: dense rows, or a sparse matrix's CSR parts."""
+    if hasattr(features, "tocsr"):
+        csr = features.tocsr()
+        return {"index_data": csr.data.astype(np.float32), "index_indices": csr.indices, "index_indptr": csr.indptr,
+                "index_shape": np.array(csr.shape)}
+    return {"index": np.asarray(features, dtype=np.float32)}
+
+
+def index_matrix(arrays: Dict[str, np.ndarray]):
+    """The retrieval index stored by index_arrays."""
+    if "index" in arrays:
+        return arrays["index"]
+    from scipy.sparse import csr_matrix
+
+    return csr_matrix((arrays["index_data"], arrays["index_indices"], arrays["index_indptr"]),
+                      shape=tuple(arrays["index_shape"]))
