@@ -110,6 +110,29 @@ def start_local_backend(tmp_path: Path):
         backend.server.stop()
 
 
+SMALL_INTENTS = {
+    "greet": ["hello there", "hi", "good morning", "hey, how are you", "hello bot", "good evening to you"],
+    "goodbye": ["bye", "see you later", "goodbye for now", "talk to you tomorrow", "have a nice day, bye", "cya"],
+    "check_balance": ["what is my balance", "how much money do I have", "show my account balance",
+                      "balance please", "how much is left on my account", "what's in my checking account"],
+    "transfer_money": ["send money to my friend", "transfer 50 dollars to Anna", "I want to make a transfer",
+                       "pay my rent to the landlord", "move money to savings", "wire funds to John"],
+}
+
+
+def small_intent_records(fmt: str = "chat"):
+    """24 intent fine-tune records (4 intents, 6 texts each) in `fmt`, built by rasa_gpt3.prompts."""
+    from rasa_gpt3 import prompts
+
+    return [prompts.intent_record(text, intent, fmt) for intent, texts in SMALL_INTENTS.items() for text in texts]
+
+
+@pytest.fixture
+def intent_records():
+    """A function fmt -> 24 small intent records (4 intents: greet, goodbye, check_balance, transfer_money)."""
+    return small_intent_records
+
+
 @pytest.fixture
 def local_settings(tmp_path: Path, monkeypatch):
     """Settings for a throw-away bot project that use the embedded local backend (no API key in the env)."""

@@ -14,7 +14,7 @@ from typing import Dict, Optional
 
 from aiohttp import web
 
-from rasa_gpt3.local.server import DEFAULT_MAX_UPLOAD_BYTES, create_app
+from rasa_gpt3.local.server import BACKEND, DEFAULT_MAX_UPLOAD_BYTES, create_app
 
 READY_TIMEOUT = 30.0
 
@@ -42,7 +42,7 @@ class EmbeddedServer:
     @property
     def backend(self):
         """The server's Backend (store, fault plan, counters)."""
-        return self.app["backend"]
+        return self.app[BACKEND]
 
     @property
     def base_url(self) -> str:

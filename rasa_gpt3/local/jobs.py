@@ -133,8 +133,11 @@ class JobRunner:
             self._wake.clear()
 
     def _run_pending(self) -> None:
-        for job_id in self.store.active_job_ids():
-            if self._stop.is_set() or job_id in self._finished:
+        for job_id, status in self.store.job_statuses(skip=self._finished):
+            if self._stop.is_set():
+                return
+            if status in TERMINAL_STATUSES:
+                self._finished.add(job_id)
                 continue
             lock = self.store.try_claim_job(job_id)
             if lock is None:

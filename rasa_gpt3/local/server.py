@@ -54,10 +54,6 @@ def error_response(status: int, message: str, type_: str = "invalid_request_erro
     return web.json_response(body, status=status, headers=headers)
 
 
-class _Dropped(Exception):
-    """The fault `drop`: the connection was closed without a response."""
-
-
 _STATUS_TYPES = {
     400: ("invalid_request_error", None),
     401: ("invalid_request_error", "invalid_api_key"),
@@ -134,6 +130,9 @@ def _model_missing_message(model_id: str) -> str:
     return f"The model `{model_id}` does not exist or you do not have access to it."
 
 
+BACKEND = web.AppKey("backend", Backend)
+
+
 # ---------------------------------------------------------------------- middlewares
 
 
@@ -144,8 +143,6 @@ async def errors_middleware(request: web.Request, handler):
         return await handler(request)
     except ApiError as error:
         return error_response(error.status, error.message, error.type, error.param, error.code, error.headers)
-    except _Dropped:
-        raise
     except web.HTTPException as error:
         if error.status < 400:
             raise
@@ -155,7 +152,7 @@ async def errors_middleware(request: web.Request, handler):
         elif error.status == 405:
             message = f"Method {request.method} is not allowed for {request.path}"
         elif error.status == 413:
-            limit = request.app["backend"].max_upload_bytes
+            limit = request.app[BACKEND].max_upload_bytes
             message = f"Request too large: the limit is {limit} bytes."
         else:
             message = error.reason
@@ -170,7 +167,7 @@ async def errors_middleware(request: web.Request, handler):
 @web.middleware
 async def service_middleware(request: web.Request, handler):
     """Counts API requests, applies injected faults, and checks the bearer token."""
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     path = request.path
     if not path.startswith("/v1/"):
         if path.startswith("/_local/"):
@@ -190,7 +187,8 @@ async def service_middleware(request: web.Request, handler):
         if fault.drop:
             if request.transport is not None:
                 request.transport.abort()
-            raise _Dropped()
+            # aiohttp finds the transport closed and sends nothing (it treats it as a client reset)
+            return web.Response(status=500)
         if fault.status:
             headers = {}
             if fault.retry_after > 0:
@@ -282,7 +280,7 @@ def _id_or_404(value: str, kind: str, what: str) -> str:
 
 
 async def upload_file(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Uploads must be multipart/form-data with the fields 'file' and 'purpose'.")
     form = await request.post()
@@ -302,7 +300,7 @@ async def upload_file(request: web.Request) -> web.Response:
 
 
 async def list_files(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     limit = _query_int(request, "limit", 10000, 1, 10000)
     items = backend.store.list_files(request.query.get("purpose") or None)
     if request.query.get("order") == "asc":
@@ -313,7 +311,7 @@ async def list_files(request: web.Request) -> web.Response:
 async def retrieve_file(request: web.Request) -> web.Response:
     file_id = _id_or_404(request.match_info["file_id"], "file", "file")
     try:
-        return web.json_response(public(request.app["backend"].store.get_file(file_id)))
+        return web.json_response(public(request.app[BACKEND].store.get_file(file_id)))
     except NotFound:
         raise ApiError(404, f"No such File object: {file_id}", param="id") from None
 
@@ -321,7 +319,7 @@ async def retrieve_file(request: web.Request) -> web.Response:
 async def file_content(request: web.Request) -> web.Response:
     file_id = _id_or_404(request.match_info["file_id"], "file", "file")
     try:
-        content = request.app["backend"].store.file_content(file_id)
+        content = request.app[BACKEND].store.file_content(file_id)
     except NotFound:
         raise ApiError(404, f"No such File object: {file_id}", param="id") from None
     return web.Response(body=content, content_type="application/octet-stream")
@@ -330,7 +328,7 @@ async def file_content(request: web.Request) -> web.Response:
 async def delete_file(request: web.Request) -> web.Response:
     file_id = _id_or_404(request.match_info["file_id"], "file", "file")
     try:
-        request.app["backend"].store.delete_file(file_id)
+        request.app[BACKEND].store.delete_file(file_id)
     except NotFound:
         raise ApiError(404, f"No such File object: {file_id}", param="id") from None
     return web.json_response({"id": file_id, "object": "file", "deleted": True})
@@ -370,7 +368,7 @@ def _hyperparameters(body: Dict[str, Any]) -> Dict[str, Any]:
 
 
 async def create_job(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     body = await _json_body(request)
     model = _expect(body, "model", str, required=True)
     try:
@@ -378,6 +376,7 @@ async def create_job(request: web.Request) -> web.Response:
     except ValueError:
         raise ApiError(400, f"Model {model[:120]} is not available for fine-tuning or does not exist.",
                        param="model", code="model_not_available") from None
+    hyperparameters = _hyperparameters(body)
     training_file = _expect(body, "training_file", str, required=True)
     validation_file = _expect(body, "validation_file", str)
     for param, file_id in (("training_file", training_file), ("validation_file", validation_file)):
@@ -399,7 +398,6 @@ async def create_job(request: web.Request) -> web.Response:
                                      for k, v in metadata.items()):
             raise ApiError(400, "Invalid 'metadata': at most 16 string keys (64 chars) with string values (512).",
                            param="metadata")
-    hyperparameters = _hyperparameters(body)
     job = {
         "id": ids.new_id("job"),
         "object": "fine_tuning.job",
@@ -441,14 +439,14 @@ def _job_view(job: Dict[str, Any]) -> Dict[str, Any]:
 def _job_or_404(request: web.Request) -> Dict[str, Any]:
     job_id = _id_or_404(request.match_info["job_id"], "job", "job")
     try:
-        return request.app["backend"].store.get_job(job_id)
+        return request.app[BACKEND].store.get_job(job_id)
     except NotFound:
         raise ApiError(404, f"Could not find fine-tune: {job_id}", param="fine_tuning_job_id",
                        code="fine_tune_not_found") from None
 
 
 async def list_jobs(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     limit = _query_int(request, "limit", 20, 1, 100)
     jobs = backend.store.list_jobs()
     wanted = {key[len("metadata["):-1]: value for key, value in request.query.items()
@@ -465,7 +463,7 @@ async def retrieve_job(request: web.Request) -> web.Response:
 
 
 async def cancel_job(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     job = _job_or_404(request)
 
     def change(current: Dict[str, Any]) -> None:
@@ -484,7 +482,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 async def list_events(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     job = _job_or_404(request)
     limit = _query_int(request, "limit", 20, 1, 1000)
     return web.json_response(_page(backend.store.list_events(job["id"]), request.query.get("after"), limit))
@@ -509,7 +507,7 @@ def _base_model_object(name: str) -> Dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     data = [_base_model_object(name) for name in known_base_models()]
     data += [_public_model(meta) for meta in backend.store.list_models()]
     return web.json_response({"object": "list", "data": data})
@@ -520,7 +518,7 @@ def _public_model(meta: Dict[str, Any]) -> Dict[str, Any]:
 
 
 async def retrieve_model(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     model_id = request.match_info["model"]
     if model_id in known_base_models():
         return web.json_response(_base_model_object(model_id))
@@ -532,7 +530,7 @@ async def retrieve_model(request: web.Request) -> web.Response:
 
 
 async def delete_model(request: web.Request) -> web.Response:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     model_id = request.match_info["model"]
     if model_id in known_base_models():
         raise ApiError(403, "You have insufficient permissions to delete a base model.", "permission_error",
@@ -632,7 +630,7 @@ def _completion_tokens(text: str, encoding_name: str) -> int:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     body = await _json_body(request)
     model_id = _expect(body, "model", str, required=True)
     messages = _expect(body, "messages", list, required=True)
@@ -707,7 +705,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    backend: Backend = request.app["backend"]
+    backend: Backend = request.app[BACKEND]
     body = await _json_body(request)
     model_id = _expect(body, "model", str, required=True)
     prompt = body.get("prompt")
@@ -782,12 +780,12 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app["backend"].stats())
+    return web.json_response(request.app[BACKEND].stats())
 
 
 async def reset_stats(request: web.Request) -> web.Response:
-    request.app["backend"].reset_stats()
-    return web.json_response(request.app["backend"].stats())
+    request.app[BACKEND].reset_stats()
+    return web.json_response(request.app[BACKEND].stats())
 
 
 async def configure_faults(request: web.Request) -> web.Response:
@@ -796,10 +794,10 @@ async def configure_faults(request: web.Request) -> web.Response:
     if not isinstance(spec, str):
         raise ApiError(400, "'faults' must be a fault spec string.", param="faults")
     try:
-        request.app["backend"].faults.configure(spec)
+        request.app[BACKEND].faults.configure(spec)
     except FaultSpecError as error:
         raise ApiError(400, str(error), param="faults") from None
-    return web.json_response({"faults": request.app["backend"].faults.configured})
+    return web.json_response({"faults": request.app[BACKEND].faults.configured})
 
 
 # ---------------------------------------------------------------------- the app
@@ -810,7 +808,7 @@ def create_app(state_dir: Path, *, token: Optional[str] = None, faults: Optional
     """The aiohttp application of a local backend on `state_dir` (its job runner starts with the app)."""
     backend = Backend(Path(state_dir), token=token, faults=faults, max_upload_bytes=max_upload_bytes, run_jobs=run_jobs)
     app = web.Application(middlewares=[errors_middleware, service_middleware], client_max_size=max_upload_bytes)
-    app["backend"] = backend
+    app[BACKEND] = backend
     v1 = "/v1"
     app.router.add_post(f"{v1}/files", upload_file)
     app.router.add_get(f"{v1}/files", list_files)

@@ -19,7 +19,7 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import numpy as np
 from filelock import FileLock, Timeout
@@ -162,9 +162,19 @@ class Store:
         """Every job, newest first."""
         return self._all("jobs")
 
-    def active_job_ids(self) -> List[str]:
-        """Ids of jobs not yet succeeded, failed or cancelled, oldest first."""
-        return [job["id"] for job in reversed(self.list_jobs()) if job.get("status") in ACTIVE_STATUSES]
+    def job_statuses(self, skip: Iterable[str] = ()) -> List[Tuple[str, str]]:
+        """(job id, status) of every job not in `skip` (those are not even read), oldest first."""
+        skip = set(skip)
+        found = []
+        for path in (self.root / "jobs").glob("ftjob-*.json"):
+            if path.stem in skip:
+                continue
+            try:
+                job = json.loads(path.read_text(encoding="utf-8"))
+            except (FileNotFoundError, json.JSONDecodeError):
+                continue
+            found.append((job.get(PRIVATE, {}).get("seq", 0), job["id"], job.get("status", "")))
+        return [(job_id, status) for _, job_id, status in sorted(found)]
 
     def update_job(self, job_id: str, change: Callable[[Dict[str, Any]], Optional[Dict[str, Any]]]) -> Dict[str, Any]:
         """Applies `change` (mutating the job, or returning a replacement) under the lock; returns the new job."""
