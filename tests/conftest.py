@@ -138,6 +138,10 @@ def local_settings(tmp_path: Path, monkeypatch):
     """Settings for a throw-away bot project that use the embedded local backend (no API key in the env)."""
     from rasa_gpt3.settings import Settings
 
+    from rasa_gpt3.local.embedded import stop_server
+
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
-    return Settings.from_env(tmp_path / "bot")
+    settings = Settings.from_env(tmp_path / "bot")
+    yield settings
+    stop_server(settings.local_state_dir)

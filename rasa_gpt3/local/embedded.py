@@ -115,6 +115,14 @@ def running_server(state_dir: os.PathLike) -> Optional[EmbeddedServer]:
     return server if server is not None and server.running else None
 
 
+def stop_server(state_dir: os.PathLike) -> None:
+    """Stops this process's embedded server for `state_dir`, if any (tests; a later client starts a new one)."""
+    with _SERVERS_LOCK:
+        server = _SERVERS.pop(Path(state_dir).expanduser().resolve(), None)
+    if server is not None:
+        server.stop()
+
+
 def serve_forever(state_dir: os.PathLike, *, host: str = "127.0.0.1", port: int = 8765, token: Optional[str] = None,
                   faults: Optional[str] = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                   on_ready=None) -> None:
