@@ -324,7 +324,8 @@ class BoundedCaller:
         self._async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
         self._client_lock = threading.Lock()
         self._headers = dict(policy.extra_headers) or None
-        self.requests_sent = 0
+        # calls that went to the API (a retry is part of its call; cache hits, skips and warm-ups not counted)
+        self.calls_sent = 0
 
     # -- clients
 
@@ -353,6 +354,15 @@ class BoundedCaller:
 
     # -- calls
 
+    def warm_up(self, model: str, body: Mapping[str, Any], timeout: float = 30.0) -> bool:
+        """Sends one request outside budget, breaker and cache (loads the model on the local backend); never raises."""
+        try:
+            self._send(model, body, timeout)
+            return True
+        except Exception as exc:  # a failed warm-up only means the first real request may be slow
+            logger.info("rasa_gpt3: warm-up request to %s failed: %s", model, _describe(exc))
+            return False
+
     def complete(self, model: str, body: Mapping[str, Any]) -> Completion:
         """One bounded completion (chat when `body` has `messages`, legacy when it has `prompt`); raises CallFailed."""
         key = cache_key(model, body)
@@ -361,6 +371,7 @@ class BoundedCaller:
             return cached
         if not self.breaker.allow():
             raise CallFailed(CIRCUIT_OPEN, f"skipped for up to {self.policy.breaker_cooldown:g} s after repeated failures")
+        self.calls_sent += 1
         deadline = time.monotonic() + self.policy.timeout
         attempt = 0
         while True:
@@ -384,6 +395,7 @@ class BoundedCaller:
             return cached
         if not self.breaker.allow():
             raise CallFailed(CIRCUIT_OPEN, f"skipped for up to {self.policy.breaker_cooldown:g} s after repeated failures")
+        self.calls_sent += 1
         deadline = time.monotonic() + self.policy.timeout
         attempt = 0
         while True:
@@ -427,7 +439,6 @@ class BoundedCaller:
         client = self.client()
         chat = "messages" in body
         resource = client.chat.completions if chat else client.completions
-        self.requests_sent += 1
         raw = resource.with_raw_response.create(model=model, **body, timeout=timeout, extra_headers=self._headers)
         return self._read(raw, chat)
 
@@ -435,7 +446,6 @@ class BoundedCaller:
         client = self.async_client()
         chat = "messages" in body
         resource = client.chat.completions if chat else client.completions
-        self.requests_sent += 1
         raw = await resource.with_raw_response.create(model=model, **body, timeout=timeout, extra_headers=self._headers)
         return self._read(raw, chat)
 

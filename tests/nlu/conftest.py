@@ -1,0 +1,56 @@
+"""Session fixtures for the NLU component tests: one workspace, models trained once, one in-process Agent each."""
+from __future__ import annotations
+
+import pytest
+
+from .pipeline_checks import CONFIGS, TINY_BOT, AgentRunner, BackendControls, make_workspace, rasa_env
+
+
+@pytest.fixture(scope="session")
+def nlu_env(tmp_path_factory):
+    """This process's environment set as `rasa train` sees it (local backend state in a temporary directory)."""
+    state_dir = tmp_path_factory.mktemp("nlu-local-state")
+    with pytest.MonkeyPatch.context() as patch:
+        for key, value in rasa_env(state_dir).items():
+            patch.setenv(key, value)
+        patch.delenv("OPENAI_BASE_URL", raising=False)
+        patch.delenv("RASA_GPT3_FAULTS", raising=False)
+        yield state_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_bot(tmp_path_factory, nlu_env):
+    """A copy of tests/nlu/data/tiny_bot sharing the session's local backend state."""
+    workspace = make_workspace(tmp_path_factory.mktemp("tiny"), TINY_BOT)
+    workspace.state_dir = nlu_env
+    return workspace
+
+
+@pytest.fixture(scope="session")
+def full_model(tiny_bot):
+    """tiny_bot trained with `rasa train` (NLU + RulePolicy) on tests/configs/gpt3_intent_entities.yml."""
+    return tiny_bot.train(CONFIGS / "gpt3_intent_entities.yml", nlu_only=False)
+
+
+@pytest.fixture(scope="session")
+def agent(full_model, nlu_env):
+    """The full model loaded into a Rasa Agent in this process."""
+    runner = AgentRunner(full_model)
+    yield runner
+    runner.close()
+
+
+@pytest.fixture(scope="session")
+def backend(agent, nlu_env):
+    """Controls of the embedded local backend the agent's components talk to."""
+    controls = BackendControls(nlu_env)
+    yield controls
+    controls.set_faults(None)
+
+
+@pytest.fixture
+def no_faults(backend):
+    """Clears injected faults before and after a test."""
+    backend.set_faults(None)
+    yield backend
+    backend.set_faults(None)
