@@ -223,6 +223,8 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
 
     _show_fine_tune_log()
     project = load_project(args.project)
+    for line in project.warnings:
+        print(f"warning: {line}", file=sys.stderr)
     exported = export_task(
         args.task, project.nlu, project.domain, project.stories, fmt=args.format, base_model=args.base_model
     )
@@ -248,7 +250,7 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
 
 def _run_follow(args: argparse.Namespace) -> int:
     """Follows a job with a progress bar; a succeeded rasa_gpt3 job is recorded in the registry."""
-    from rasa_gpt3.finetune import FollowInterrupted, follow
+    from rasa_gpt3.finetune import META_TASK, FollowInterrupted, follow
     from rasa_gpt3.progress import TqdmProgressBar
 
     _show_fine_tune_log()
@@ -260,14 +262,14 @@ def _run_follow(args: argparse.Namespace) -> int:
         return 130
     print(f"{job.id} succeeded: {job.fine_tuned_model}")
     if entry is not None:
-        task = (job.metadata or {}).get("rasa_gpt3_task")
+        task = (job.metadata or {}).get(META_TASK)
         print(f"active {task} model on {settings.backend_name} in {settings.registry_path.name}")
     return 0
 
 
 def _run_status(args: argparse.Namespace) -> int:
     """Prints a job's state, what it trains, its error if it failed, and its latest events."""
-    from rasa_gpt3.finetune import get_job, job_epochs
+    from rasa_gpt3.finetune import META_PROJECT, META_TASK, get_job, job_epochs
     from rasa_gpt3.registry import timestamp_iso
 
     job, events = get_job(_settings(args), args.job)
@@ -277,7 +279,7 @@ def _run_status(args: argparse.Namespace) -> int:
         ("status", job.status),
         ("base model", job.model),
         ("fine-tuned model", job.fine_tuned_model or "-"),
-        ("task / project", f"{meta.get('rasa_gpt3_task', '-')} / {meta.get('rasa_gpt3_project', '-')}"),
+        ("task / project", f"{meta.get(META_TASK, '-')} / {meta.get(META_PROJECT, '-')}"),
         ("epochs", job_epochs(job) or "auto"),
         ("created", timestamp_iso(job.created_at)),
         ("finished", timestamp_iso(job.finished_at) if job.finished_at else "-"),
@@ -305,7 +307,7 @@ def _run_cancel(args: argparse.Namespace) -> int:
 
 def _run_list(args: argparse.Namespace) -> int:
     """Lists the project's fine-tuning jobs (found through their metadata), newest first."""
-    from rasa_gpt3.finetune import list_jobs
+    from rasa_gpt3.finetune import META_TASK, list_jobs
     from rasa_gpt3.registry import timestamp_iso
 
     settings = _settings(args)
@@ -317,7 +319,7 @@ def _run_list(args: argparse.Namespace) -> int:
         return 0
     rows = [("JOB", "STATUS", "TASK", "CREATED", "BASE MODEL", "FINE-TUNED MODEL")]
     for job in jobs:
-        rows.append((job.id, job.status, (job.metadata or {}).get("rasa_gpt3_task", "-"),
+        rows.append((job.id, job.status, (job.metadata or {}).get(META_TASK, "-"),
                      timestamp_iso(job.created_at), job.model, job.fine_tuned_model or "-"))
     print(_table(rows))
     return 0

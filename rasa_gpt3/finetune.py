@@ -44,12 +44,14 @@ FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 FILE_PURPOSE = "fine-tune"
 DEFAULT_SEED = 42
 
+# Job metadata keys. `rasa_gpt3_key` marks a job as ours (other tools' jobs may also say `project`); the local
+# backend reads `task` to choose between a classifier and retrieval.
 META_KEY = "rasa_gpt3_key"
-META_PROJECT = "rasa_gpt3_project"
-META_TASK = "rasa_gpt3_task"
-META_FINGERPRINT = "rasa_gpt3_fingerprint"
-META_PROMPT_FORMAT = "rasa_gpt3_prompt_format"
-META_FORMAT = "rasa_gpt3_format"
+META_PROJECT = "project"
+META_TASK = "task"
+META_FINGERPRINT = "fingerprint"
+META_PROMPT_FORMAT = "prompt_format"
+META_FORMAT = "format"
 
 # how many jobs to look through for an identical one when the server ignores the metadata filter
 _JOB_SCAN_LIMIT = 500
@@ -356,6 +358,10 @@ def _new_events(client: Any, job_id: str, seen: set) -> List[Any]:
     return fresh
 
 
+def _is_metrics(event: Any) -> bool:
+    return getattr(event, "type", None) == "metrics" or bool(re.match(r"\s*step \d+", event.message or "", re.I))
+
+
 def follow_job(
     client: Any,
     job_id: str,
@@ -382,13 +388,14 @@ def follow_job(
         while True:
             try:
                 job = _retrieve_job(client, job_id, backend)
-                state = replace(state, status=job.status, n_epochs=job_epochs(job) or state.n_epochs)
+                state = replace(state, n_epochs=job_epochs(job) or state.n_epochs)
                 for event in _new_events(client, job_id, seen):
                     seen.add(event.id)
                     state = apply_event(state, event)
-                    if progress is not None:
-                        is_metrics = getattr(event, "type", None) == "metrics" or "Step " in (event.message or "")
-                        progress.update(state, None if is_metrics else event.message)
+                    if progress is not None and not _is_metrics(event):
+                        progress.update(state, event.message)
+                # the status last: events fetched after it may still describe an earlier state
+                state = replace(state, status=job.status)
                 if progress is not None:
                     progress.update(state)
                 if trouble_since is not None:
@@ -433,19 +440,40 @@ def fetch_results(client: Any, job: Any) -> Any:
     return parse_result_file(content)
 
 
-def job_metrics(client: Any, job: Any, fallback: Optional[JobProgress] = None) -> Dict[str, float]:
-    """The final validation and training metrics of a finished job (result file, else the last events)."""
+def job_metrics(client: Any, job: Any, progress: Optional[JobProgress] = None) -> Dict[str, float]:
+    """The final metrics of a finished job, full-validation figures preferred.
+
+    The result file gives the last per-step values; the events (or `progress`, when the job was followed) give the
+    full-validation loss and accuracy of the last epoch, which replace the noisier per-step validation figures.
+    """
+    import openai
+
+    metrics: Dict[str, float] = {}
     try:
-        return fetch_results(client, job).final_metrics()
+        metrics.update(fetch_results(client, job).final_metrics())
     except RasaGPT3Error as error:
         logger.debug("no metrics from the result file of %s: %s", job.id, error)
-    return fallback.metrics() if fallback is not None else {}
+    if progress is None:
+        progress = JobProgress()
+        try:
+            events = list(client.fine_tuning.jobs.list_events(job.id, limit=100).data)
+        except openai.OpenAIError as error:  # metrics are nice to have; a finished model must still be registered
+            logger.debug("no events for %s: %s", job.id, error)
+            events = []
+        for event in reversed(events):
+            progress = apply_event(progress, event)
+    full = {"valid_loss": progress.full_valid_loss, "valid_accuracy": progress.full_valid_accuracy}
+    metrics.update({name: value for name, value in full.items() if value is not None})
+    for name, value in progress.metrics().items():
+        metrics.setdefault(name, value)
+    return metrics
 
 
 def register_job(settings: Settings, job: Any, metrics: Dict[str, float], activate: bool = True) -> Optional[RegistryEntry]:
     """Records a succeeded job's model in the project's registry; None when the job was not made by rasa_gpt3."""
-    task = (getattr(job, "metadata", None) or {}).get(META_TASK)
-    if job.status != "succeeded" or not job.fine_tuned_model or not task:
+    meta = getattr(job, "metadata", None) or {}
+    task = meta.get(META_TASK)
+    if job.status != "succeeded" or not job.fine_tuned_model or not task or META_KEY not in meta:
         return None
     entry = entry_from_job(job, settings.backend_name, metrics)
     # reload right before writing so a concurrent change to the file is not lost
@@ -522,12 +550,15 @@ def ensure_fine_tuned(
             return _finish(settings, client, reused.job_id, progress, common, reused=True, attached=True)
 
     check_budget(estimate, max_cost)
+    logger.info("estimated cost: %s", estimate.describe())
     with api_errors(f"uploading the {exported.task} training data to {backend}"):
         # the bytes of `rasa-gpt3 export`'s train.jsonl / valid.jsonl, so their sha256 matches the upload's name
-        train_id, _ = upload_jsonl(client, exported.jsonl("train").encode("utf-8"), exported.task, "train")
-        valid_id = None
+        train_id, reused_train = upload_jsonl(client, exported.jsonl("train").encode("utf-8"), exported.task, "train")
+        valid_id, reused_valid = None, True
         if exported.valid:
-            valid_id, _ = upload_jsonl(client, exported.jsonl("valid").encode("utf-8"), exported.task, "valid")
+            valid_id, reused_valid = upload_jsonl(client, exported.jsonl("valid").encode("utf-8"), exported.task, "valid")
+    logger.info("training file %s, validation file %s (%s)", train_id, valid_id or "none",
+                "already uploaded" if reused_train and reused_valid else "uploaded")
     with api_errors(f"creating the fine-tuning job on {backend}"):
         job = client.fine_tuning.jobs.create(
             model=base_model.name,
@@ -654,7 +685,8 @@ def list_jobs(settings: Settings, project_name: Optional[str], limit: int = 100)
         for index, job in enumerate(client.fine_tuning.jobs.list(limit=min(limit, 100), **query)):
             if index >= _JOB_SCAN_LIMIT or len(jobs) >= limit:
                 break
-            if project_name and (job.metadata or {}).get(META_PROJECT) != project_name:
+            meta = job.metadata or {}
+            if project_name and (meta.get(META_PROJECT) != project_name or META_KEY not in meta):
                 continue
             jobs.append(job)
     return jobs

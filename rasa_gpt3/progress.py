@@ -20,9 +20,11 @@ _VALID_LOSS = re.compile(r"validation loss\s*=\s*([-+0-9.eE]+)", re.IGNORECASE)
 # data keys per snapshot field, first present wins (OpenAI's names first, then shorter spellings)
 _METRIC_KEYS = {
     "train_loss": ("train_loss",),
-    "valid_loss": ("full_valid_loss", "valid_loss"),
+    "valid_loss": ("valid_loss",),
     "train_accuracy": ("train_mean_token_accuracy", "train_accuracy"),
-    "valid_accuracy": ("full_valid_mean_token_accuracy", "valid_mean_token_accuracy", "valid_accuracy"),
+    "valid_accuracy": ("valid_mean_token_accuracy", "valid_accuracy"),
+    "full_valid_loss": ("full_valid_loss",),
+    "full_valid_accuracy": ("full_valid_mean_token_accuracy",),
 }
 
 
@@ -40,12 +42,20 @@ class JobProgress:
     valid_loss: Optional[float] = None
     train_accuracy: Optional[float] = None
     valid_accuracy: Optional[float] = None
+    # over the whole validation file, reported at epoch ends (valid_* are per-step batch estimates)
+    full_valid_loss: Optional[float] = None
+    full_valid_accuracy: Optional[float] = None
     last_event_id: Optional[str] = None
 
     def metrics(self) -> Dict[str, float]:
-        """The latest losses and accuracies that are known, by name."""
-        names = ("train_loss", "valid_loss", "train_accuracy", "valid_accuracy")
-        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        """The latest losses and accuracies, as the registry names them (full-validation figures preferred)."""
+        found = {
+            "train_loss": self.train_loss,
+            "train_accuracy": self.train_accuracy,
+            "valid_loss": self.full_valid_loss if self.full_valid_loss is not None else self.valid_loss,
+            "valid_accuracy": self.full_valid_accuracy if self.full_valid_accuracy is not None else self.valid_accuracy,
+        }
+        return {name: value for name, value in found.items() if value is not None}
 
 
 def _field(event: Any, name: str) -> Any:
@@ -114,6 +124,7 @@ def describe(progress: JobProgress) -> str:
     for label, value in (
         ("loss", progress.train_loss), ("val_loss", progress.valid_loss),
         ("acc", progress.train_accuracy), ("val_acc", progress.valid_accuracy),
+        ("full_val_loss", progress.full_valid_loss),
     ):
         if value is not None:
             parts.append(f"{label} {value:.3f}")
@@ -131,29 +142,42 @@ class ProgressReporter(Protocol):
 
 
 class TqdmProgressBar:
-    """A tqdm bar over the job's training steps with epoch, loss and accuracy after it; messages above it."""
+    """A tqdm bar over the job's training steps with epoch, loss and accuracy after it; messages above it.
+
+    On a stream that is not a terminal (CI logs, pipes) the bar is off: event messages are printed as lines and
+    the final state as one summary line.
+    """
+
+    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]"
 
     def __init__(self, stream: Optional[TextIO] = None) -> None:
         self.stream = stream or sys.stderr
         self._bar = None
+        self._last: Optional[JobProgress] = None
 
     def _ensure_bar(self, progress: JobProgress) -> Any:
         from tqdm import tqdm
 
         if self._bar is None:
             self._bar = tqdm(
-                total=progress.total_steps, desc=progress.job_id, unit="step", file=self.stream,
-                dynamic_ncols=True, leave=True,
+                total=progress.total_steps, desc=progress.job_id, file=self.stream, dynamic_ncols=True, leave=True,
+                disable=None, bar_format=self.BAR_FORMAT if progress.total_steps else None, unit="step",
             )
         elif progress.total_steps and self._bar.total != progress.total_steps:
             self._bar.total = progress.total_steps
+            self._bar.bar_format = self.BAR_FORMAT
         return self._bar
 
     def update(self, progress: JobProgress, message: Optional[str] = None) -> None:
         """Moves the bar to the current step and prints `message` above it."""
+        from tqdm import tqdm
+
         bar = self._ensure_bar(progress)
+        self._last = progress
         if message:
-            bar.write(f"  {message}", file=self.stream)
+            tqdm.write(f"  {message}", file=self.stream)
+        if bar.disable:
+            return
         if progress.step > bar.n:
             bar.update(progress.step - bar.n)
         status = progress.status or ""
@@ -161,7 +185,11 @@ class TqdmProgressBar:
         bar.set_postfix_str(describe(progress), refresh=True)
 
     def close(self) -> None:
-        """Closes the bar (leaving its last state on screen)."""
+        """Closes the bar (leaving its last state on screen), or prints the summary line when the bar was off."""
         if self._bar is not None:
+            if self._bar.disable and self._last is not None:
+                last = self._last
+                steps = f"step {last.step}/{last.total_steps}, " if last.total_steps else ""
+                print(f"{last.job_id} {last.status or ''}: {steps}{describe(last)}".rstrip(": "), file=self.stream)
             self._bar.close()
             self._bar = None

@@ -60,9 +60,6 @@ class ResultTable:
             "valid_loss": last("full_valid_loss", "valid_loss"),
             "valid_accuracy": last("full_valid_mean_token_accuracy", "valid_mean_token_accuracy", "valid_accuracy"),
         }
-        steps = self.series("step")
-        if steps:
-            found["steps"] = steps[-1][1]
         return {name: value for name, value in found.items() if value is not None}
 
 

@@ -23,7 +23,7 @@ def test_plain_and_base64_result_files_parse_the_same(content):
     assert table.columns[0] == "step" and len(table.rows) == 4
     assert table.rows[0]["valid_loss"] is None and table.rows[1]["valid_loss"] == 1.2
     assert table.final_metrics() == {"train_loss": 0.25, "train_accuracy": 0.95, "valid_loss": 0.4,
-                                     "valid_accuracy": 0.85, "steps": 4.0}
+                                     "valid_accuracy": 0.85}
 
 
 def test_full_validation_figures_are_preferred_when_present():
