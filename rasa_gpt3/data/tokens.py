@@ -65,11 +65,20 @@ def get_encoding(name: str) -> tiktoken.Encoding:
 
 
 def count_text_tokens(texts: Iterable[str], encoding: tiktoken.Encoding) -> List[int]:
-    """Token counts of many plain texts at once (special-token strings are counted as ordinary text)."""
+    """Token counts of many plain texts at once (special-token strings are counted as ordinary text).
+
+    Each distinct text is encoded once (system prompts and roles repeat in every record). A plain loop:
+    tiktoken's encode_ordinary_batch submits every text to a thread pool, which costs ~80 µs per text.
+    """
     texts = list(texts)
     if not texts:
         return []
-    return [len(ids) for ids in encoding.encode_ordinary_batch(texts)]
+    encode = encoding.encode_ordinary
+    counts: Dict[str, int] = {}
+    for text in texts:
+        if text not in counts:
+            counts[text] = len(encode(text))
+    return [counts[text] for text in texts]
 
 
 def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encoding) -> List[int]:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model, default_base_model
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 from rasa_gpt3.errors import DataError
@@ -125,9 +126,20 @@ class ValidationReport:
 # ---------------------------------------------------------------- the data the checks look at
 
 
+# Structural problems of one record, found in a single pass over the records (bit flags).
+MISSING_KEYS = 1
+TOP_EXTRA = 2
+MESSAGE_EXTRA = 4
+MESSAGE_NOT_OBJECT = 8
+BAD_ROLE = 16
+BAD_CONTENT = 32
+NO_ASSISTANT = 64
+_MALFORMED = MISSING_KEYS | MESSAGE_NOT_OBJECT | BAD_ROLE | BAD_CONTENT | NO_ASSISTANT
+
+
 @dataclass
 class CheckData:
-    """Parsed records plus what every check needs, computed once (the checks must stay fast at 100k records)."""
+    """Parsed records plus what every check needs, computed in one pass (the checks must stay fast at 100k)."""
 
     records: List[Any]
     lines: List[int]
@@ -135,8 +147,8 @@ class CheckData:
     model: BaseModel
     encoding: Any
     kinds: List[Optional[str]]  # "chat", "completion" or None per record
-    wellformed: List[bool]
-    prompt_texts: List[Optional[str]]
+    flags: List[int]  # the structural problem bits above
+    prompt_texts: List[Optional[str]]  # None for malformed records
     answers: List[Optional[str]]
     keys: List[str]
     token_counts: List[int]
@@ -146,33 +158,42 @@ class CheckData:
 
     def good(self) -> List[int]:
         """Indices of well-formed records."""
-        return [i for i, ok in enumerate(self.wellformed) if ok]
+        return [i for i, text in enumerate(self.prompt_texts) if text is not None]
+
+    def flagged(self, flag: int) -> List[int]:
+        """Indices of the records with a structural problem."""
+        return [i for i, bits in enumerate(self.flags) if bits & flag]
 
 
-def _kind(record: Any) -> Optional[str]:
-    if not isinstance(record, dict):
-        return None
-    if "messages" in record:
-        return "chat"
-    if "prompt" in record or "completion" in record:
-        return "completion"
-    return None
-
-
-def _is_wellformed(record: Any, kind: Optional[str]) -> bool:
-    if kind == "completion":
-        return isinstance(record.get("prompt"), str) and isinstance(record.get("completion"), str)
-    if kind == "chat":
-        messages = record.get("messages")
-        if not isinstance(messages, list) or not messages:
-            return False
+def _analyse(record: Any) -> Tuple[Optional[str], int]:
+    """The format of one record and its structural problems."""
+    if type(record) is not dict:
+        return None, 0
+    messages = record.get("messages")
+    if messages is not None or "messages" in record:
+        flags = TOP_EXTRA if len(record) > 1 and set(record) - CHAT_TOP_KEYS else 0
+        if type(messages) is not list or not messages:
+            return "chat", flags | MISSING_KEYS
         for message in messages:
-            if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-                return False
-            if not isinstance(message.get("content"), str) and not (message.get("function_call") or message.get("tool_calls")):
-                return False
-        return messages[-1].get("role") == "assistant" and isinstance(messages[-1].get("content"), str)
-    return False
+            if type(message) is not dict:
+                flags |= MESSAGE_NOT_OBJECT
+                continue
+            if (len(message) != 2 or "content" not in message) and set(message) - CHAT_MESSAGE_KEYS:
+                flags |= MESSAGE_EXTRA
+            if message.get("role") not in CHAT_ROLES:
+                flags |= BAD_ROLE
+            if type(message.get("content")) is not str and not (message.get("function_call") or message.get("tool_calls")):
+                flags |= BAD_CONTENT
+        last = messages[-1]
+        if type(last) is not dict or last.get("role") != "assistant" or type(last.get("content")) is not str:
+            flags |= NO_ASSISTANT
+        return "chat", flags
+    if "prompt" in record or "completion" in record:
+        flags = TOP_EXTRA if len(record) != 2 and set(record) - COMPLETION_KEYS else 0
+        if type(record.get("prompt")) is not str or type(record.get("completion")) is not str:
+            flags |= MISSING_KEYS
+        return "completion", flags
+    return None, 0
 
 
 def _lines_of(data: CheckData, indices: Sequence[int]) -> List[int]:
@@ -210,14 +231,7 @@ def check_format(data: CheckData) -> List[Finding]:
 
 def check_missing_keys(data: CheckData) -> List[Finding]:
     """Completion records have `prompt` and `completion` strings; chat records have a non-empty `messages` list."""
-    missing = []
-    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
-        if kind == "completion":
-            if not isinstance(record.get("prompt"), str) or not isinstance(record.get("completion"), str):
-                missing.append(i)
-        elif kind == "chat":
-            if not isinstance(record.get("messages"), list) or not record["messages"]:
-                missing.append(i)
+    missing = data.flagged(MISSING_KEYS)
     if not missing:
         return []
     return [Finding("missing_keys", "error",
@@ -227,25 +241,15 @@ def check_missing_keys(data: CheckData) -> List[Finding]:
 
 def check_extra_keys(data: CheckData) -> List[Finding]:
     """No keys the API does not know: extra top-level keys are ignored (warning), unknown message keys rejected."""
-    top, inner = [], []
-    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
-        if kind == "completion" and set(record) - COMPLETION_KEYS:
-            top.append(i)
-        elif kind == "chat":
-            if set(record) - CHAT_TOP_KEYS:
-                top.append(i)
-            messages = record.get("messages")
-            if isinstance(messages, list) and any(
-                isinstance(m, dict) and set(m) - CHAT_MESSAGE_KEYS for m in messages
-            ):
-                inner.append(i)
     findings = []
+    top = data.flagged(TOP_EXTRA)
     if top:
-        extra = sorted({k for i in top for k in set(data.records[i]) - COMPLETION_KEYS - CHAT_TOP_KEYS
-                        - ({"messages"} if data.kinds[i] == "completion" else set())})
+        extra = sorted({k for i in top for k in data.records[i]
+                        if k not in (CHAT_TOP_KEYS if data.kinds[i] == "chat" else COMPLETION_KEYS)})
         findings.append(Finding("extra_keys", "warning",
                                 f"{len(top)} records have keys the API ignores: {', '.join(extra[:5])}",
                                 "drop the extra keys (--fix does)", _lines_of(data, top)))
+    inner = data.flagged(MESSAGE_EXTRA)
     if inner:
         findings.append(Finding("extra_keys", "error",
                                 f"{len(inner)} records have messages with unrecognised keys "
@@ -256,30 +260,18 @@ def check_extra_keys(data: CheckData) -> List[Finding]:
 
 def check_message_structure(data: CheckData) -> List[Finding]:
     """Chat messages are objects with a known role and text content."""
-    bad_role, bad_content, not_object = [], [], []
-    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
-        messages = record.get("messages") if kind == "chat" else None
-        if not isinstance(messages, list):
-            continue
-        for message in messages:
-            if not isinstance(message, dict):
-                not_object.append(i)
-                break
-            if message.get("role") not in CHAT_ROLES:
-                bad_role.append(i)
-                break
-            if not isinstance(message.get("content"), str) and not (message.get("function_call") or message.get("tool_calls")):
-                bad_content.append(i)
-                break
     findings = []
+    not_object = data.flagged(MESSAGE_NOT_OBJECT)
     if not_object:
         findings.append(Finding("message_structure", "error", f"{len(not_object)} records have a message that is not an object",
                                 "write each message as {\"role\": ..., \"content\": ...}", _lines_of(data, not_object)))
+    bad_role = data.flagged(BAD_ROLE)
     if bad_role:
         findings.append(Finding("message_structure", "error",
                                 f"{len(bad_role)} records have a message with a missing or unknown role "
                                 f"(known: {', '.join(sorted(CHAT_ROLES))})",
                                 "fix the role names", _lines_of(data, bad_role)))
+    bad_content = data.flagged(BAD_CONTENT)
     if bad_content:
         findings.append(Finding("message_structure", "error", f"{len(bad_content)} records have a message without text content",
                                 "give every message a \"content\" string", _lines_of(data, bad_content)))
@@ -288,13 +280,7 @@ def check_message_structure(data: CheckData) -> List[Finding]:
 
 def check_assistant_message(data: CheckData) -> List[Finding]:
     """Every chat record ends with the assistant message the model is to learn."""
-    missing = []
-    for i, (record, kind) in enumerate(zip(data.records, data.kinds)):
-        messages = record.get("messages") if kind == "chat" else None
-        if isinstance(messages, list) and messages:
-            last = messages[-1]
-            if not isinstance(last, dict) or last.get("role") != "assistant":
-                missing.append(i)
+    missing = [i for i in data.flagged(NO_ASSISTANT) if not data.flags[i] & (MISSING_KEYS | MESSAGE_NOT_OBJECT)]
     if not missing:
         return []
     return [Finding("assistant_message", "error",
@@ -465,20 +451,25 @@ def check_label_conflicts(data: CheckData) -> List[Finding]:
     """Classification: the same text is never labelled with two different intents."""
     if not data.classification:
         return []
-    by_text: Dict[str, set] = defaultdict(set)
-    where: Dict[str, List[int]] = defaultdict(list)
+    first: Dict[str, str] = {}
+    conflicting = set()
     for i, label in _labels(data):
-        text = prompts.normalize_text(data.prompt_texts[i] or "")
-        by_text[text].add(label)
-        where[text].append(i)
-    conflicts = sorted(text for text, labels in by_text.items() if len(labels) > 1)
-    if not conflicts:
+        text = data.prompt_texts[i].strip()
+        if first.setdefault(text, label) != label:
+            conflicting.add(text)
+    if not conflicting:
         return []
-    example = conflicts[0]
+    by_text: Dict[str, set] = defaultdict(set)
+    indices = []
+    for i, label in _labels(data):
+        text = data.prompt_texts[i].strip()
+        if text in conflicting:
+            by_text[text].add(label)
+            indices.append(i)
+    example = min(conflicting)
     names = " / ".join(_label_name(data, label) for label in sorted(by_text[example]))
-    indices = sorted(i for text in conflicts for i in where[text])
     return [Finding("label_conflicts", "warning",
-                    f"{len(conflicts)} texts are labelled with different intents, e.g. {example!r}: {names}",
+                    f"{len(conflicting)} texts are labelled with different intents, e.g. {example!r}: {names}",
                     "keep each text under one intent in the NLU data (rasa data validate shows them too)",
                     _lines_of(data, indices))]
 
@@ -603,24 +594,36 @@ def validate_records(
     than a third of the records); `training_count` is the size of the training file when `records` also hold
     the validation split.
     """
-    kinds = [_kind(record) for record in records]
+    with paused_garbage_collection():
+        return _validate_records(records, fmt=fmt, base_model=base_model, lines=lines, keys=keys,
+                                 token_counts=token_counts, classification=classification,
+                                 training_count=training_count, codec=codec, source=source)
+
+
+def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Union[None, str, BaseModel],
+                      lines: Optional[List[int]], keys: Optional[List[str]], token_counts: Optional[List[int]],
+                      classification: Optional[bool], training_count: Optional[int], codec: Any,
+                      source: str) -> ValidationReport:
+    analysed = [_analyse(record) for record in records]
+    kinds = [kind for kind, _ in analysed]
+    flags = [bits for _, bits in analysed]
     detected = _detect_format(kinds)
     model = _resolve_model(fmt or detected, base_model)
     encoding = get_encoding(model.encoding)
-    wellformed = [_is_wellformed(record, kind) for record, kind in zip(records, kinds)]
+    prompt_text, answer_of = prompts.record_prompt_text, prompts.record_answer
     prompt_texts: List[Optional[str]] = []
     answers: List[Optional[str]] = []
-    for record, ok in zip(records, wellformed):
-        if ok:
-            prompt_texts.append(prompts.record_prompt_text(record))
-            answers.append(prompts.record_answer(record))
+    for record, (kind, bits) in zip(records, analysed):
+        if kind is not None and not bits & _MALFORMED:
+            prompt_texts.append(prompt_text(record))
+            answers.append(answer_of(record))
         else:
             prompt_texts.append(None)
             answers.append(None)
     if keys is None:
         keys = [json.dumps(record, ensure_ascii=False, sort_keys=True) for record in records]
     if token_counts is None:
-        good = [i for i, ok in enumerate(wellformed) if ok]
+        good = [i for i, text in enumerate(prompt_texts) if text is not None]
         counted = _count_tokens([records[i] for i in good], encoding)
         token_counts = [0] * len(records)
         for i, n in zip(good, counted):
@@ -635,7 +638,7 @@ def validate_records(
         model=model,
         encoding=encoding,
         kinds=kinds,
-        wellformed=wellformed,
+        flags=flags,
         prompt_texts=prompt_texts,
         answers=answers,
         keys=keys,
@@ -738,7 +741,7 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
     """A repaired copy of `records` and what was done: drops unusable, empty and duplicate records, special
     tokens and unknown keys; for completions adds the separator, the leading space and the stop sequence."""
     lines = lines if lines is not None else list(range(1, len(records) + 1))
-    kinds = [_kind(record) for record in records]
+    kinds = [_analyse(record)[0] for record in records]
     target = fmt or _detect_format(kinds)
     model = _resolve_model(target, base_model)
     specials = sorted(getattr(get_encoding(model.encoding), "special_tokens_set", None) or {"<|endoftext|>"})
@@ -775,7 +778,7 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
                         message = {k: v for k, v in message.items() if k in CHAT_MESSAGE_KEYS}
                     cleaned.append(message)
                 record["messages"] = cleaned
-        if not _is_wellformed(record, kind):
+        if _analyse(record)[1] & _MALFORMED:
             actions["dropped malformed records (missing keys, roles or assistant answer)"].append(line)
             continue
         try:
