@@ -72,6 +72,7 @@ def load_project(
         if not data_path.exists():
             raise ProjectError(f"training data '{data_path}' does not exist (a Rasa project keeps it in data/)")
 
+    _check_json_files(data_paths)
     collected: List[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -89,6 +90,12 @@ def load_project(
             domain_path=str(domain_path) if domain_path is not None else None,
             training_data_paths=[str(p) for p in data_paths],
         )
+        if domain_path is not None:
+            # Rasa's file importer turns an InvalidDomain into a warning and an empty domain; load it first so a
+            # domain Rasa rejects stops the export with its reason instead
+            from rasa.shared.core.domain import Domain
+
+            _stage(domain_path, lambda: Domain.load(str(domain_path)))
         domain_obj = _stage(domain_path or project, importer.get_domain)
         language = config_dict.get("language") or "en"
         nlu = _stage(_describe(data_paths), lambda: importer.get_nlu_data(language))
@@ -113,6 +120,23 @@ def load_project(
         config=config_dict,
         warnings=collected,
     )
+
+
+def _check_json_files(data_paths: Sequence[Path]) -> None:
+    """Rasa skips a training-data JSON file it cannot parse without a word; we stop with file and line instead."""
+    import json
+
+    for data_path in data_paths:
+        files = [data_path] if data_path.is_file() else sorted(data_path.rglob("*.json"))
+        for path in files:
+            if path.suffix.lower() != ".json":
+                continue
+            try:
+                json.loads(path.read_text(encoding="utf-8"))
+            except UnicodeDecodeError:
+                raise ProjectError(f"'{path}' is not UTF-8 text") from None
+            except json.JSONDecodeError as error:
+                raise ProjectError(f"malformed JSON in '{path}' line {error.lineno}: {error.msg}") from None
 
 
 def _describe(paths: Sequence[Path]) -> str:

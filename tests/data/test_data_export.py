@@ -1,0 +1,215 @@
+"""`export_task` / `rasa-gpt3 export` on financial-demo and the travel_bot fixture, checked against Rasa's loader."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from rasa_gpt3 import prompts
+from rasa_gpt3.cli import main
+from rasa_gpt3.data.export import export_task, stratified_split, write_export
+from rasa_gpt3.data.labels import LabelCodec
+from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+from rasa_gpt3.errors import DataError
+
+from conftest import FINANCIAL_DEMO, TRAVEL_BOT
+
+
+def _rasa_intent_pairs(paths):
+    """(full intent, normalised text) of every NLU example, read by Rasa's own NLU loader file by file."""
+    from rasa.shared.nlu.training_data.loading import load_data
+
+    pairs = set()
+    for path in paths:
+        for message in load_data(str(path)).intent_examples:
+            if message.get("text"):
+                pairs.add((message.get_full_intent(), prompts.normalize_text(message.get("text"))))
+    return pairs
+
+
+def _answers(exported):
+    return [prompts.record_answer(r) for r in exported.train + exported.valid]
+
+
+def _texts(exported):
+    return [prompts.record_prompt_text(r) for r in exported.train + exported.valid]
+
+
+def test_financial_demo_intent_records_match_rasas_loader(financial_project):
+    exported = export_task("intent", financial_project.nlu)
+    expected = _rasa_intent_pairs([FINANCIAL_DEMO / "data" / "nlu" / "nlu.yml"])
+    got = {(exported.codec.intent_of(a), t) for a, t in zip(_answers(exported), _texts(exported))}
+    assert got == expected
+    assert len(exported.train) + len(exported.valid) == len(expected)
+    assert exported.manifest["records"] == {"train": len(exported.train), "valid": len(exported.valid)}
+
+
+def test_travel_bot_intent_records_cover_yaml_json_and_retrieval_intents(travel_project):
+    exported = export_task("intent", travel_project.nlu)
+    expected = _rasa_intent_pairs([TRAVEL_BOT / "data" / "nlu.yml", TRAVEL_BOT / "data" / "nlu.json"])
+    # plus the end-to-end story turn that carries text and intent: `rasa train` feeds it to NLU components too
+    expected.add(("order_meal", "I'd like a vegan meal please"))
+    got = {(exported.codec.intent_of(a), t) for a, t in zip(_answers(exported), _texts(exported))}
+    assert got == expected
+    intents = set(exported.codec.labels)
+    assert {"faq/ask_baggage", "faq/ask_checkin", "chitchat/ask_name", "thankyou"} <= intents
+    assert "faq" not in intents and "chitchat" not in intents
+
+
+def test_component_path_gives_the_same_records_and_fingerprint(travel_project):
+    """The TrainingData `rasa train` builds (importer from the config file) exports exactly like the CLI's."""
+    from rasa.shared.importers.importer import TrainingDataImporter
+
+    importer = TrainingDataImporter.load_from_config(
+        str(TRAVEL_BOT / "config.yml"), str(TRAVEL_BOT / "domain.yml"), [str(TRAVEL_BOT / "data")]
+    )
+    training_data = importer.get_nlu_data("en")
+    for fmt in ("chat", "completion"):
+        ours = export_task("intent", travel_project.nlu, fmt=fmt)
+        theirs = export_task("intent", training_data, fmt=fmt)
+        assert theirs.fingerprint == ours.fingerprint
+        assert theirs.train_lines == ours.train_lines
+
+
+def test_stratified_split_every_label_with_two_examples_is_in_both(financial_project):
+    exported = export_task("intent", financial_project.nlu, valid_fraction=0.25, seed=3)
+    train, valid = Counter(exported.train_labels), Counter(exported.valid_labels)
+    total = train + valid
+    for label, n in total.items():
+        if n >= 2:
+            assert train[label] >= 1 and valid[label] >= 1, label
+            assert abs(valid[label] - round(n * 0.25)) <= 1
+    assert not set(exported.train_lines) & set(exported.valid_lines)
+    assert len(set(exported.train_lines + exported.valid_lines)) == len(exported.train_lines) + len(exported.valid_lines)
+
+
+def test_stratified_split_edge_cases():
+    labels = ["a"] * 2 + ["b"] + ["c"] * 10
+    train, valid = stratified_split(labels, 0.2, seed=1)
+    assert sorted(train + valid) == list(range(len(labels)))
+    assert Counter(labels[i] for i in valid) == {"a": 1, "c": 2}
+    assert stratified_split(labels, 0.0, seed=1)[1] == []
+    assert stratified_split(labels, 0.2, seed=1) == (train, valid)
+    assert stratified_split(labels, 0.2, seed=2) != (train, valid)
+    with pytest.raises(DataError):
+        stratified_split(labels, 1.0, seed=1)
+
+
+def test_a_changed_intent_does_not_reshuffle_the_others():
+    before = ["a"] * 10 + ["b"] * 10
+    after = ["a"] * 10 + ["b"] * 12
+    valid_a_before = {i for i in stratified_split(before, 0.3, 7)[1] if before[i] == "a"}
+    valid_a_after = {i for i in stratified_split(after, 0.3, 7)[1] if after[i] == "a"}
+    assert valid_a_before == valid_a_after
+
+
+@pytest.mark.parametrize("fmt", ["chat", "completion"])
+def test_records_follow_the_prompt_format(travel_project, fmt):
+    exported = export_task("intent", travel_project.nlu, fmt=fmt)
+    record = exported.train[0]
+    text, label = prompts.record_prompt_text(record), prompts.record_answer(record)
+    assert record == prompts.intent_record(text, label, fmt)
+    for line, rec in zip(exported.train_lines, exported.train):
+        assert json.loads(line) == rec
+        assert line == json.dumps(rec, ensure_ascii=False)
+    encoding = get_encoding(exported.base_model.encoding)
+    assert exported.manifest["tokens"]["train"] == sum(count_record_tokens(exported.train, encoding))
+    assert exported.manifest["tokens"]["valid"] == sum(count_record_tokens(exported.valid, encoding))
+    if fmt == "completion":
+        assert exported.base_model.name == "babbage-002"
+        assert all(r["prompt"].endswith(prompts.SEPARATOR) for r in exported.train)
+        assert all(r["completion"].startswith(" ") and r["completion"].endswith(prompts.STOP) for r in exported.train)
+
+
+def test_entities_task_keeps_spans_roles_groups_and_balances_empty_answers(travel_project):
+    exported = export_task("entities", travel_project.nlu)
+    by_text = dict(zip(_texts(exported), (prompts.parse_entities(a) for a in _answers(exported))))
+    nyc = by_text["get me a ticket from NYC to Rome"]
+    # the span as written, not the synonym's value: EntitySynonymMapper maps NYC -> New York afterwards
+    assert {"entity": "city", "value": "NYC", "role": "departure", "group": None} in nyc
+    assert by_text["I need a flight to the big apple"][0]["value"] == "the big apple"
+    meals = by_text["order a small kosher meal and a large veggie one"]
+    assert [(e["entity"], e["value"], e["group"]) for e in meals] == [
+        ("size", "small", "1"), ("meal", "kosher", "1"), ("size", "large", "2"), ("meal", "veggie", "2")]
+    assert by_text["thanks for booking to Lisbon"] == [
+        {"entity": "city", "value": "Lisbon", "role": "destination", "group": None}]  # from the JSON NLU file
+    empty = [t for t, e in by_text.items() if e == []]
+    annotated = [t for t, e in by_text.items() if e]
+    assert 0 < len(empty) <= len(annotated)
+    assert exported.codec is None
+
+
+def test_response_task_uses_stories_rules_and_retrieval_responses(travel_project):
+    exported = export_task("response", travel_project.nlu, travel_project.domain, travel_project.stories, history=3)
+    records = exported.train + exported.valid
+    answers = _answers(exported)
+    assert len(records) == len({json.dumps(r, sort_keys=True) for r in records})
+    # slot templates kept as they are; first variation only
+    assert "Booking your flight to {city}. Shall I go ahead?" in answers
+    assert "Hi there! Where to?" not in answers
+    # retrieval responses from the domain (chitchat) and from a data file (faq), one per example
+    baggage = [t for t, a in zip(_texts(exported), answers) if a == "You can check in one bag of up to 23 kg."]
+    assert sorted(baggage) == sorted(["how much luggage can I take?", "what is the baggage allowance",
+                                      "can I bring two suitcases"])
+    assert answers.count("I'm Skye, your travel assistant.") == 3
+    # the end-to-end story text is used for the user turn
+    assert "I'd like a vegan meal please" in _texts(exported)
+    # history: at most 3 turns, the last one before the answer
+    for record in records:
+        turns = [m for m in record["messages"][1:-1]]
+        assert 1 <= len(turns) <= 3
+    booked = [r for r in records if prompts.record_answer(r) == "Done, your flight is booked."][0]
+    assert [m["role"] for m in booked["messages"][1:]] == ["user", "assistant", "user", "assistant"]
+
+
+def test_response_history_length_is_configurable(travel_project):
+    one = export_task("response", travel_project.nlu, travel_project.domain, travel_project.stories, history=1)
+    assert all(len(r["messages"]) == 3 for r in one.train + one.valid)
+
+
+def test_format_and_base_model_defaults_and_conflicts(travel_project):
+    assert export_task("intent", travel_project.nlu).base_model.name == "gpt-4o-mini-2024-07-18"
+    assert export_task("intent", travel_project.nlu, base_model="davinci-002").fmt == "completion"
+    assert export_task("intent", travel_project.nlu, base_model="gpt-3.5-turbo").codec.encoding == "cl100k_base"
+    with pytest.raises(DataError, match="completion format"):
+        export_task("intent", travel_project.nlu, fmt="chat", base_model="babbage-002")
+    with pytest.raises(DataError, match="unknown base model"):
+        export_task("intent", travel_project.nlu, base_model="gpt-2")
+
+
+def test_manifest_and_labels_files(travel_project, tmp_path):
+    exported = export_task("intent", travel_project.nlu, seed=5)
+    task_dir = write_export(exported, tmp_path, command="rasa-gpt3 export --project x --out y")
+    assert sorted(p.name for p in task_dir.iterdir()) == ["labels.json", "manifest.json", "train.jsonl", "valid.jsonl"]
+    manifest = json.loads((task_dir / "manifest.json").read_text())
+    assert manifest["fingerprint"] == exported.fingerprint
+    assert manifest["prompt_format_version"] == prompts.PROMPT_FORMAT_VERSION
+    assert manifest["command"] == "rasa-gpt3 export --project x --out y"
+    assert manifest["seed"] == 5
+    assert sum(v["train"] + v["valid"] for v in manifest["labels"].values()) == len(exported.train) + len(exported.valid)
+    assert manifest["labels"]["faq/ask_baggage"]["label"] == exported.codec.label_of("faq/ask_baggage")
+    assert manifest["estimate"]["epochs"] >= 1 and manifest["estimate"]["training_cost_usd"] > 0
+    assert manifest["validation"]["errors"] == 0
+    codec = LabelCodec.from_json(json.loads((task_dir / "labels.json").read_text()))
+    assert codec.labels == exported.codec.labels
+    assert (task_dir / "train.jsonl").read_text(encoding="utf-8") == exported.jsonl("train")
+
+
+def test_cli_export_all_is_byte_identical_on_rerun(tmp_path, capsys):
+    first, second = tmp_path / "a", tmp_path / "b"
+    common = ["export", "--project", str(TRAVEL_BOT), "--task", "all", "--format", "completion"]
+    assert main(common + ["--out", str(first)]) == 0
+    assert main(common + ["--out", str(second)]) == 0
+    out = capsys.readouterr().out
+    assert "intent:" in out and "entities:" in out and "response:" in out and "validation:" in out
+    for task in ("intent", "entities", "response"):
+        for name in ("train.jsonl", "valid.jsonl"):
+            assert (first / task / name).read_bytes() == (second / task / name).read_bytes()
+        one = json.loads((first / task / "manifest.json").read_text())
+        two = json.loads((second / task / "manifest.json").read_text())
+        assert one.pop("command").replace(str(first), str(second)) == two.pop("command")
+        assert one == two
+    assert main(common + ["--out", str(first)]) == 0  # over an existing export: same bytes again
+    assert (first / "intent" / "train.jsonl").read_bytes() == (second / "intent" / "train.jsonl").read_bytes()

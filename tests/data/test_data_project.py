@@ -1,0 +1,101 @@
+"""Bad projects and bad files: one clear line naming the file, a non-zero exit, no traceback, no partial output."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from rasa_gpt3.data.project import load_project
+from rasa_gpt3.errors import ProjectError
+
+from conftest import TRAVEL_BOT, run_cli_many
+
+NLU_OK = 'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n    - hello\n'
+DOMAIN_OK = 'version: "3.1"\nintents:\n  - greet\n'
+
+BAD_PROJECTS = {
+    # name: (domain.yml, data/nlu.yml, what the one line must say)
+    "malformed_nlu_yaml": (DOMAIN_OK, 'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n   - x: [\n',
+                           ["malformed YAML", "nlu.yml", "line 6"]),
+    "malformed_domain_yaml": ('version: "3.1"\nintents:\n  - greet: [\n', NLU_OK, ["malformed YAML", "domain.yml"]),
+    "domain_schema_rejected": ('version: "3.1"\nintents:\n  - greet\nslots:\n  s:\n    type: text\n', NLU_OK,
+                               ["domain.yml", "line 6", "mappings"]),
+    "domain_invalid": ('version: "3.1"\nintents:\n  - greet\nentities:\n  - city:\n', NLU_OK,
+                       ["Rasa rejected", "domain.yml", "entity 'city'"]),
+    "nlu_schema_rejected": (DOMAIN_OK, 'version: "3.1"\nnlu:\n- intent: greet\n  exmples: |\n    - hi\n',
+                            ["nlu.yml", "line 3", "exmples"]),
+    "empty_nlu": (DOMAIN_OK, 'version: "3.1"\nnlu: []\n', ["no NLU training examples", "data"]),
+    "bad_json_nlu": (DOMAIN_OK, None, ["malformed JSON", "nlu.json", "line 1"]),
+}
+
+
+def _make(root: Path, name: str) -> Path:
+    domain, nlu, _ = BAD_PROJECTS[name]
+    project = root / name
+    (project / "data").mkdir(parents=True)
+    (project / "domain.yml").write_text(domain)
+    if nlu is None:
+        (project / "data" / "nlu.json").write_text('{"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": ')
+    else:
+        (project / "data" / "nlu.yml").write_text(nlu)
+    return project
+
+
+@pytest.mark.parametrize("name", sorted(BAD_PROJECTS))
+def test_load_project_maps_rasa_failures_to_one_line(tmp_path, name):
+    project = _make(tmp_path, name)
+    with pytest.raises(ProjectError) as raised:
+        load_project(project)
+    message = str(raised.value)
+    assert "\n" not in message
+    for part in BAD_PROJECTS[name][2]:
+        assert part in message, message
+
+
+def test_missing_project_and_paths(tmp_path):
+    with pytest.raises(ProjectError, match="does not exist"):
+        load_project(tmp_path / "nowhere")
+    (tmp_path / "bot").mkdir()
+    with pytest.raises(ProjectError, match="training data .* does not exist"):
+        load_project(tmp_path / "bot")
+    with pytest.raises(ProjectError, match="domain .* does not exist"):
+        load_project(TRAVEL_BOT, domain=tmp_path / "missing.yml")
+
+
+def test_rasa_warnings_are_collected_not_printed(travel_project):
+    assert any("JSON format is deprecated" in w for w in travel_project.warnings)
+    assert all("\n" not in w for w in travel_project.warnings)
+
+
+def test_cli_bad_inputs_give_one_line_and_no_output(tmp_path):
+    cases = {}
+    for name in ("malformed_nlu_yaml", "domain_invalid", "empty_nlu"):
+        cases[name] = ["export", "--project", str(_make(tmp_path, name)), "--out", str(tmp_path / f"out_{name}")]
+    cases["missing_project"] = ["export", "--project", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out_missing")]
+    cases["format_model_conflict"] = ["export", "--project", str(TRAVEL_BOT), "--format", "chat", "--base-model",
+                                      "babbage-002", "--out", str(tmp_path / "out_conflict")]
+    not_json = tmp_path / "broken.jsonl"
+    not_json.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion"\n')
+    cases["jsonl_not_json"] = ["validate", str(not_json)]
+    not_utf8 = tmp_path / "latin1.jsonl"
+    not_utf8.write_bytes(b'{"prompt": "a", "completion": " b"}\n{"prompt": "caf\xe9", "completion": " x"}\n')
+    cases["jsonl_not_utf8"] = ["validate", str(not_utf8), "--fix", str(tmp_path / "out_fixed.jsonl")]
+
+    results = dict(zip(cases, run_cli_many(list(cases.values()), cwd=tmp_path)))
+    expected = {
+        "malformed_nlu_yaml": "nlu.yml",
+        "domain_invalid": "domain.yml",
+        "empty_nlu": "no NLU training examples",
+        "missing_project": "does not exist",
+        "format_model_conflict": "babbage-002",
+        "jsonl_not_json": f"{not_json}:2: not JSON",
+        "jsonl_not_utf8": f"{not_utf8}:2: invalid UTF-8",
+    }
+    for name, result in results.items():
+        lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
+        assert result.returncode != 0, name
+        assert "Traceback" not in result.stderr, (name, result.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.stderr)
+        assert expected[name] in lines[0], (name, lines[0])
+    assert not any(path.name.startswith("out_") for path in tmp_path.iterdir())
