@@ -270,9 +270,10 @@ def _run_follow(args: argparse.Namespace) -> int:
 def _run_status(args: argparse.Namespace) -> int:
     """Prints a job's state, what it trains, its error if it failed, and its latest events."""
     from rasa_gpt3.finetune import META_PROJECT, META_TASK, get_job, job_epochs
+    from rasa_gpt3.progress import describe
     from rasa_gpt3.registry import timestamp_iso
 
-    job, events = get_job(_settings(args), args.job)
+    job, progress, events = get_job(_settings(args), args.job)
     meta = job.metadata or {}
     rows = [
         ("job", job.id),
@@ -285,6 +286,8 @@ def _run_status(args: argparse.Namespace) -> int:
         ("finished", timestamp_iso(job.finished_at) if job.finished_at else "-"),
         ("trained tokens", f"{job.trained_tokens:,}" if job.trained_tokens else "-"),
     ]
+    if progress.total_steps:
+        rows.append(("progress", f"step {progress.step}/{progress.total_steps}, {describe(progress)}".rstrip(", ")))
     if job.error is not None and job.error.message:
         rows.append(("error", f"{job.error.message} [{job.error.code}]"))
     for name, value in rows:

@@ -608,9 +608,14 @@ def _finish(
     settings: Settings, client: Any, job_id: str, progress: Optional[ProgressReporter], common: Dict[str, Any],
     *, reused: bool, attached: bool,
 ) -> FineTuneOutcome:
-    job, state = follow_job(
-        client, job_id, progress=progress, interval=poll_interval(settings), backend=settings.backend_name
-    )
+    try:
+        job, state = follow_job(
+            client, job_id, progress=progress, interval=poll_interval(settings), backend=settings.backend_name
+        )
+    except FollowInterrupted as stop:
+        if progress is None:  # quiet callers (`rasa train`) print nothing else about the job
+            logger.warning(stop.resume_hint(str(settings.project_dir)))
+        raise
     if job.status != "succeeded":
         raise BackendError(failure_message(job))
     entry = register_job(settings, job, job_metrics(client, job, state))
@@ -655,14 +660,19 @@ def resolve_model(settings: Settings, task: str, fingerprint: Optional[str], exp
 # ---------------------------------------------------------------------------------------------- job inspection
 
 
-def get_job(settings: Settings, job_id: str) -> Tuple[Any, List[Any]]:
-    """A job and its newest events (up to 20, oldest first)."""
+def get_job(settings: Settings, job_id: str) -> Tuple[Any, JobProgress, List[Any]]:
+    """A job, its progress as of its newest 100 events, and the newest 10 non-metrics events (oldest first)."""
     client = _client(settings)
     with api_errors(f"reading job {job_id}"):
         job = _retrieve_job(client, job_id, settings.backend_name)
-        events = list(client.fine_tuning.jobs.list_events(job_id, limit=20).data)
+        events = list(client.fine_tuning.jobs.list_events(job_id, limit=100).data)
     events.reverse()
-    return job, events
+    progress = JobProgress(job_id=job_id, n_epochs=job_epochs(job))
+    for event in events:
+        progress = apply_event(progress, event)
+    progress = replace(progress, status=job.status)
+    messages = [event for event in events if not _is_metrics(event)][-10:]
+    return job, progress, messages
 
 
 def cancel_job(settings: Settings, job_id: str) -> Any:

@@ -14,8 +14,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Dict, Optional, Protocol, TextIO
 
 _STEP = re.compile(r"\bstep\s+(\d+)\s*/\s*(\d+)", re.IGNORECASE)
-_TRAIN_LOSS = re.compile(r"training loss\s*=\s*([-+0-9.eE]+)", re.IGNORECASE)
-_VALID_LOSS = re.compile(r"validation loss\s*=\s*([-+0-9.eE]+)", re.IGNORECASE)
+_TRAIN_LOSS = re.compile(r"(?<!full )training loss\s*=\s*([-+0-9.eE]+)", re.IGNORECASE)
+_VALID_LOSS = re.compile(r"(?<!full )validation loss\s*=\s*([-+0-9.eE]+)", re.IGNORECASE)
 
 # data keys per snapshot field, first present wins (OpenAI's names first, then shorter spellings)
 _METRIC_KEYS = {
@@ -96,10 +96,11 @@ def apply_event(progress: JobProgress, event: Any) -> JobProgress:
             if value is not None:
                 changes[name] = value
                 break
-    if "train_loss" not in changes and (found := _TRAIN_LOSS.search(message)):
-        changes["train_loss"] = _number(found.group(1))
-    if "valid_loss" not in changes and (found := _VALID_LOSS.search(message)):
-        changes["valid_loss"] = _number(found.group(1))
+    if not data:  # a server that only sends text: read the losses from the message
+        if found := _TRAIN_LOSS.search(message):
+            changes["train_loss"] = _number(found.group(1))
+        if found := _VALID_LOSS.search(message):
+            changes["valid_loss"] = _number(found.group(1))
 
     updated = replace(progress, **{key: value for key, value in changes.items() if value is not None})
     epoch = _number(data.get("epoch"))

@@ -69,8 +69,9 @@ def test_metrics_events_map_to_steps_epochs_and_losses():
                                          "train_mean_token_accuracy": 0.75, "valid_loss": 0.6}})
     assert (state.step, state.total_steps, state.epoch) == (4, 9, 2)
     assert state.metrics() == {"train_loss": 0.5, "valid_loss": 0.6, "train_accuracy": 0.75}
-    state = apply_event(state, {"id": "e3", "type": "metrics", "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4,
-                                                                        "full_valid_mean_token_accuracy": 0.8}})
+    state = apply_event(state, {"id": "e3", "type": "metrics", "message": "Epoch 3: full validation loss=0.4",
+                                "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4,
+                                         "full_valid_mean_token_accuracy": 0.8}})
     assert state.epoch == 3 and (state.full_valid_loss, state.full_valid_accuracy) == (0.4, 0.8)
     assert state.metrics()["valid_loss"] == 0.4 and state.metrics()["valid_accuracy"] == 0.8  # full validation wins
     assert describe(state) == "epoch 3/3, loss 0.500, val_loss 0.600, acc 0.750, full_val_loss 0.400"

@@ -7,6 +7,7 @@ results as a table and a valid PNG; the budget guard; CLI errors as one line wit
 from __future__ import annotations
 
 import csv
+import logging
 import threading
 import time
 from pathlib import Path
@@ -81,6 +82,16 @@ class Recorder:
 
     def close(self):
         self.closed += 1
+
+
+@pytest.fixture
+def finetune_log(caplog):
+    """The lifecycle's log records (attached directly: the CLI's stderr handler stops propagation in-process)."""
+    log = logging.getLogger("rasa_gpt3.finetune")
+    log.addHandler(caplog.handler)
+    with caplog.at_level("INFO", logger="rasa_gpt3.finetune"):
+        yield caplog
+    log.removeHandler(caplog.handler)
 
 
 def count(client, what: str) -> int:
@@ -187,7 +198,7 @@ def test_a_failing_job_reports_its_error_in_one_line(remote_env, tmp_path, capsy
 
 
 def test_follow_survives_dropped_connections_and_resumes_after_the_last_event(
-    local_backend, tmp_path, intent_export, caplog
+    local_backend, tmp_path, intent_export, finetune_log
 ):
     settings = remote_style_settings(local_backend, tmp_path)
     started = finetune.ensure_fine_tuned(settings, intent_export, project_name="tiny-bot", wait=False)
@@ -198,18 +209,17 @@ def test_follow_survives_dropped_connections_and_resumes_after_the_last_event(
             local_backend.set_faults("drop,first=7,path=/v1/fine_tuning/jobs")
 
     recorder = Recorder(on_update=drop_once_events_were_seen)
-    with caplog.at_level("INFO", logger="rasa_gpt3.finetune"):
-        job, entry = finetune.follow(settings, started.job_id, recorder)
+    job, entry = finetune.follow(settings, started.job_id, recorder)
     assert job.status == "succeeded" and entry.model == job.fine_tuned_model
-    assert any("lost contact" in record.message for record in caplog.records)
-    assert any("reconnected" in record.message for record in caplog.records)
+    assert any("lost contact" in record.message for record in finetune_log.records)
+    assert any("reconnected" in record.message for record in finetune_log.records)
     events = list(local_backend.client.fine_tuning.jobs.list_events(job.id, limit=1000))
     expected = [e.message for e in reversed(events) if e.type != "metrics"]
     assert recorder.messages == expected  # every message event once, in order: resumed after the last one seen
     assert Registry.load(settings.registry_path).active("intent", "127.0.0.1").job == job.id
 
 
-def test_follow_survives_a_restart_of_the_backend(start_local_backend, tmp_path, intent_export, caplog):
+def test_follow_survives_a_restart_of_the_backend(start_local_backend, tmp_path, intent_export, finetune_log):
     first = start_local_backend()
     port, state_dir = first.server.port, first.state_dir
     # no SDK retries: the refused connections reach follow's own reconnect loop
@@ -226,14 +236,13 @@ def test_follow_survives_a_restart_of_the_backend(start_local_backend, tmp_path,
             outcome["error"] = error
 
     follower = threading.Thread(target=run_follow)
-    with caplog.at_level("INFO", logger="rasa_gpt3.finetune"):
-        follower.start()
-        time.sleep(1.5)  # follow meets refused connections first
-        assert follower.is_alive()
-        start_local_backend(state_dir=state_dir, port=port)
-        follower.join(timeout=90)
+    follower.start()
+    time.sleep(1.5)  # follow meets refused connections first
+    assert follower.is_alive()
+    start_local_backend(state_dir=state_dir, port=port)
+    follower.join(timeout=90)
     assert "error" not in outcome, outcome.get("error")
-    assert any("lost contact" in record.message for record in caplog.records)
+    assert any("lost contact" in record.message for record in finetune_log.records)
     assert outcome["job"].status == "succeeded" and outcome["entry"].job == started.job_id
 
 
@@ -272,6 +281,14 @@ def test_cli_results_list_status_and_models(remote_env, tmp_path, intent_export,
     assert done.model in listing and forced.model in listing
     assert cli.main(["models", "prune", "--keep", "0", "--project", str(project)]) == 0
     assert Registry.load(settings.registry_path).history("intent", "127.0.0.1") == []
+
+    # a model the registry does not know is described from the job that made it
+    settings.registry_path.unlink()
+    assert cli.main(["models", "use", forced.model, "--task", "intent", "--project", str(project)]) == 0
+    entry = Registry.load(settings.registry_path).active("intent", "127.0.0.1")
+    assert (entry.job, entry.fingerprint, entry.epochs) == (forced.job_id, intent_export.fingerprint, 2)
+    assert cli.main(["models", "use", done.model, "--task", "entities", "--project", str(project)]) == 1
+    assert "was trained for the intent task, not entities" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv,message", [
