@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import OrderedDict
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
@@ -37,9 +38,13 @@ class UniversalSentenceEncoder:
 
     name = "use"
 
+    cache_size = 4096
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._model = None
+        # recent single texts: the intent and the entity request of one user message embed the same text
+        self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
 
     def _loaded(self):
         # caller holds self._lock
@@ -59,6 +64,21 @@ class UniversalSentenceEncoder:
         texts = [text if text.strip() else "." for text in texts]
         if not texts:
             return np.zeros((0, 512), dtype=np.float32)
+        if len(texts) == 1:
+            with self._lock:
+                cached = self._cache.get(texts[0])
+                if cached is not None:
+                    self._cache.move_to_end(texts[0])
+                    return cached[None, :].copy()
+            vector = self._encode(texts)
+            with self._lock:
+                self._cache[texts[0]] = vector[0].copy()
+                if len(self._cache) > self.cache_size:
+                    self._cache.popitem(last=False)
+            return vector
+        return self._encode(texts)
+
+    def _encode(self, texts: List[str]) -> np.ndarray:
         parts = []
         for start in range(0, len(texts), _CHUNK):
             with self._lock:
@@ -87,7 +107,6 @@ class CharTfidf:
 
     def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None):
         """Sparse unit rows for `texts` in the fitted vocabulary (a scipy CSR matrix)."""
-        from sklearn.feature_extraction.text import CountVectorizer
         from sklearn.preprocessing import normalize
 
         if not state or "tfidf_vocabulary" not in state:

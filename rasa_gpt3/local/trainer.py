@@ -133,6 +133,25 @@ def centroid_weights(features, targets: np.ndarray, n_classes: int) -> np.ndarra
     return weights
 
 
+_BETA1, _BETA2, _EPSILON = 0.9, 0.999, 1e-8
+
+
+def _adam_update(param: np.ndarray, grad: np.ndarray, moment: np.ndarray, velocity: np.ndarray, step: int,
+                 learning_rate: float, rows: Optional[np.ndarray] = None) -> None:
+    """One Adam step on `param` in place (on `rows` only when given)."""
+    if rows is not None:
+        m = _BETA1 * moment[rows] + (1 - _BETA1) * grad
+        v = _BETA2 * velocity[rows] + (1 - _BETA2) * grad * grad
+        moment[rows], velocity[rows] = m, v
+        param[rows] -= learning_rate * (m / (1 - _BETA1**step)) / (np.sqrt(v / (1 - _BETA2**step)) + _EPSILON)
+        return
+    moment *= _BETA1
+    moment += (1 - _BETA1) * grad
+    velocity *= _BETA2
+    velocity += (1 - _BETA2) * grad * grad
+    param -= learning_rate * (moment / (1 - _BETA1**step)) / (np.sqrt(velocity / (1 - _BETA2**step)) + _EPSILON)
+
+
 StepCallback = Callable[[Dict[str, Any]], None]
 
 
@@ -160,7 +179,9 @@ def train_softmax_head(
     weights = centroid_weights(train_features, train_targets, n_classes)
     bias = np.zeros(n_classes, dtype=np.float32)
     learning_rate = BASE_LEARNING_RATE * hyperparameters.learning_rate_multiplier
-    beta1, beta2, epsilon = 0.9, 0.999, 1e-8
+    sparse = hasattr(train_features, "tocsr")
+    if sparse:
+        train_features = train_features.tocsr()
     moments = [np.zeros_like(weights), np.zeros_like(bias)]
     velocities = [np.zeros_like(weights), np.zeros_like(bias)]
     batch_size = max(1, min(hyperparameters.batch_size, n))
@@ -181,15 +202,16 @@ def train_softmax_head(
             gradient = probabilities
             gradient[np.arange(len(index)), targets] -= 1.0
             gradient /= len(index)
-            grads = [np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights, gradient.sum(axis=0)]
             step += 1
-            for param, grad, moment, velocity in zip((weights, bias), grads, moments, velocities):
-                moment *= beta1
-                moment += (1 - beta1) * grad
-                velocity *= beta2
-                velocity += (1 - beta2) * grad * grad
-                corrected = moment / (1 - beta1**step)
-                param -= learning_rate * corrected / (np.sqrt(velocity / (1 - beta2**step)) + epsilon)
+            if sparse:
+                # lazy Adam: only the weight rows of features present in the batch move (TF-IDF has ~30k rows)
+                rows = np.unique(batch.indices)
+                row_grad = np.asarray(batch[:, rows].T @ gradient) + WEIGHT_DECAY * weights[rows]
+                _adam_update(weights, row_grad, moments[0], velocities[0], step, learning_rate, rows)
+            else:
+                _adam_update(weights, np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights, moments[0],
+                             velocities[0], step, learning_rate)
+            _adam_update(bias, gradient.sum(axis=0), moments[1], velocities[1], step, learning_rate)
             metrics: Dict[str, Any] = {
                 "step": step,
                 "total_steps": total_steps,

@@ -1,0 +1,123 @@
+"""Figures of the local backend on banking77, measured through the official SDK over real HTTP.
+
+Prints:
+  * accuracy on banking77's official test split after fine-tuning on 10 and 30 examples per intent, for both
+    embedders (use, tfidf), and their ratio;
+  * wall time of a fine-tuning job on the full train split (target < 60 s), from job creation to `succeeded`;
+  * chat completion latency p50/p95 (max_tokens 1, logprobs, top_logprobs 5; target p50 < 20 ms).
+
+    .venv/bin/python benchmarks/local_backend.py [--repeats N] [--test-limit N] [--latency-requests N]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import openai
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from rasa_gpt3 import prompts  # noqa: E402
+from rasa_gpt3.local.embedded import EmbeddedServer  # noqa: E402
+
+BANKING77 = REPO.parent / "shared" / "corpora" / "banking77" / "banking_data"
+
+
+def read_split(name):
+    with open(BANKING77 / f"{name}.csv", newline="", encoding="utf-8") as stream:
+        return [(row["text"], row["category"]) for row in csv.DictReader(stream)]
+
+
+def sample(rows, shots, seed):
+    grouped = defaultdict(list)
+    for text, intent in rows:
+        grouped[intent].append(text)
+    rng = random.Random(seed)
+    return [(text, intent) for intent in sorted(grouped) for text in rng.sample(grouped[intent], min(shots, len(grouped[intent])))]
+
+
+def fine_tune(client, rows, embedder, seed=0):
+    records = [prompts.intent_record(text, intent, "chat") for text, intent in rows]
+    data = "\n".join(json.dumps(record) for record in records).encode("utf-8")
+    started = time.perf_counter()
+    upload = client.files.create(file=("train.jsonl", data), purpose="fine-tune")
+    job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=upload.id, seed=seed,
+                                         metadata={"task": "intent", "embedder": embedder})
+    while job.status not in ("succeeded", "failed", "cancelled"):
+        time.sleep(0.05)
+        job = client.fine_tuning.jobs.retrieve(job.id)
+    if job.status != "succeeded":
+        raise SystemExit(f"job {job.id} {job.status}: {job.error}")
+    return job, time.perf_counter() - started
+
+
+def classify(client, model, text):
+    started = time.perf_counter()
+    response = client.chat.completions.create(model=model, temperature=0, max_tokens=1, logprobs=True, top_logprobs=5,
+                                              **prompts.intent_request(text, "chat"))
+    return response.choices[0].message.content, (time.perf_counter() - started) * 1000
+
+
+def accuracy(client, model, test_rows):
+    return sum(classify(client, model, text)[0] == intent for text, intent in test_rows) / len(test_rows)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=1, help="training samples (seeds) per shot count")
+    parser.add_argument("--test-limit", type=int, default=0, help="use only the first N test texts (0: all 3080)")
+    parser.add_argument("--latency-requests", type=int, default=500)
+    args = parser.parse_args()
+
+    train_rows, test_rows = read_split("train"), read_split("test")
+    if args.test_limit:
+        test_rows = random.Random(1).sample(test_rows, args.test_limit)
+    server = EmbeddedServer(Path(tempfile.mkdtemp(prefix="rasa-gpt3-bench-"))).start()
+    client = openai.OpenAI(api_key="local", base_url=server.base_url, max_retries=0)
+    print(f"banking77: {len(train_rows)} train / {len(test_rows)} test texts, 77 intents; server {server.base_url}")
+
+    print("\naccuracy on the official test split (mean over repeats)")
+    print(f"{'shots':>5} {'use':>7} {'tfidf':>7} {'use/tfidf':>9}   job seconds (use, tfidf)")
+    for shots in (10, 30):
+        scores, seconds = {"use": [], "tfidf": []}, {"use": [], "tfidf": []}
+        for repeat in range(args.repeats):
+            rows = sample(train_rows, shots, seed=repeat)
+            for embedder in ("use", "tfidf"):
+                job, took = fine_tune(client, rows, embedder, seed=repeat)
+                seconds[embedder].append(took)
+                scores[embedder].append(accuracy(client, job.fine_tuned_model, test_rows))
+        use, tfidf = statistics.mean(scores["use"]), statistics.mean(scores["tfidf"])
+        print(f"{shots:>5} {use:7.3f} {tfidf:7.3f} {use / tfidf:9.2f}   "
+              f"{statistics.mean(seconds['use']):.1f}, {statistics.mean(seconds['tfidf']):.1f}")
+
+    job, took = fine_tune(client, train_rows, "use")
+    full = client.fine_tuning.jobs.retrieve(job.id)
+    print(f"\nfull train split ({len(train_rows)} examples, {full.hyperparameters.n_epochs} epochs, "
+          f"batch {full.hyperparameters.batch_size}): job wall time {took:.1f} s (target < 60 s)")
+    print(f"  accuracy on the test split: {accuracy(client, job.fine_tuned_model, test_rows):.3f}")
+
+    latencies = []
+    texts = [text for text, _ in test_rows]
+    for text in texts[-20:]:
+        classify(client, job.fine_tuned_model, text)  # warm up (texts not measured below)
+    for index in range(min(args.latency_requests, len(texts) - 20)):
+        latencies.append(classify(client, job.fine_tuned_model, texts[index % len(texts)])[1])
+    latencies.sort()
+    p50 = latencies[len(latencies) // 2]
+    p95 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.95))]
+    print(f"\nchat completion latency over {len(latencies)} sequential SDK requests: "
+          f"p50 {p50:.1f} ms, p95 {p95:.1f} ms (target p50 < 20 ms)")
+    server.stop()
+
+
+if __name__ == "__main__":
+    main()
