@@ -20,6 +20,7 @@ from rasa_gpt3.data.base_models import BaseModel, resolve_base_model
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.embedder import default_embedder_name, get_embedder
+from rasa_gpt3.local.entities import build_gazetteer, is_entity_answer
 from rasa_gpt3.local.model import DEFAULT_SIMILARITY_THRESHOLD, RETRIEVAL_TEMPERATURE, index_arrays
 from rasa_gpt3.local.store import PRIVATE, TERMINAL_STATUSES, NotFound, Store
 from rasa_gpt3.local.trainer import (
@@ -365,6 +366,12 @@ class JobExecution:
                 valid_features, valid, leave_one_out=False
             )
         self._on_step(metrics)
+        if metadata.get("task") == "entities" or (metadata.get("task") is None and all(is_entity_answer(a) for a in answers)):
+            # entity answers are carried over to the new message by word alignment (see local/entities.py)
+            self.event("Entity answers: the nearest example's entities are aligned onto each new message")
+            result_extra = {"entity_answers": True, "texts": [e.text for e in train], "gazetteer": build_gazetteer(answers)}
+        else:
+            result_extra = {}
         threshold = metadata.get("similarity_threshold")
         unknown = metadata.get("unknown_text")
         if unknown is None and metadata.get("task") == "entities":
@@ -375,6 +382,7 @@ class JobExecution:
         }
         if unknown is not None:
             result["unknown_text"] = str(unknown)
+        result.update(result_extra)
         return result
 
     def _on_step(self, metrics: Dict[str, Any]) -> None:

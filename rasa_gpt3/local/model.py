@@ -18,6 +18,7 @@ import numpy as np
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.tokens import get_encoding
 from rasa_gpt3.local.embedder import get_embedder
+from rasa_gpt3.local.entities import add_known_values, carry_entities
 from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 
 # similarity differences of 0.05 make a factor e in probability: sharp but not one-hot for near-ties
@@ -60,6 +61,9 @@ class LocalModel:
         self._lock = threading.Lock()
         if self.kind != CLASSIFICATION:
             self.index = index_matrix(arrays)
+        self.entity_model = bool(meta.get("entity_answers"))
+        self.texts: List[str] = list(meta.get("texts") or [])
+        self.gazetteer = list(meta.get("gazetteer") or [])
 
     # ------------------------------------------------------------------ scoring
 
@@ -78,15 +82,33 @@ class LocalModel:
         similarities = (product.toarray() if hasattr(product, "toarray") else np.asarray(product)).ravel()
         best = np.full(len(self.answers), -1.0)
         np.maximum.at(best, self.arrays["answer_of"], similarities)
-        top_similarity = float(best.max()) if len(best) else 0.0
+        nearest = int(np.argmax(similarities))
+        top_similarity = float(similarities[nearest])
         probabilities = softmax((best / RETRIEVAL_TEMPERATURE)[None, :])[0]
         order = np.argsort(-probabilities)
         ranked = [(self.answers[i], float(probabilities[i])) for i in order]
-        if top_similarity < self.threshold:
+        known = top_similarity >= self.threshold
+        if self.entity_model:
+            return self._entity_ranking(text, ranked, nearest if known else None, top_similarity)
+        if not known:
             # not known: the unknown text takes the probability the similarity leaves over
             unknown = min(1.0, max(1e-6, 1.0 - max(top_similarity, 0.0)))
             ranked = [(self.unknown_text, unknown)] + [(answer, p * (1 - unknown)) for answer, p in ranked]
         return ranked
+
+    def _entity_ranking(self, text: str, ranked: List[Tuple[str, float]], nearest: Optional[int],
+                        top_similarity: float) -> List[Tuple[str, float]]:
+        """Entity answers: the nearest example's entities carried onto `text`, plus known values found in it."""
+        carried = []
+        if nearest is not None:
+            example_answer = self.answers[int(self.arrays["answer_of"][nearest])]
+            carried = carry_entities(self.texts[nearest], prompts.parse_entities(example_answer), text)
+            probability = ranked[0][1]
+        else:
+            probability = min(1.0, max(1e-6, 1.0 - max(top_similarity, 0.0)))
+        entities = add_known_values(carried, self.gazetteer, text)
+        answer = prompts.render_entities(entities) if (entities or nearest is not None) else self.unknown_text
+        return [(answer, probability)] + [(a, p * (1 - probability)) for a, p in ranked if a != answer]
 
     # ------------------------------------------------------------------ generation
 
