@@ -27,7 +27,7 @@ import logging
 import re
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model

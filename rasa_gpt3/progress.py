@@ -110,8 +110,8 @@ def apply_event(progress: JobProgress, event: Any) -> JobProgress:
 
 
 def epoch_of(step: int, total_steps: Optional[int], n_epochs: Optional[int]) -> Optional[int]:
-    """The epoch (1-based) that `step` falls in, when the step and epoch counts are known."""
-    if not step or not total_steps or not n_epochs:
+    """The epoch (1-based) that `step` falls in, when the counts are known and steps split evenly into epochs."""
+    if not step or not total_steps or not n_epochs or total_steps % n_epochs:
         return None
     per_epoch = total_steps / n_epochs
     return max(1, min(n_epochs, math.ceil(step / per_epoch)))

@@ -86,7 +86,8 @@ def test_text_only_events_are_understood_too():
 def test_steps_never_go_backwards_and_epochs_are_bounded():
     state = apply_event(JobProgress(step=5), {"id": "x", "data": {"step": 3}})
     assert state.step == 5
-    assert epoch_of(10, 10, 3) == 3 and epoch_of(1, 10, 3) == 1 and epoch_of(0, 10, 3) is None
+    assert epoch_of(9, 9, 3) == 3 and epoch_of(1, 9, 3) == 1 and epoch_of(0, 9, 3) is None
+    assert epoch_of(1, 1, 7) is None  # one step for all epochs (a retrieval model): no epoch to derive
 
 
 def failed_job(param, message="line 3: messages missing"):
