@@ -241,7 +241,7 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
         print(f"job {outcome.job_id} is {outcome.status}; follow it with: rasa-gpt3 follow {outcome.job_id}"
               + _project_option(args))
         return 0
-    how = "reused (same data, base model and hyperparameters)" if outcome.reused and not outcome.attached else "trained"
+    how = "reused" if outcome.reused and not outcome.attached else "trained"
     print(f"{outcome.task}: {outcome.model} ({how}, job {outcome.job_id})")
     if outcome.entry is not None or outcome.reused:
         print(f"active {outcome.task} model on {settings.backend_name} in {settings.registry_path.name}")
