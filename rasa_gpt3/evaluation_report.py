@@ -1,0 +1,254 @@
+"""What `rasa-gpt3 evaluate` shows: Markdown tables, the summary file, the few-shot curve and confusion-matrix PNGs.
+
+Everything here reads the results document `rasa_gpt3.evaluate` builds (plain dicts) and the predictions; nothing
+here trains or calls a model. Plots use matplotlib's Agg backend (no display needed) and are written atomically.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from rasa_gpt3.atomic_files import write_atomic
+from rasa_gpt3.evaluate import ALL, BASELINE, FINE_TUNED, SYSTEMS
+# confusion-matrix cells get their count written in them up to this many labels
+ANNOTATE_UP_TO = 25
+
+
+def _number(value: Optional[float], digits: int = 3) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _mean_std(mean: float, std: float, repeats: int) -> str:
+    return f"{mean:.3f} ± {std:.3f}" if repeats > 1 else f"{mean:.3f}"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], align: Optional[Sequence[str]] = None) -> str:
+    align = align or ["---"] + ["---:"] * (len(header) - 1)
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def curve_table(results: Dict[str, Any]) -> str:
+    """The few-shot curve as a Markdown table: per shot count, both sides' accuracy and macro-F1 (mean ± std)."""
+    by_key = {(row["shots"], row["system"]): row for row in results["curve"]}
+    shots: List[str] = []
+    for row in results["curve"]:
+        if row["shots"] not in shots:
+            shots.append(row["shots"])
+    rows = []
+    for value in shots:
+        base, tuned = by_key.get((value, BASELINE)), by_key.get((value, FINE_TUNED))
+        first = base or tuned
+        cells = [value, f"{first['n_train']:g}", str(first["repeats"])]
+        for metric in ("accuracy", "macro_f1"):
+            for row in (base, tuned):
+                cells.append("–" if row is None else _mean_std(row[f"{metric}_mean"], row[f"{metric}_std"], row["repeats"]))
+        rows.append(cells)
+    header = ["examples per intent", "training examples", "repeats", "baseline accuracy", "fine-tuned accuracy",
+              "baseline macro-F1", "fine-tuned macro-F1"]
+    return _table(header, rows)
+
+
+def full_run_table(results: Dict[str, Any]) -> str:
+    """Both sides of the run with the most data, side by side, as a Markdown table."""
+    run = results["runs"][results["full_run"]]
+    base, tuned = run["systems"][BASELINE], run["systems"][FINE_TUNED]
+
+    def both(read) -> List[str]:
+        return [read(base), read(tuned)]
+
+    rows = [
+        ["accuracy", *both(lambda s: _number(s["accuracy"]))],
+        ["macro-F1", *both(lambda s: _number(s["macro_f1"]))],
+        ["weighted F1", *both(lambda s: _number(s["weighted_f1"]))],
+        ["would fall back", *both(lambda s: f"{s['fallback_rate']:.1%}")],
+    ]
+    if base.get("out_of_scope"):
+        rows += [
+            ["out-of-scope recall", *both(lambda s: _number(s["out_of_scope"]["recall"]))],
+            ["out-of-scope precision", *both(lambda s: _number(s["out_of_scope"]["precision"]))],
+            ["in-scope wrongly rejected", *both(lambda s: _percent(s["out_of_scope"]["in_scope_rejected"]))],
+        ]
+    rows += [
+        ["latency p50 / p95 (ms)", *both(lambda s: f"{s['latency_ms']['p50']:.1f} / {s['latency_ms']['p95']:.1f}")],
+        ["training time (s)", *both(lambda s: f"{s['train_seconds']:.1f}" + (" (reused)" if s.get("reused") else ""))],
+        ["API calls", *both(lambda s: f"{s['api_calls']:,}")],
+        ["tokens (prompt + completion)", *both(lambda s: f"{s['prompt_tokens']:,} + {s['completion_tokens']:,}")],
+        ["trained tokens", "–", f"{tuned.get('trained_tokens', 0):,}"],
+        ["cost: training", "$0", f"${tuned['cost_usd']['training']:.4f}"],
+        ["cost: per 1,000 messages", "$0", f"${tuned['cost_usd']['per_1000_messages']:.4f}"],
+    ]
+    shots = run["shots"]
+    title = "all training examples" if shots == ALL else f"{shots} examples per intent"
+    header = [f"{title} ({run['n_train']} training, {base['n_test']} test)", BASELINE,
+              f"{FINE_TUNED} ({results['base_model']})"]
+    return _table(header, rows, ["---", "---:", "---:"])
+
+
+def _percent(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.1%}"
+
+
+def per_intent_table(results: Dict[str, Any]) -> str:
+    """Per-intent support and precision/recall/F1 of both sides in the run with the most data."""
+    run = results["runs"][results["full_run"]]
+    reports = {system: run["systems"][system]["report"] for system in SYSTEMS}
+    intents = sorted(name for name, row in reports[BASELINE].items() if isinstance(row, dict) and "support" in row
+                     and name not in ("macro avg", "weighted avg", "micro avg"))
+    rows = []
+    for intent in intents:
+        cells = [intent, str(int(reports[BASELINE][intent]["support"]))]
+        for system in SYSTEMS:
+            row = reports[system].get(intent) or {}
+            cells.append(" / ".join(_number(row.get(key), 2) for key in ("precision", "recall", "f1-score")))
+        rows.append(cells)
+    return _table(["intent", "support", "baseline P / R / F1", "fine-tuned P / R / F1"], rows)
+
+
+def summary_markdown(results: Dict[str, Any]) -> str:
+    """The whole summary.md: setup, the full run side by side, the few-shot curve, per-intent scores, totals."""
+    data = results["data"]
+    totals = results["totals"]
+    fallback = data.get("fallback_rule")
+    lines = [
+        f"# Evaluation of {results['project']['name']}: fine-tuned model vs. the bot's own pipeline",
+        "",
+        f"- command: `{results['command']}`" if results.get("command") else "- command: (library call)",
+        f"- fine-tuned side: {results['base_model']} ({results['format']} format) on the **{results['backend']}** backend",
+        f"- baseline: {results['baseline']['source']}",
+    ]
+    for dropped in results["baseline"]["dropped"]:
+        lines.append(f"  - left out {dropped['component']}: {dropped['reason']}")
+    lines += [
+        f"- test set: {data['test']} messages ({data['test_source']}); training pool: {data['train_pool']} "
+        f"examples of {data['intents']} intents",
+        f"- out-of-scope intent: {data['out_of_scope_intent'] or 'none in the data'}",
+        "- fallback rule (both sides): "
+        + (f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
+           if fallback else "none (no FallbackClassifier configured)"),
+        "",
+        "## Side by side",
+        "",
+        full_run_table(results),
+        "",
+        "## Few-shot curve",
+        "",
+        curve_table(results),
+        "",
+        "![few-shot curve](few_shot_curve.png)",
+        "",
+        "## Per intent",
+        "",
+        per_intent_table(results),
+        "",
+        "![confusion matrices](confusion_matrix.png)",
+        "",
+        "## Totals",
+        "",
+        f"{totals['fine_tunes']} fine-tunes ({totals['reused_models']} reused), {totals['api_calls']:,} API calls, "
+        f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens, "
+        f"{totals['trained_tokens']:,} trained tokens; at {results['base_model']} prices: "
+        f"${totals['training_usd']:.4f} training + ${totals['serving_usd']:.4f} serving"
+        + (" (the local backend itself is free)" if results["backend"] == "local" else "") + ".",
+        "",
+        "Files: `results.json` (everything above), `predictions.jsonl` (one line per run, side and test message), "
+        "`baseline_intent_report.json` / `fine_tuned_intent_report.json` (Rasa's intent_report.json shape).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- plots
+
+
+def _pyplot():
+    import warnings
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    with warnings.catch_warnings():
+        # matplotlib 3.5 calls pyparsing names that pyparsing 3.1 deprecates; nothing for a user to act on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(figure: Any, path: Path) -> Path:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(figure)
+    return write_atomic(path, buffer.getvalue())
+
+
+def plot_curve(results: Dict[str, Any], path: Path) -> Path:
+    """Accuracy and macro-F1 against examples per intent for both sides, with ± one standard deviation."""
+    plt = _pyplot()
+    shots: List[str] = []
+    for row in results["curve"]:
+        if row["shots"] not in shots:
+            shots.append(row["shots"])
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True, constrained_layout=True)
+    positions = list(range(len(shots)))
+    for axis, metric, title in ((axes[0], "accuracy", "accuracy"), (axes[1], "macro_f1", "macro-F1")):
+        for system, style in ((BASELINE, "o-"), (FINE_TUNED, "s-")):
+            rows = {row["shots"]: row for row in results["curve"] if row["system"] == system}
+            means = [rows[s][f"{metric}_mean"] if s in rows else float("nan") for s in shots]
+            stds = [rows[s][f"{metric}_std"] if s in rows else 0.0 for s in shots]
+            label = system if system == BASELINE else f"{system} ({results['base_model']})"
+            axis.errorbar(positions, means, yerr=stds, fmt=style, capsize=4, label=label)
+        axis.set_xticks(positions)
+        axis.set_xticklabels(shots)
+        axis.set_xlabel("training examples per intent")
+        axis.set_title(title)
+        axis.set_ylim(0, 1.02)
+        axis.grid(alpha=0.3)
+    axes[0].legend(loc="lower right")
+    figure.suptitle(f"{results['project']['name']}: few-shot curve ({results['data']['test']} test messages)")
+    return _save(figure, path)
+
+
+def confusion_counts(targets: Sequence[str], predicted: Sequence[str], labels: Sequence[str]) -> List[List[int]]:
+    """Row = true intent, column = predicted intent, counts over `labels`."""
+    index = {label: i for i, label in enumerate(labels)}
+    matrix = [[0] * len(labels) for _ in labels]
+    for target, guess in zip(targets, predicted):
+        matrix[index[target]][index[guess]] += 1
+    return matrix
+
+
+def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str = "") -> Path:
+    """Both sides' confusion matrices (true intent by row, predicted by column) next to each other."""
+    plt = _pyplot()
+    labels = sorted({p.intent for items in predictions.values() for p in items}
+                    | {p.predicted for items in predictions.values() for p in items})
+    size = max(6.0, 0.17 * len(labels) + 2)
+    figure, axes = plt.subplots(1, len(predictions), figsize=(size * len(predictions) + 2, size), constrained_layout=True)
+    if len(predictions) == 1:
+        axes = [axes]
+    for axis, (system, items) in zip(axes, predictions.items()):
+        matrix = confusion_counts([p.intent for p in items], [p.predicted for p in items], labels)
+        # colour by the share of each true intent, so rare intents are as visible as frequent ones
+        shares = [[count / max(1, sum(row)) for count in row] for row in matrix]
+        axis.imshow(shares, cmap="Blues", vmin=0, vmax=1)
+        font = 8 if len(labels) <= ANNOTATE_UP_TO else 4
+        axis.set_xticks(range(len(labels)))
+        axis.set_yticks(range(len(labels)))
+        axis.set_xticklabels(labels, rotation=90, fontsize=font)
+        axis.set_yticklabels(labels, fontsize=font)
+        axis.set_xlabel("predicted intent")
+        axis.set_ylabel("true intent")
+        correct = sum(1 for p in items if p.intent == p.predicted)
+        axis.set_title(f"{system}: {correct}/{len(items)} correct")
+        if len(labels) <= ANNOTATE_UP_TO:
+            for i, row in enumerate(matrix):
+                for j, count in enumerate(row):
+                    if count:
+                        axis.text(j, i, str(count), ha="center", va="center", fontsize=7,
+                                  color="white" if shares[i][j] > 0.5 else "black")
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
