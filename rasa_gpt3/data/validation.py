@@ -156,13 +156,26 @@ class CheckData:
     training_count: int
     codec: Any = None
 
+    _cache: Dict[str, Any] = field(default_factory=dict, repr=False)
+
     def good(self) -> List[int]:
         """Indices of well-formed records."""
-        return [i for i, text in enumerate(self.prompt_texts) if text is not None]
+        if "good" not in self._cache:
+            self._cache["good"] = [i for i, text in enumerate(self.prompt_texts) if text is not None]
+        return self._cache["good"]
 
     def flagged(self, flag: int) -> List[int]:
         """Indices of the records with a structural problem."""
-        return [i for i, bits in enumerate(self.flags) if bits & flag]
+        if "flagged" not in self._cache:
+            self._cache["flagged"] = [i for i, bits in enumerate(self.flags) if bits]
+        return [i for i in self._cache["flagged"] if self.flags[i] & flag]
+
+    def labelled(self) -> List[Tuple[int, str]]:
+        """(index, answer) of the well-formed records with a non-empty answer: the labels of classification data."""
+        if "labelled" not in self._cache:
+            answers = self.answers
+            self._cache["labelled"] = [(i, answers[i]) for i in self.good() if answers[i]]
+        return self._cache["labelled"]
 
 
 def _analyse(record: Any) -> Tuple[Optional[str], int]:
@@ -175,6 +188,9 @@ def _analyse(record: Any) -> Tuple[Optional[str], int]:
         if type(messages) is not list or not messages:
             return "chat", flags | MISSING_KEYS
         for message in messages:
+            if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
+                    and message.get("role") in CHAT_ROLES:
+                continue  # the usual {"role", "content"} message: nothing to look at
             if type(message) is not dict:
                 flags |= MESSAGE_NOT_OBJECT
                 continue
@@ -337,15 +353,13 @@ def check_token_limit(data: CheckData) -> List[Finding]:
 def check_special_tokens(data: CheckData) -> List[Finding]:
     """No text contains a tokenizer special token such as <|endoftext|>."""
     specials = sorted(getattr(data.encoding, "special_tokens_set", None) or {"<|endoftext|>"})
-    hits = []
-    for i in data.good():
-        text = (data.prompt_texts[i] or "") + "\n" + (data.answers[i] or "")
-        if "<|" in text and any(token in text for token in specials):
-            hits.append(i)
+    # the record's exact JSON text: JSON escapes neither "<" nor "|", so a special token shows as itself
+    hits = [i for i, key in enumerate(data.keys) if "<|" in key and any(token in key for token in specials)]
     if not hits:
         return []
+    found = sorted({token for i in hits for token in specials if token in data.keys[i]})
     return [Finding("special_tokens", "error",
-                    f"{len(hits)} records contain special tokens ({', '.join(specials[:3])}, ...) that the tokenizer "
+                    f"{len(hits)} records contain special tokens ({', '.join(found[:3])}) that the tokenizer "
                     "treats as control tokens", "remove them from the text (--fix does)", _lines_of(data, hits))]
 
 
@@ -439,7 +453,7 @@ def check_capitalisation(data: CheckData) -> List[Finding]:
 
 
 def _labels(data: CheckData) -> List[Tuple[int, str]]:
-    return [(i, data.answers[i]) for i in data.good() if data.answers[i]]
+    return data.labelled()
 
 
 def _label_name(data: CheckData, label: str) -> str:
@@ -615,6 +629,13 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
     answers: List[Optional[str]] = []
     for record, (kind, bits) in zip(records, analysed):
         if kind is not None and not bits & _MALFORMED:
+            messages = record.get("messages")
+            if messages is not None and len(messages) == 3 and messages[0]["role"] == "system" \
+                    and messages[1]["role"] == "user":
+                # what record_prompt_text returns for a single-text record (system, user, assistant)
+                prompt_texts.append(messages[1]["content"])
+                answers.append(messages[2]["content"])
+                continue
             prompt_texts.append(prompt_text(record))
             answers.append(answer_of(record))
         else:
