@@ -642,7 +642,6 @@ class FineTunedSide:
             started = time.perf_counter()
             result = classify(text, model.intent_model, self.caller)
             elapsed = (time.perf_counter() - started) * 1000
-            usage = getattr(result, "usage", None) or {}
             failed = result.outcome not in ("ok", "unknown_label", "no_logprobs")
             failures_in_a_row = failures_in_a_row + 1 if failed else 0
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
@@ -658,8 +657,9 @@ class FineTunedSide:
                 latency_ms=elapsed,
                 fallback=(not result.decided) or bool(self.fallback and self.fallback.applies(result.confidence, result.ranking)),
                 outcome=result.outcome,
-                prompt_tokens=0 if failed else int(usage.get("prompt_tokens") or tokens),
-                completion_tokens=0 if failed else int(usage.get("completion_tokens") or 1),
+                # the API's usage; counted here only for a server that reports none
+                prompt_tokens=0 if failed else (result.prompt_tokens or tokens),
+                completion_tokens=0 if failed else (result.completion_tokens or 1),
             ))
             bar.update(1)
         return predictions

@@ -199,6 +199,9 @@ class Completion:
     # time spent in the HTTP exchange (network + backend); 0 for a cache hit
     backend_seconds: float = 0.0
     cached: bool = False
+    # the usage the API reported for this call (0 when it sent none)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
 
 class CallFailed(Exception):
@@ -296,7 +299,10 @@ def parse_completion_body(body: Mapping[str, Any], chat: bool) -> Completion:
     except (KeyError, IndexError, TypeError, AttributeError, ValueError) as error:
         raise ValueError(f"unexpected completion response ({type(error).__name__})") from None
     alternatives = tuple(sorted(alternatives, key=lambda pair: -pair[1]))
-    return Completion(text=str(text), first_token_alternatives=alternatives, token_logprobs=token_logprobs)
+    usage = body.get("usage") if isinstance(body.get("usage"), Mapping) else {}
+    return Completion(text=str(text), first_token_alternatives=alternatives, token_logprobs=token_logprobs,
+                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                      completion_tokens=int(usage.get("completion_tokens") or 0))
 
 
 class BoundedCaller:
@@ -558,6 +564,9 @@ class IntentPrediction:
     cached: bool = False
     backend_seconds: float = 0.0
     error: Optional[str] = None
+    # tokens this call was billed for, as the API reported them (0 for a cache hit or a failed call)
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
 
     @property
     def decided(self) -> bool:
@@ -608,6 +617,7 @@ def rank_intents(completion: Completion, intent_model: IntentModel) -> IntentPre
             fallback_prediction(intent_model, OUTCOME_UNKNOWN_LABEL),
             cached=completion.cached,
             backend_seconds=completion.backend_seconds,
+            **_billed_tokens(completion),
         )
     scores: Dict[str, float] = {}
     for token, logprob in completion.first_token_alternatives:
@@ -638,7 +648,14 @@ def rank_intents(completion: Completion, intent_model: IntentModel) -> IntentPre
         model=intent_model.model,
         cached=completion.cached,
         backend_seconds=completion.backend_seconds,
+        **_billed_tokens(completion),
     )
+
+
+def _billed_tokens(completion: Completion) -> Dict[str, int]:
+    if completion.cached:
+        return {}
+    return {"prompt_tokens": completion.prompt_tokens, "completion_tokens": completion.completion_tokens}
 
 
 def classify(text: str, intent_model: IntentModel, caller: BoundedCaller) -> IntentPrediction:
