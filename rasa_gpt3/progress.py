@@ -143,13 +143,14 @@ class ProgressReporter(Protocol):
 
 
 class TqdmProgressBar:
-    """A tqdm bar over the job's training steps with epoch, loss and accuracy after it; messages above it.
+    """A tqdm bar over the job's training steps, with the status before it and epoch and losses after it.
 
-    On a stream that is not a terminal (CI logs, pipes) the bar is off: event messages are printed as lines and
-    the final state as one summary line.
+    Event messages are printed above the bar. On a stream that is not a terminal (CI logs, pipes) the bar is off:
+    the messages are printed as lines and the final state as one summary line.
     """
 
-    BAR_FORMAT = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]"
+    WAITING_FORMAT = "{desc} [{elapsed}]"
+    STEPS_FORMAT = "{desc} {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} steps [{elapsed}{postfix}]"
 
     def __init__(self, stream: Optional[TextIO] = None) -> None:
         self.stream = stream or sys.stderr
@@ -161,12 +162,12 @@ class TqdmProgressBar:
 
         if self._bar is None:
             self._bar = tqdm(
-                total=progress.total_steps, desc=progress.job_id, file=self.stream, dynamic_ncols=True, leave=True,
-                disable=None, bar_format=self.BAR_FORMAT if progress.total_steps else None, unit="step",
+                total=progress.total_steps, file=self.stream, dynamic_ncols=True, leave=True, disable=None,
+                bar_format=self.STEPS_FORMAT if progress.total_steps else self.WAITING_FORMAT,
             )
         elif progress.total_steps and self._bar.total != progress.total_steps:
             self._bar.total = progress.total_steps
-            self._bar.bar_format = self.BAR_FORMAT
+            self._bar.bar_format = self.STEPS_FORMAT
         return self._bar
 
     def update(self, progress: JobProgress, message: Optional[str] = None) -> None:
@@ -181,9 +182,8 @@ class TqdmProgressBar:
             return
         if progress.step > bar.n:
             bar.update(progress.step - bar.n)
-        status = progress.status or ""
-        bar.set_description(f"{progress.job_id} {status}".strip(), refresh=False)
-        bar.set_postfix_str(describe(progress), refresh=True)
+        bar.set_description_str(progress.status or "starting", refresh=False)
+        bar.set_postfix_str(_bar_postfix(progress), refresh=True)
 
     def close(self) -> None:
         """Closes the bar (leaving its last state on screen), or prints the summary line when the bar was off."""
@@ -194,3 +194,16 @@ class TqdmProgressBar:
                 print(f"{last.job_id} {last.status or ''}: {steps}{describe(last)}".rstrip(": "), file=self.stream)
             self._bar.close()
             self._bar = None
+
+
+def _bar_postfix(progress: JobProgress) -> str:
+    """The short text after the bar: epoch, train loss, validation loss and accuracy."""
+    parts = []
+    if progress.epoch and progress.n_epochs:
+        parts.append(f"epoch {progress.epoch}/{progress.n_epochs}")
+    valid_loss = progress.full_valid_loss if progress.full_valid_loss is not None else progress.valid_loss
+    valid_accuracy = progress.full_valid_accuracy if progress.full_valid_accuracy is not None else progress.valid_accuracy
+    for label, value in (("loss", progress.train_loss), ("val_loss", valid_loss), ("val_acc", valid_accuracy)):
+        if value is not None:
+            parts.append(f"{label} {value:.3f}")
+    return " ".join(parts)
