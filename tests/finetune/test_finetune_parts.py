@@ -148,3 +148,18 @@ def test_entry_from_job_uses_the_metadata_written_at_creation():
     entry = finetune.entry_from_job(job, "local", {"valid_loss": 0.123456})
     assert (entry.job, entry.fingerprint, entry.key, entry.epochs, entry.format) == ("ftjob-9", "fp", "k", 4, "chat")
     assert entry.created == "2023-11-14T22:15:00Z" and entry.metrics == {"valid_loss": 0.1235}
+
+
+def test_progress_bar_off_a_terminal_prints_messages_and_one_summary_line():
+    import io
+
+    from rasa_gpt3.progress import TqdmProgressBar
+
+    stream = io.StringIO()
+    bar = TqdmProgressBar(stream)
+    bar.update(JobProgress(job_id="ftjob-1", status="running"), "Fine-tuning job started")
+    bar.update(JobProgress(job_id="ftjob-1", status="succeeded", step=9, total_steps=9, epoch=3, n_epochs=3,
+                           train_loss=0.25))
+    bar.close()
+    assert stream.getvalue().splitlines() == [
+        "  Fine-tuning job started", "ftjob-1 succeeded: step 9/9, epoch 3/3, loss 0.250"]
