@@ -356,9 +356,10 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
         labels_of = codec.labels
         make = prompts.intent_record
         labels = [intent for intent, _ in pairs]
-        records = [make(text, labels_of[intent], fmt) for intent, text in pairs]
-        serialize = _intent_line_writer(fmt, records, [(text, labels_of[intent]) for intent, text in pairs])
-        token_counter = _intent_token_counter(fmt, encoding, records, [(text, labels_of[intent]) for intent, text in pairs])
+        texts_and_labels = [(text, labels_of[intent]) for intent, text in pairs]
+        records = [make(text, label, fmt) for text, label in texts_and_labels]
+        serialize = _intent_line_writer(fmt, records, texts_and_labels)
+        token_counter = _intent_token_counter(fmt, encoding, records, texts_and_labels)
     elif task == "entities":
         examples = _entity_examples(nlu, fmt, seed)
         labels = [label for label, _, _ in examples]
