@@ -104,7 +104,10 @@ def ensure_server(state_dir: os.PathLike) -> EmbeddedServer:
         server = _SERVERS.get(key)
         if server is not None and server.running:
             return server
-        server = EmbeddedServer(key, faults=None).start()
+        try:
+            server = EmbeddedServer(key).start()
+        except OSError as error:
+            raise BackendStartError(str(error)) from None
         _SERVERS[key] = server
         return server
 
@@ -127,8 +130,11 @@ def serve_forever(state_dir: os.PathLike, *, host: str = "127.0.0.1", port: int 
                   faults: Optional[str] = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
                   on_ready=None) -> None:
     """Serves the local backend in the foreground until interrupted (Ctrl-C)."""
-    app = create_app(Path(state_dir).expanduser().resolve(), token=token, faults=faults,
-                     max_upload_bytes=max_upload_bytes)
+    try:
+        app = create_app(Path(state_dir).expanduser().resolve(), token=token, faults=faults,
+                         max_upload_bytes=max_upload_bytes)
+    except OSError as error:
+        raise BackendStartError(str(error)) from None
 
     async def main() -> None:
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

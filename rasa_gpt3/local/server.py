@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -33,6 +34,8 @@ from rasa_gpt3.local.store import ACTIVE_STATUSES, PRIVATE, NotFound, Store, pub
 logger = logging.getLogger(__name__)
 
 DEFAULT_MAX_UPLOAD_BYTES = 100 * 1024 * 1024
+# a file every local backend of every process appends one line per API request to (tests across processes)
+ENV_REQUEST_LOG = "RASA_GPT3_REQUEST_LOG"
 DEFAULT_COMPLETION_MAX_TOKENS = 16  # OpenAI's default for /v1/completions
 ORGANIZATION_ID = "org-local"
 
@@ -84,10 +87,22 @@ class Backend:
         self.started = time.time()
 
     def count(self, route: str) -> None:
-        """Counts one request that reached the API."""
+        """Counts one request that reached the API (and logs it to RASA_GPT3_REQUEST_LOG when that is set)."""
         with self._counts_lock:
             self.counts[route] += 1
             self.counts["total"] += 1
+        log_path = os.environ.get(ENV_REQUEST_LOG)
+        if log_path:
+            # an append-only log shared by processes: one O_APPEND write per line is atomic, no rewrite needed
+            line = f"{time.time():.3f} {os.getpid()} {route}\n".encode("utf-8")
+            try:
+                handle = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                try:
+                    os.write(handle, line)
+                finally:
+                    os.close(handle)
+            except OSError:
+                logger.warning("cannot write the request log %s", log_path)
 
     def stats(self) -> Dict[str, Any]:
         """Request counts since start (or the last reset)."""

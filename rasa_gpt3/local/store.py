@@ -33,6 +33,10 @@ TERMINAL_STATUSES = ("succeeded", "failed", "cancelled")
 ACTIVE_STATUSES = ("validating_files", "queued", "running")
 
 
+class StateDirError(OSError):
+    """The state directory cannot be created or used."""
+
+
 class NotFound(Exception):
     """The object does not exist (or its id is malformed)."""
 
@@ -51,8 +55,12 @@ class Store:
 
     def __init__(self, root: os.PathLike) -> None:
         self.root = Path(root).expanduser().resolve()
-        for folder in ("files", "jobs", "models"):
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
+        try:
+            for folder in ("files", "jobs", "models"):
+                (self.root / folder).mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise StateDirError(f"cannot use {self.root} as the local backend's state directory: "
+                                f"{error.strerror or error}") from None
         self._lock = FileLock(str(self.root / "state.lock"), timeout=30)
 
     @contextmanager

@@ -132,3 +132,8 @@ def test_local_serve_bad_input_is_one_line_and_non_zero(tmp_path):
                                "--state", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
     assert busy.returncode == 1 and busy.stderr.startswith("error: cannot listen on 127.0.0.1")
     assert len(busy.stderr.strip().splitlines()) == 1
+    (tmp_path / "a-file").write_text("")
+    no_dir = subprocess.run([sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--state",
+                             str(tmp_path / "a-file" / "state")], capture_output=True, text=True, timeout=60)
+    assert no_dir.returncode == 1 and no_dir.stderr.startswith("error: cannot use ")
+    assert "Traceback" not in no_dir.stderr

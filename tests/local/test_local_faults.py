@@ -116,3 +116,12 @@ def test_stats_count_only_api_requests(local_backend):
     stats = local_backend.stats()
     assert stats["requests"] == 2
     assert stats["by_route"] == {"GET /v1/models": 1, "GET /v1/files": 1}
+
+
+def test_request_log_counts_requests_across_processes(local_backend, tmp_path, monkeypatch):
+    log = tmp_path / "requests.log"
+    monkeypatch.setenv("RASA_GPT3_REQUEST_LOG", str(log))
+    local_backend.client.models.list()
+    local_backend.client.files.list()
+    lines = log.read_text().splitlines()
+    assert [line.split(" ", 2)[2] for line in lines] == ["GET /v1/models", "GET /v1/files"]
