@@ -84,22 +84,24 @@ def load_project(
             config_dict = _stage(config_path, lambda: rasa.shared.utils.io.read_config_file(str(config_path))) or {}
             if not isinstance(config_dict, dict):
                 raise ProjectError(f"config file '{config_path}' is not a YAML mapping")
-        importer = TrainingDataImporter.load_from_dict(
-            config=config_dict,
-            config_path=str(config_path) if config_path.is_file() else None,
-            domain_path=str(domain_path) if domain_path is not None else None,
-            training_data_paths=[str(p) for p in data_paths],
-        )
         if domain_path is not None:
             # Rasa's file importer turns an InvalidDomain into a warning and an empty domain; load it first so a
             # domain Rasa rejects stops the export with its reason instead
             from rasa.shared.core.domain import Domain
 
             _stage(domain_path, lambda: Domain.load(str(domain_path)))
-        domain_obj = _stage(domain_path or project, importer.get_domain)
+        # from here on the domain is known to be good: a failure comes from the training data
+        data_stage = _DataStage(data_paths)
+        importer = data_stage.run(lambda: TrainingDataImporter.load_from_dict(
+            config=config_dict,
+            config_path=str(config_path) if config_path.is_file() else None,
+            domain_path=str(domain_path) if domain_path is not None else None,
+            training_data_paths=[str(p) for p in data_paths],
+        ))
         language = config_dict.get("language") or "en"
-        nlu = _stage(_describe(data_paths), lambda: importer.get_nlu_data(language))
-        stories = _stage(_describe(data_paths), importer.get_stories)
+        nlu = data_stage.run(lambda: importer.get_nlu_data(language))
+        domain_obj = data_stage.run(importer.get_domain)  # the domain merged with responses from data files
+        stories = data_stage.run(importer.get_stories)
         for warning in caught:
             if issubclass(warning.category, (DeprecationWarning, PendingDeprecationWarning, ImportWarning)):
                 continue  # library deprecations, nothing the bot's author can act on
@@ -139,6 +141,47 @@ def _check_json_files(data_paths: Sequence[Path]) -> None:
                 raise ProjectError(f"malformed JSON in '{path}' line {error.lineno}: {error.msg}") from None
 
 
+class _DataStage:
+    """Runs a step that reads the training data; on failure finds the one file Rasa refuses, to name it."""
+
+    def __init__(self, data_paths: Sequence[Path]) -> None:
+        self.data_paths = list(data_paths)
+
+    def run(self, read: Callable[[], T]) -> T:
+        try:
+            return _stage(_describe(self.data_paths), read)
+        except ProjectError:
+            culprit = self._culprit()
+            if culprit is None:
+                raise
+            raise culprit from None
+
+    def _culprit(self) -> Optional[ProjectError]:
+        """The error of the first data file that fails on its own (Rasa's message often names no file)."""
+        from rasa.shared.core.training_data.story_reader.yaml_story_reader import YAMLStoryReader
+        from rasa.shared.nlu.training_data.loading import load_data
+        import rasa.shared.data
+
+        files: List[Path] = []
+        for data_path in self.data_paths:
+            files.extend([data_path] if data_path.is_file() else sorted(p for p in data_path.rglob("*") if p.is_file()))
+        for path in files:
+            if path.suffix.lower() not in (".yml", ".yaml", ".json"):
+                continue
+
+            def read_one() -> None:
+                if rasa.shared.data.is_likely_yaml_file(path) and YAMLStoryReader.is_stories_file(path):
+                    YAMLStoryReader().read_from_file(str(path))
+                else:
+                    load_data(str(path))
+
+            try:
+                _stage(path, read_one)
+            except ProjectError as error:
+                return error
+        return None
+
+
 def _describe(paths: Sequence[Path]) -> str:
     return ", ".join(f"'{p}'" for p in paths)
 
@@ -153,14 +196,13 @@ def _stage(source: Union[Path, str], read: Callable[[], T]) -> T:
     except YamlException as error:
         raise ProjectError(_yaml_error_line(error, where)) from None
     except RasaException as error:
-        # InvalidDomain, StoryParseError, InvalidEntityFormatException, InvalidConfigException, slot errors, ...
+        # InvalidDomain, SchemaValidationError (JSON NLU), StoryParseError, InvalidEntityFormatException,
+        # InvalidConfigException, InvalidSlotTypeException, ...: Rasa's base class for errors in the user's data
         raise ProjectError(f"Rasa rejected {where}: {_first_line(str(error))}") from None
-    except (ValueError, KeyError, TypeError, AttributeError) as error:
-        # Rasa's readers fail this way on structurally wrong JSON NLU files and domains that pass the schema
-        detail = _first_line(str(error)) or type(error).__name__
-        raise ProjectError(f"Rasa could not read {where}: {detail}") from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError, UnicodeDecodeError) as error:
-        raise ProjectError(f"cannot read {where}: {_first_line(str(error))}") from None
+    except UnicodeDecodeError as error:
+        raise ProjectError(f"{where} is not UTF-8 text (byte {error.start}: {error.reason})") from None
+    except OSError as error:
+        raise ProjectError(f"cannot read {where}: {error.strerror or error}") from None
 
 
 def _yaml_error_line(error: Any, where: str) -> str:

@@ -1,7 +1,7 @@
 """Bad projects and bad files: one clear line naming the file, a non-zero exit, no traceback, no partial output."""
 from __future__ import annotations
 
-import shutil
+import json
 from pathlib import Path
 
 import pytest
@@ -26,7 +26,12 @@ BAD_PROJECTS = {
     "nlu_schema_rejected": (DOMAIN_OK, 'version: "3.1"\nnlu:\n- intent: greet\n  exmples: |\n    - hi\n',
                             ["nlu.yml", "line 3", "exmples"]),
     "empty_nlu": (DOMAIN_OK, 'version: "3.1"\nnlu: []\n', ["no NLU training examples", "data"]),
-    "bad_json_nlu": (DOMAIN_OK, None, ["malformed JSON", "nlu.json", "line 1"]),
+    "bad_json_nlu": (DOMAIN_OK, {"nlu.json": '{"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": '},
+                     ["malformed JSON", "nlu.json", "line 1"]),
+    "json_nlu_schema_rejected": (DOMAIN_OK, {"nlu.yml": NLU_OK, "more.json": json.dumps(
+        {"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": "greet", "entities": [{"start": 0}]}]}})},
+                                 ["Rasa rejected", "more.json", "'end' is a required property"]),
+    "nlu_not_utf8": (DOMAIN_OK, {"nlu.yml": NLU_OK.encode() + b"    - caf\xe9\n"}, ["nlu.yml", "not UTF-8"]),
 }
 
 
@@ -35,10 +40,10 @@ def _make(root: Path, name: str) -> Path:
     project = root / name
     (project / "data").mkdir(parents=True)
     (project / "domain.yml").write_text(domain)
-    if nlu is None:
-        (project / "data" / "nlu.json").write_text('{"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": ')
-    else:
-        (project / "data" / "nlu.yml").write_text(nlu)
+    files = nlu if isinstance(nlu, dict) else {"nlu.yml": nlu}
+    for name, content in files.items():
+        target = project / "data" / name
+        target.write_bytes(content) if isinstance(content, bytes) else target.write_text(content)
     return project
 
 
