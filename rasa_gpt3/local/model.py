@@ -9,6 +9,7 @@ tokens (base model's encoding) follow with log-probability 0.
 from __future__ import annotations
 
 import math
+import os
 import threading
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -24,6 +25,7 @@ from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 # similarity differences of 0.05 make a factor e in probability: sharp but not one-hot for near-ties
 RETRIEVAL_TEMPERATURE = 0.05
 DEFAULT_UNKNOWN_TEXT = "Sorry, I don't know."
+ENV_UNKNOWN_TEXT = "RASA_GPT3_UNKNOWN_TEXT"
 DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.5, "tfidf": 0.3}
 MIN_LOGPROB = -9999.0
 
@@ -54,7 +56,7 @@ class LocalModel:
         self.embedder = get_embedder(meta["embedder"])
         self.embedder_state = {k: v for k, v in arrays.items() if k.startswith(meta["embedder"] + "_")}
         self.arrays = arrays
-        self.unknown_text = meta.get("unknown_text") or DEFAULT_UNKNOWN_TEXT
+        self._unknown_text = meta.get("unknown_text")
         self.threshold = float(meta.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD[meta["embedder"]]))
         self._encoding = get_encoding(meta["encoding"])
         self._token_cache: Dict[str, List[str]] = {}
@@ -64,6 +66,11 @@ class LocalModel:
         self.entity_model = bool(meta.get("entity_answers"))
         self.texts: List[str] = list(meta.get("texts") or [])
         self.gazetteer = list(meta.get("gazetteer") or [])
+
+    @property
+    def unknown_text(self) -> str:
+        """What a retrieval model answers below its similarity threshold: job metadata, else the environment."""
+        return self._unknown_text or os.environ.get(ENV_UNKNOWN_TEXT) or DEFAULT_UNKNOWN_TEXT
 
     # ------------------------------------------------------------------ scoring
 

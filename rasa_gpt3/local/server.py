@@ -214,7 +214,11 @@ async def service_middleware(request: web.Request, handler):
         if fault.garbage:
             request["garbage"] = True
     _check_token(request, backend)
-    return await handler(request)
+    started = time.perf_counter()
+    response = await handler(request)
+    if not response.prepared:  # streamed responses have sent their headers already
+        response.headers["openai-processing-ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
+    return response
 
 
 def _check_token(request: web.Request, backend: Backend) -> None:
