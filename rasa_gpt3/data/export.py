@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -99,13 +98,18 @@ def _full_intent(message: Any) -> str:
 def intent_examples(nlu: Any) -> List[Tuple[str, str]]:
     """(intent, normalised text) pairs of the NLU data, deduplicated and sorted."""
     normalize = prompts.normalize_text
-    pairs = set()
+    texts: Dict[str, set] = {}
     for message in nlu.intent_examples:
         data = message.data  # Message.get is a method call per key; this loop runs once per example
         text = data.get("text")
         if text and not text.isspace():
-            pairs.add((data.get("intent_response_key") or data.get("intent"), normalize(text)))
-    return sorted(pairs)
+            intent = data.get("intent_response_key") or data.get("intent")
+            found = texts.get(intent)
+            if found is None:
+                found = texts[intent] = set()
+            found.add(normalize(text))
+    # sorting plain strings per intent is several times faster than sorting (intent, text) tuples
+    return [(intent, text) for intent in sorted(texts) for text in sorted(texts[intent])]
 
 
 def _entity_items(message: Any, text: str) -> List[Dict[str, Any]]:
@@ -304,15 +308,27 @@ def stratified_split(labels: Sequence[str], valid_fraction: float, seed: int) ->
             held = min(len(members) - 1, max(1, round(len(members) * valid_fraction)))
         if held:
             # a per-label seed keeps one label's split unchanged when other labels change
-            shuffled = list(members)
-            random.Random(f"{seed}/{label}").shuffle(shuffled)
-            held_out = set(shuffled[:held])
-            valid.extend(i for i in members if i in held_out)
-            train.extend(i for i in members if i not in held_out)
+            order = _permutation(f"{seed}/{label}", len(members))
+            held_out = set(order[:held].tolist())
+            valid.extend(i for k, i in enumerate(members) if k in held_out)
+            train.extend(i for k, i in enumerate(members) if k not in held_out)
         else:
             train.extend(members)
-    random.Random(seed).shuffle(train)  # fine-tuning sees the intents mixed, not in sorted blocks
+    # fine-tuning sees the intents mixed, not in sorted blocks
+    train = [train[k] for k in _permutation(str(seed), len(train)).tolist()]
     return train, valid
+
+
+def _permutation(seed: str, n: int) -> Any:
+    """A seeded permutation of range(n), the same on every platform and numpy version.
+
+    numpy's legacy RandomState (Mersenne Twister) is frozen by numpy's compatibility policy; it is ~20x faster
+    than random.shuffle, which matters at 100,000 examples.
+    """
+    import numpy
+
+    state = int.from_bytes(hashlib.sha256(seed.encode("utf-8")).digest()[:4], "big")
+    return numpy.random.RandomState(state).permutation(n)
 
 
 # ---------------------------------------------------------------- the export

@@ -170,6 +170,18 @@ class CheckData:
             self._cache["flagged"] = [i for i, bits in enumerate(self.flags) if bits]
         return [i for i in self._cache["flagged"] if self.flags[i] & flag]
 
+    def kind_counts(self) -> Counter:
+        """How many records there are of each format."""
+        if "kinds" not in self._cache:
+            self._cache["kinds"] = Counter(kind for kind in self.kinds if kind)
+        return self._cache["kinds"]
+
+    def label_counts(self) -> Counter:
+        """Examples per label (classification data)."""
+        if "label_counts" not in self._cache:
+            self._cache["label_counts"] = Counter(label for _, label in self.labelled())
+        return self._cache["label_counts"]
+
     def labelled(self) -> List[Tuple[int, str]]:
         """(index, answer) of the well-formed records with a non-empty answer: the labels of classification data."""
         if "labelled" not in self._cache:
@@ -228,7 +240,7 @@ def check_format(data: CheckData) -> List[Finding]:
                                 f"{len(unknown)} records are neither chat (`messages`) nor prompt/completion objects",
                                 "rewrite them as {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...}",
                                 _lines_of(data, unknown)))
-    counts = Counter(kind for kind in data.kinds if kind)
+    counts = data.kind_counts()
     if len(counts) > 1:
         minority = min(counts, key=lambda k: (counts[k], k))
         odd = [i for i, kind in enumerate(data.kinds) if kind == minority]
@@ -365,6 +377,11 @@ def check_special_tokens(data: CheckData) -> List[Finding]:
 
 def check_unicode(data: CheckData) -> List[Finding]:
     """Every text encodes as UTF-8 (a JSON `\\ud800` escape decodes to a lone surrogate that does not)."""
+    try:
+        "\n".join(data.keys).encode("utf-8")
+        return []
+    except UnicodeEncodeError:
+        pass
     bad = []
     for i, key in enumerate(data.keys):
         try:
@@ -378,7 +395,11 @@ def check_unicode(data: CheckData) -> List[Finding]:
 
 
 def _completion_indices(data: CheckData) -> List[int]:
-    return [i for i in data.good() if data.kinds[i] == "completion"]
+    if "completion" not in data._cache:
+        data._cache["completion"] = (
+            [i for i in data.good() if data.kinds[i] == "completion"] if data.kind_counts().get("completion") else []
+        )
+    return data._cache["completion"]
 
 
 def _common_suffix(texts: Sequence[str]) -> str:
@@ -492,7 +513,7 @@ def check_examples_per_label(data: CheckData) -> List[Finding]:
     """Classification: every label has at least Rasa's minimum of 2 examples; ~100 per class is the guidance."""
     if not data.classification:
         return []
-    counts = Counter(label for _, label in _labels(data))
+    counts = data.label_counts()
     findings = []
     too_few = sorted(label for label, n in counts.items() if n < RASA_MIN_PER_LABEL)
     if too_few:
@@ -517,7 +538,7 @@ def check_class_imbalance(data: CheckData) -> List[Finding]:
     """Classification: the largest class is at most 10 times the smallest."""
     if not data.classification:
         return []
-    counts = Counter(label for _, label in _labels(data))
+    counts = data.label_counts()
     if len(counts) < 2:
         return []
     largest = max(counts, key=lambda l: (counts[l], l))
@@ -618,29 +639,42 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
                       lines: Optional[List[int]], keys: Optional[List[str]], token_counts: Optional[List[int]],
                       classification: Optional[bool], training_count: Optional[int], codec: Any,
                       source: str) -> ValidationReport:
-    analysed = [_analyse(record) for record in records]
-    kinds = [kind for kind, _ in analysed]
-    flags = [bits for _, bits in analysed]
-    detected = _detect_format(kinds)
-    model = _resolve_model(fmt or detected, base_model)
-    encoding = get_encoding(model.encoding)
-    prompt_text, answer_of = prompts.record_prompt_text, prompts.record_answer
+    kinds: List[Optional[str]] = []
+    flags: List[int] = []
     prompt_texts: List[Optional[str]] = []
     answers: List[Optional[str]] = []
-    for record, (kind, bits) in zip(records, analysed):
-        if kind is not None and not bits & _MALFORMED:
+    prompt_text, answer_of = prompts.record_prompt_text, prompts.record_answer
+    for record in records:
+        # fast path for the shape prompts.intent_record/entities_record build (system, user, assistant with
+        # text): the same result as _analyse + record_prompt_text + record_answer, without the calls
+        if type(record) is dict and len(record) == 1:
             messages = record.get("messages")
-            if messages is not None and len(messages) == 3 and messages[0]["role"] == "system" \
-                    and messages[1]["role"] == "user":
-                # what record_prompt_text returns for a single-text record (system, user, assistant)
-                prompt_texts.append(messages[1]["content"])
-                answers.append(messages[2]["content"])
-                continue
+            if type(messages) is list and len(messages) == 3:
+                try:
+                    system, user, assistant = messages
+                    if (len(system) == 2 and len(user) == 2 and len(assistant) == 2 and system["role"] == "system"
+                            and user["role"] == "user" and assistant["role"] == "assistant"):
+                        text, answer = user["content"], assistant["content"]
+                        if type(text) is str and type(answer) is str and type(system["content"]) is str:
+                            kinds.append("chat")
+                            flags.append(0)
+                            prompt_texts.append(text)
+                            answers.append(answer)
+                            continue
+                except (KeyError, TypeError):
+                    pass  # not the usual shape: _analyse says what is wrong
+        kind, bits = _analyse(record)
+        kinds.append(kind)
+        flags.append(bits)
+        if kind is not None and not bits & _MALFORMED:
             prompt_texts.append(prompt_text(record))
             answers.append(answer_of(record))
         else:
             prompt_texts.append(None)
             answers.append(None)
+    detected = _detect_format(kinds)
+    model = _resolve_model(fmt or detected, base_model)
+    encoding = get_encoding(model.encoding)
     if keys is None:
         keys = [json.dumps(record, ensure_ascii=False, sort_keys=True) for record in records]
     if token_counts is None:
