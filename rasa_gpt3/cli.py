@@ -225,7 +225,7 @@ def _run_validate(args: argparse.Namespace) -> int:
             print(f"wrote {args.fix}: {len(repaired)} records" + ("" if actions else " (nothing to repair)"))
             for action in actions:
                 print(f"  {action}")
-            print(f"{args.fix}: {len(fixed_report.errors)} errors, {len(fixed_report.warnings)} warnings")
+            print(f"{args.fix}: errors: {len(fixed_report.errors)}, warnings: {len(fixed_report.warnings)}")
     return 1 if failed else 0
 
 

@@ -89,7 +89,7 @@ class ValidationReport:
 
     def summary_lines(self) -> List[str]:
         """One line with the counts, then one line per finding (what `export` prints)."""
-        lines = [f"validation: {len(self.errors)} errors, {len(self.warnings)} warnings"]
+        lines = [f"validation: errors {len(self.errors)}, warnings {len(self.warnings)}"]
         lines.extend(f"{f.severity} [{f.check}]: {f.message}" for f in self.findings)
         return lines
 
@@ -119,7 +119,7 @@ class ValidationReport:
             out.append(f"{finding.severity} [{finding.check}]: {finding.message}{where}")
             if finding.fix:
                 out.append(f"  fix: {finding.fix}")
-        out.append(f"{len(self.errors)} errors, {len(self.warnings)} warnings")
+        out.append(f"errors: {len(self.errors)}, warnings: {len(self.warnings)}")
         return "\n".join(out)
 
 
@@ -237,7 +237,7 @@ def check_format(data: CheckData) -> List[Finding]:
     unknown = [i for i, kind in enumerate(data.kinds) if kind is None]
     if unknown:
         findings.append(Finding("format", "error",
-                                f"{len(unknown)} records are neither chat (`messages`) nor prompt/completion objects",
+                                f"records that are neither chat (`messages`) nor prompt/completion objects: {len(unknown)}",
                                 "rewrite them as {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...}",
                                 _lines_of(data, unknown)))
     counts = data.kind_counts()
@@ -263,7 +263,7 @@ def check_missing_keys(data: CheckData) -> List[Finding]:
     if not missing:
         return []
     return [Finding("missing_keys", "error",
-                    f"{len(missing)} records lack a required key (prompt and completion as text, or a non-empty messages list)",
+                    f"records without a required key (prompt and completion as text, or a non-empty messages list): {len(missing)}",
                     "add the missing key or drop the records", _lines_of(data, missing))]
 
 
@@ -275,13 +275,13 @@ def check_extra_keys(data: CheckData) -> List[Finding]:
         extra = sorted({k for i in top for k in data.records[i]
                         if k not in (CHAT_TOP_KEYS if data.kinds[i] == "chat" else COMPLETION_KEYS)})
         findings.append(Finding("extra_keys", "warning",
-                                f"{len(top)} records have keys the API ignores: {', '.join(extra[:5])}",
+                                f"records with keys the API ignores ({', '.join(extra[:5])}): {len(top)}",
                                 "drop the extra keys (--fix does)", _lines_of(data, top)))
     inner = data.flagged(MESSAGE_EXTRA)
     if inner:
         findings.append(Finding("extra_keys", "error",
-                                f"{len(inner)} records have messages with unrecognised keys "
-                                f"(allowed: {', '.join(sorted(CHAT_MESSAGE_KEYS))})",
+                                f"records with unrecognised message keys "
+                                f"(allowed: {', '.join(sorted(CHAT_MESSAGE_KEYS))}): {len(inner)}",
                                 "drop the unrecognised message keys (--fix does)", _lines_of(data, inner)))
     return findings
 
@@ -291,17 +291,17 @@ def check_message_structure(data: CheckData) -> List[Finding]:
     findings = []
     not_object = data.flagged(MESSAGE_NOT_OBJECT)
     if not_object:
-        findings.append(Finding("message_structure", "error", f"{len(not_object)} records have a message that is not an object",
+        findings.append(Finding("message_structure", "error", f"records with a message that is not an object: {len(not_object)}",
                                 "write each message as {\"role\": ..., \"content\": ...}", _lines_of(data, not_object)))
     bad_role = data.flagged(BAD_ROLE)
     if bad_role:
         findings.append(Finding("message_structure", "error",
-                                f"{len(bad_role)} records have a message with a missing or unknown role "
-                                f"(known: {', '.join(sorted(CHAT_ROLES))})",
+                                f"records with a missing or unknown message role "
+                                f"(known: {', '.join(sorted(CHAT_ROLES))}): {len(bad_role)}",
                                 "fix the role names", _lines_of(data, bad_role)))
     bad_content = data.flagged(BAD_CONTENT)
     if bad_content:
-        findings.append(Finding("message_structure", "error", f"{len(bad_content)} records have a message without text content",
+        findings.append(Finding("message_structure", "error", f"records with a message without text content: {len(bad_content)}",
                                 "give every message a \"content\" string", _lines_of(data, bad_content)))
     return findings
 
@@ -312,7 +312,7 @@ def check_assistant_message(data: CheckData) -> List[Finding]:
     if not missing:
         return []
     return [Finding("assistant_message", "error",
-                    f"{len(missing)} chat records do not end with an assistant message, so there is nothing to learn",
+                    f"chat records that do not end with an assistant message, so there is nothing to learn: {len(missing)}",
                     "add the expected answer as the last message with role assistant", _lines_of(data, missing))]
 
 
@@ -321,7 +321,7 @@ def check_empty_completions(data: CheckData) -> List[Finding]:
     empty = [i for i in data.good() if not (data.answers[i] or "").strip()]
     if not empty:
         return []
-    return [Finding("empty_completions", "error", f"{len(empty)} records have an empty answer",
+    return [Finding("empty_completions", "error", f"records with an empty answer: {len(empty)}",
                     "drop them (--fix does) or write the answer", _lines_of(data, empty))]
 
 
@@ -335,7 +335,7 @@ def check_duplicates(data: CheckData) -> List[Finding]:
             seen.add(key)
     if not repeated:
         return []
-    return [Finding("duplicates", "warning", f"{len(repeated)} records repeat an earlier record",
+    return [Finding("duplicates", "warning", f"records that repeat an earlier record: {len(repeated)}",
                     "drop the repeats (--fix does)", _lines_of(data, repeated))]
 
 
@@ -358,7 +358,7 @@ def check_token_limit(data: CheckData) -> List[Finding]:
     if not long:
         return []
     return [Finding("token_limit", "error",
-                    f"{len(long)} records are longer than {limit:,} tokens, the limit of {data.model.name}",
+                    f"records longer than {limit:,} tokens, the limit of {data.model.name}: {len(long)}",
                     "shorten them (for the response task: fewer --history turns)", _lines_of(data, long))]
 
 
@@ -371,8 +371,8 @@ def check_special_tokens(data: CheckData) -> List[Finding]:
         return []
     found = sorted({token for i in hits for token in specials if token in data.keys[i]})
     return [Finding("special_tokens", "error",
-                    f"{len(hits)} records contain special tokens ({', '.join(found[:3])}) that the tokenizer "
-                    "treats as control tokens", "remove them from the text (--fix does)", _lines_of(data, hits))]
+                    f"records containing special tokens the tokenizer treats as control tokens "
+                    f"({', '.join(found[:3])}): {len(hits)}", "remove them from the text (--fix does)", _lines_of(data, hits))]
 
 
 def check_unicode(data: CheckData) -> List[Finding]:
@@ -390,7 +390,7 @@ def check_unicode(data: CheckData) -> List[Finding]:
             bad.append(i)
     if not bad:
         return []
-    return [Finding("unicode", "error", f"{len(bad)} records contain text that is not valid UTF-8 (lone surrogates)",
+    return [Finding("unicode", "error", f"records with text that is not valid UTF-8 (lone surrogates): {len(bad)}",
                     "drop or correct them (--fix drops them)", _lines_of(data, bad))]
 
 
@@ -434,7 +434,7 @@ def check_completion_leading_space(data: CheckData) -> List[Finding]:
                and not data.records[i]["completion"][0].isspace()]
     if not indices:
         return []
-    return [Finding("completion_leading_space", "warning", f"{len(indices)} completions do not start with a space",
+    return [Finding("completion_leading_space", "warning", f"completions that do not start with a space: {len(indices)}",
                     "start every completion with one space (--fix does)", _lines_of(data, indices))]
 
 
@@ -504,7 +504,7 @@ def check_label_conflicts(data: CheckData) -> List[Finding]:
     example = min(conflicting)
     names = " / ".join(_label_name(data, label) for label in sorted(by_text[example]))
     return [Finding("label_conflicts", "warning",
-                    f"{len(conflicting)} texts are labelled with different intents, e.g. {example!r}: {names}",
+                    f"texts labelled with different intents: {len(conflicting)}, e.g. {example!r}: {names}",
                     "keep each text under one intent in the NLU data (rasa data validate shows them too)",
                     _lines_of(data, indices))]
 
@@ -519,14 +519,14 @@ def check_examples_per_label(data: CheckData) -> List[Finding]:
     if too_few:
         indices = [i for i, label in _labels(data) if label in set(too_few)]
         findings.append(Finding("examples_per_label", "warning",
-                                f"{len(too_few)} labels have fewer than {RASA_MIN_PER_LABEL} examples (Rasa's minimum; "
-                                f"they cannot be in both train and valid): "
+                                f"labels with fewer than {RASA_MIN_PER_LABEL} examples (Rasa's minimum; they cannot be in both "
+                                f"train and valid): {len(too_few)}: "
                                 + ", ".join(_label_name(data, label) for label in too_few[:5]),
                                 "add examples to these intents", _lines_of(data, indices)))
     below = sorted(label for label, n in counts.items() if RASA_MIN_PER_LABEL <= n < RECOMMENDED_PER_LABEL)
     if below:
         findings.append(Finding("examples_per_label", "warning",
-                                f"{len(below)} of {len(counts)} labels have fewer than {RECOMMENDED_PER_LABEL} examples "
+                                f"labels with fewer than {RECOMMENDED_PER_LABEL} examples: {len(below)} of {len(counts)} "
                                 f"(OpenAI's guidance for classification; smallest: "
                                 + ", ".join(f"{_label_name(data, label)}={counts[label]}"
                                             for label in sorted(below, key=lambda l: (counts[l], l))[:3]) + ")",
@@ -562,7 +562,7 @@ def check_single_token_labels(data: CheckData) -> List[Finding]:
         return []
     indices = [i for i, label in _labels(data) if label in set(long)]
     return [Finding("single_token_labels", "warning",
-                    f"{len(long)} labels are more than one token for {data.model.encoding}: "
+                    f"labels of more than one token for {data.model.encoding}: {len(long)}: "
                     + ", ".join(long[:5]),
                     "export with `rasa-gpt3 export`, whose label codec maps each intent to one token",
                     _lines_of(data, indices))]
@@ -873,7 +873,7 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
     for action, where in actions.items():
         unique = sorted(set(where))
         shown = ", ".join(str(n) for n in unique[:10]) + (f" and {len(unique) - 10} more" if len(unique) > 10 else "")
-        described.append(f"{action}: {len(unique)} records (lines {shown})")
+        described.append(f"{action}: {len(unique)} (lines {shown})")
     return kept, described
 
 

@@ -93,7 +93,7 @@ def test_findings_carry_line_numbers_and_the_report_counts():
     assert report.stats["classification"] is True and report.stats["labels"] == 2
     assert report.stats["tokens"]["total"] > 0 and report.stats["estimate"]["epochs"] >= 1
     text = report.render()
-    assert "error [empty_completions]" in text and "fix:" in text and "1 errors" in text
+    assert "error [empty_completions]" in text and "fix:" in text and "errors: 1," in text
 
 
 def _write(path, records):
@@ -126,7 +126,7 @@ def test_cli_fix_writes_a_repaired_copy(tmp_path, capsys):
     assert main(["validate", str(path), "--fix", str(fixed)]) == 0  # the repaired copy has no errors
     out = capsys.readouterr().out
     assert "error [empty_completions]" in out
-    assert "dropped duplicate records: 2 records" in out and "dropped records with an empty answer" in out
+    assert "dropped duplicate records: 2 (lines 31, 33)" in out and "dropped records with an empty answer" in out
     assert "added the separator" in out and "added the stop sequence" in out and "removed special tokens" in out
     repaired = read_jsonl(fixed).records
     assert len(repaired) == 31  # the record with an extra key is a duplicate once the key is gone
