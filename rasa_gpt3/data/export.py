@@ -250,14 +250,14 @@ def _intent_line_writer(fmt: str, records: List[Dict[str, Any]], pairs: List[Tup
     """A function index → JSONL line equal to json.dumps(record), from a template of prompts.intent_record.
 
     The template is the record of two marker strings, serialised once and cut at the markers; each line is the
-    template with the JSON-escaped text and label put back. Checked against json.dumps on a sample; any
-    difference (a prompt format that transforms the text) falls back to json.dumps for every record.
+    template with the JSON-escaped text and label put back. Checked against json.dumps on a sample; on any
+    difference (a prompt format that transforms the text) it returns None and the generic path is used.
     """
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     fallback = lambda i: dumps(records[i])  # noqa: E731
     template = dumps(prompts.intent_record(_TEXT_MARK, _LABEL_MARK, fmt))
     if template.count(_TEXT_MARK) != 1 or template.count(_LABEL_MARK) != 1:
-        return fallback
+        return None
     head, rest = template.split(_TEXT_MARK)
     middle, tail = rest.split(_LABEL_MARK)
     escape = json.encoder.encode_basestring  # the escaping json.dumps(ensure_ascii=False) does
@@ -269,7 +269,7 @@ def _intent_line_writer(fmt: str, records: List[Dict[str, Any]], pairs: List[Tup
     sample = range(0, len(records), max(1, len(records) // 50))
     if all(line(i) == fallback(i) for i in sample) and (not records or line(len(records) - 1) == fallback(len(records) - 1)):
         return line
-    return fallback
+    return None
 
 
 def _intent_token_counter(fmt: str, encoding: Any, records: List[Dict[str, Any]], pairs: List[Tuple[str, str]]):
@@ -375,7 +375,9 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
         texts_and_labels = [(text, labels_of[intent]) for intent, text in pairs]
         records = [make(text, label, fmt) for text, label in texts_and_labels]
         serialize = _intent_line_writer(fmt, records, texts_and_labels)
-        token_counter = _intent_token_counter(fmt, encoding, records, texts_and_labels)
+        token_counter = None
+        if serialize is not None:  # records are exactly the template with text and label put in
+            token_counter = _intent_token_counter(fmt, encoding, records, texts_and_labels)
     elif task == "entities":
         examples = _entity_examples(nlu, fmt, seed)
         labels = [label for label, _, _ in examples]
