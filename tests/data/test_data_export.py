@@ -11,6 +11,7 @@ from rasa_gpt3 import prompts
 from rasa_gpt3.cli import main
 from rasa_gpt3.data.export import export_task, stratified_split, write_export
 from rasa_gpt3.data.labels import LabelCodec
+from rasa_gpt3.data.project import load_project
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 from rasa_gpt3.errors import DataError
 
@@ -213,3 +214,18 @@ def test_cli_export_all_is_byte_identical_on_rerun(tmp_path, capsys):
         assert one == two
     assert main(common + ["--out", str(first)]) == 0  # over an existing export: same bytes again
     assert (first / "intent" / "train.jsonl").read_bytes() == (second / "intent" / "train.jsonl").read_bytes()
+
+
+def test_cli_export_writes_but_exits_one_when_the_data_has_errors(tmp_path, capsys):
+    bot = tmp_path / "tiny"
+    (bot / "data").mkdir(parents=True)
+    (bot / "domain.yml").write_text('version: "3.1"\nintents:\n  - greet\n  - bye\n')
+    (bot / "data" / "nlu.yml").write_text(
+        'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n    - hello\n    - hey\n'
+        '- intent: bye\n  examples: |\n    - bye\n    - ciao\n')
+    assert main(["export", "--project", str(bot), "--out", str(tmp_path / "out")]) == 1
+    out = capsys.readouterr().out
+    assert "error [example_count]" in out
+    assert json.loads((tmp_path / "out" / "intent" / "manifest.json").read_text())["validation"]["errors"] == 1
+    with pytest.raises(DataError, match="no entity annotations"):
+        export_task("entities", load_project(bot).nlu)
