@@ -26,7 +26,9 @@ from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 RETRIEVAL_TEMPERATURE = 0.05
 DEFAULT_UNKNOWN_TEXT = "Sorry, I don't know."
 ENV_UNKNOWN_TEXT = "RASA_GPT3_UNKNOWN_TEXT"
-DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.5, "tfidf": 0.3}
+# cosine similarity below which a retrieval model does not know: paraphrases score about 0.4-0.8 with USE,
+# unrelated sentences up to about 0.3 (TF-IDF: 0.35+ and up to 0.2)
+DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.35, "tfidf": 0.2}
 MIN_LOGPROB = -9999.0
 
 

@@ -105,3 +105,18 @@ def test_entity_model_through_the_api(local_backend):
     assert extract("send 75 dollars to Bob") == [("amount", "75"), ("person", "Bob")]
     assert extract("what is in my checking account") == [("account", "checking")]
     assert extract("quantum chromodynamics lecture") == []
+
+
+def test_unknown_text_of_a_response_model_comes_from_the_environment(local_backend, monkeypatch):
+    records = [prompts.response_record([prompts.Turn("user", f"what are your opening hours on day {i}")],
+                                       "We are open 9 to 5.", "chat") for i in range(10)]
+    records += [prompts.response_record([prompts.Turn("user", "hello")], "Hi! How can I help?", "chat")]
+    job = local_backend.fine_tune(records, metadata={"task": "response"})
+    monkeypatch.setenv("RASA_GPT3_UNKNOWN_TEXT", "Let me get a human.")
+    history = [prompts.Turn("user", "Quarterly volcanic ash dispersion models")]
+    answer = local_backend.client.chat.completions.create(model=job.fine_tuned_model,
+                                                          **prompts.response_request(history, "chat"))
+    assert answer.choices[0].message.content == "Let me get a human."
+    known = local_backend.client.chat.completions.create(
+        model=job.fine_tuned_model, **prompts.response_request([prompts.Turn("user", "when are you open?")], "chat"))
+    assert known.choices[0].message.content == "We are open 9 to 5."
