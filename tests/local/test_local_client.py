@@ -13,6 +13,7 @@ import openai
 import pytest
 
 from rasa_gpt3.client import describe_api_error, local_base_url, make_async_client, make_client
+from rasa_gpt3.local.embedded import stop_server
 from rasa_gpt3.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -25,8 +26,9 @@ def test_without_a_key_the_embedded_backend_is_started_once_per_state_dir(local_
     assert str(make_client(local_settings, timeout=2, max_retries=0).base_url) == str(client.base_url)
     assert local_base_url(local_settings.local_state_dir) == str(client.base_url).rstrip("/")
     assert (local_settings.project_dir / ".rasa_gpt3" / "local" / "jobs").is_dir()
-    other = make_client(local_settings.with_(state_dir=local_settings.project_dir / "elsewhere"))
-    assert str(other.base_url) != str(client.base_url)
+    elsewhere = local_settings.with_(state_dir=local_settings.project_dir / "elsewhere")
+    assert str(make_client(elsewhere).base_url) != str(client.base_url)
+    stop_server(elsewhere.local_state_dir)
 
 
 def test_with_a_key_the_remote_api_is_used_and_no_server_starts(tmp_path, monkeypatch):
@@ -38,7 +40,9 @@ def test_with_a_key_the_remote_api_is_used_and_no_server_starts(tmp_path, monkey
     assert client.timeout == 3 and client.max_retries == 1
     assert not (tmp_path / ".rasa_gpt3").exists()
     monkeypatch.setenv("RASA_GPT3_LOCAL", "1")
-    assert make_client(Settings.from_env(tmp_path)).api_key == "local"
+    forced = Settings.from_env(tmp_path)
+    assert make_client(forced).api_key == "local"
+    stop_server(forced.local_state_dir)
 
 
 def test_the_embedded_backend_works_from_inside_a_running_event_loop(local_settings):
