@@ -485,9 +485,7 @@ def _fingerprint(task: str, fmt: str, train_lines: Iterable[str], valid_lines: I
     digest.update(f"rasa_gpt3 prompt format {prompts.PROMPT_FORMAT_VERSION}\n{task}\n{fmt}\n".encode("utf-8"))
     for part, lines in (("train", train_lines), ("valid", valid_lines)):
         digest.update(f"--- {part}\n".encode("utf-8"))
-        for line in lines:
-            digest.update(line.encode("utf-8"))
-            digest.update(b"\n")
+        digest.update("".join(line + "\n" for line in lines).encode("utf-8"))
     return digest.hexdigest()
 
 
