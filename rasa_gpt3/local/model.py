@@ -18,7 +18,7 @@ import numpy as np
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.tokens import get_encoding
-from rasa_gpt3.local.embedder import get_embedder
+from rasa_gpt3.local.embedder import STATE_PREFIX, get_embedder
 from rasa_gpt3.local.entities import add_known_values, carry_entities
 from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 
@@ -26,10 +26,12 @@ from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 RETRIEVAL_TEMPERATURE = 0.05
 DEFAULT_UNKNOWN_TEXT = "Sorry, I don't know."
 ENV_UNKNOWN_TEXT = "RASA_GPT3_UNKNOWN_TEXT"
-# cosine similarity below which a retrieval model does not know: paraphrases score about 0.4-0.8 with USE,
-# unrelated sentences up to about 0.3 (TF-IDF: 0.35+ and up to 0.2)
-DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.35, "tfidf": 0.2}
+# cosine similarity below which a retrieval model does not know: paraphrases score about 0.4-0.8 with USE and
+# unrelated sentences up to about 0.3; TF-IDF 0.35+ and up to 0.2; use+tfidf is their mean
+DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.35, "tfidf": 0.2, "use+tfidf": 0.27}
 MIN_LOGPROB = -9999.0
+# answers considered for token log-probabilities (the rest carry negligible probability)
+MAX_CANDIDATES = 64
 
 
 @dataclass
@@ -56,7 +58,7 @@ class LocalModel:
         self.format = meta["format"]
         self.answers: List[str] = list(meta["answers"])
         self.embedder = get_embedder(meta["embedder"])
-        self.embedder_state = {k: v for k, v in arrays.items() if k.startswith(meta["embedder"] + "_")}
+        self.embedder_state = {k: v for k, v in arrays.items() if k.startswith(STATE_PREFIX)}
         self.arrays = arrays
         self._unknown_text = meta.get("unknown_text")
         self.threshold = float(meta.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD[meta["embedder"]]))
@@ -125,9 +127,6 @@ class LocalModel:
         """The full text the model writes for `answer` (completion format: leading space and stop sequence)."""
         return answer if self.format == "chat" else " " + answer + prompts.STOP
 
-    def _first_token(self, answer: str) -> str:
-        return self._tokens(answer)[0]
-
     def _tokens(self, answer: str) -> List[str]:
         with self._lock:
             cached = self._token_cache.get(answer)
@@ -158,14 +157,23 @@ class LocalModel:
             rng = np.random.default_rng(seed)
             chosen = ranked[int(rng.choice(len(ranked), p=weights / weights.sum()))]
         tokens = self._tokens(chosen[0])
-        first_top: Dict[str, float] = {}
-        for answer, probability in ranked:
-            token = self._first_token(answer)
-            first_top[token] = first_top.get(token, 0.0) + probability
-        chosen_logprob = _log(first_top[tokens[0]])
-        top = sorted(((token, _log(p)) for token, p in first_top.items()), key=lambda item: -item[1])[: max(top_n, 1)]
-        logprobs = [chosen_logprob] + [0.0] * (len(tokens) - 1)
-        tops = [top] + [[(token, 0.0)] for token in tokens[1:]]
+        # chain rule over the answer distribution: each token's probability is the mass of the answers that
+        # continue the prefix with it, over the mass of all answers sharing the prefix; they multiply to p(answer)
+        alive = [(self._tokens(answer), probability) for answer, probability in ranked[:MAX_CANDIDATES]]
+        if not any(candidate == tokens for candidate, _ in alive):
+            alive.append((tokens, chosen[1]))
+        logprobs: List[float] = []
+        tops: List[List[Tuple[str, float]]] = []
+        for position, token in enumerate(tokens):
+            following: Dict[str, float] = {}
+            for candidate, probability in alive:
+                if len(candidate) > position:
+                    following[candidate[position]] = following.get(candidate[position], 0.0) + probability
+            total = sum(following.values()) or 1.0
+            logprobs.append(_log(following.get(token, 0.0) / total))
+            ranked_next = sorted(following.items(), key=lambda item: -item[1])[: max(top_n, 1)]
+            tops.append([(candidate, _log(mass / total)) for candidate, mass in ranked_next])
+            alive = [(c, p) for c, p in alive if len(c) > position and c[position] == token]
         return Generation(tokens=list(tokens), logprobs=logprobs, top=tops)
 
 

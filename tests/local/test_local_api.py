@@ -20,7 +20,7 @@ SINGLE_TOKEN_LABELS = {"greet": "hello", "goodbye": "bye", "check_balance": "bal
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One backend with a chat and a completion intent model and a response (retrieval) model, trained once."""
-    from conftest import SMALL_INTENTS, _start_backend
+    from tests.conftest import SMALL_INTENTS, _start_backend
 
     backend = _start_backend(tmp_path_factory.mktemp("api-state"))
     chat_records = [prompts.intent_record(t, SINGLE_TOKEN_LABELS[i], "chat") for i, ts in SMALL_INTENTS.items() for t in ts]
@@ -136,9 +136,16 @@ def test_wrong_endpoint_for_the_model_format_is_refused(trained):
 def test_generation_data_is_retrieved_and_unknown_inputs_get_the_unknown_text(trained):
     client, model = trained["backend"].client, trained["response"].fine_tuned_model
     history = [prompts.Turn("user", "please transfer 50 dollars to Anna")]
-    answer = client.chat.completions.create(model=model, logprobs=True, **prompts.response_request(history, "chat"))
-    assert answer.choices[0].message.content == "Answer about transfer_money."
-    assert answer.choices[0].logprobs.content[0].logprob < 0
+    answer = client.chat.completions.create(model=model, logprobs=True, top_logprobs=2,
+                                            **prompts.response_request(history, "chat"))
+    assert answer.choices[0].message.content == "Answer about transfer_money.", answer.choices[0].logprobs
+    tokens = answer.choices[0].logprobs.content
+    assert tokens[0].token == "Answer" and tokens[0].logprob == 0.0  # every answer starts so
+    total = sum(token.logprob for token in tokens)
+    assert -5.0 < total < 0.0  # log p(answer), from the similarities
+    diverging = next(token for token in tokens if token.logprob < 0)
+    assert diverging.token == " transfer" and diverging.top_logprobs[0].token == " transfer"
+    assert len(diverging.top_logprobs) == 2  # the other answers' words at that position
     unknown = client.chat.completions.create(
         model=model, **prompts.response_request([prompts.Turn("user", "quantum chromodynamics lecture notes")], "chat"))
     assert unknown.choices[0].message.content == "No idea, sorry."

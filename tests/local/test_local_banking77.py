@@ -9,7 +9,7 @@ import pytest
 
 from rasa_gpt3 import prompts
 
-from conftest import BANKING77
+from tests.conftest import BANKING77
 
 
 def _by_intent(path):
