@@ -10,7 +10,9 @@ import httpx
 import openai
 import pytest
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+REPO = Path(__file__).resolve().parents[1]
+# CI clones the repository next to shared/, which holds the third-party corpora
+CORPORA = REPO.parent / "shared" / "corpora"
 BANKING77 = CORPORA / "banking77" / "banking_data"
 FINANCIAL_DEMO = CORPORA / "financial-demo"
 

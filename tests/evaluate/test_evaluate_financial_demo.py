@@ -13,7 +13,7 @@ import pytest
 from rasa_gpt3 import cli
 from rasa_gpt3.evaluate import BASELINE, FINE_TUNED, SYSTEMS
 
-CORPORA = Path(__file__).resolve().parents[1].parent.parent / "shared" / "corpora"
+from tests.conftest import CORPORA
 FINANCIAL_DEMO = CORPORA / "financial-demo"
 FAST_BASELINE = Path(__file__).with_name("baseline_fast.yml")
 SHOTS = ("2", "all")
