@@ -27,7 +27,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.atomic_files import write_atomic
@@ -272,21 +273,38 @@ def _intent_line_writer(fmt: str, records: List[Dict[str, Any]], pairs: List[Tup
     return None
 
 
-def _intent_token_counter(fmt: str, encoding: Any, records: List[Dict[str, Any]], pairs: List[Tuple[str, str]]):
-    """A function indices → exact token counts of the intent records (what count_record_tokens gives)."""
+def _intent_token_counter(fmt: str, encoding: Any, records: List[Dict[str, Any]], pairs: List[Tuple[str, str]],
+                          text_counts: Optional[Future] = None):
+    """A function indices → exact token counts of the intent records (what count_record_tokens gives).
+
+    The counting runs on a worker thread (`text_counts`, started by the caller as soon as the texts are known):
+    tiktoken releases the GIL while it encodes, so it overlaps the rest of the export on a second core.
+    """
     if fmt == "chat":
         # chat accounting counts each message's content on its own: the rest of the record is a constant
         constant = count_record_tokens([prompts.intent_record("", "", fmt)], encoding)[0]
-        text_counts = count_text_tokens([text for text, _ in pairs], encoding)
-        label_counts = dict(zip(*_counted({label for _, label in pairs}, encoding)))
-        return lambda indices: [constant + text_counts[i] + label_counts[pairs[i][1]] for i in indices]
+        labels = sorted({label for _, label in pairs})
+        label_counts = dict(zip(labels, count_text_tokens(labels, encoding)))
+        if text_counts is None:
+            text_counts = _in_background(count_text_tokens, [text for text, _ in pairs], encoding)
 
-    return lambda indices: count_record_tokens([records[i] for i in indices], encoding)
+        def count(indices: List[int]) -> List[int]:
+            per_text = text_counts.result()
+            return [constant + per_text[i] + label_counts[pairs[i][1]] for i in indices]
+
+        return count
+
+    per_record = _in_background(count_record_tokens, records, encoding)
+    return lambda indices: [per_record.result()[i] for i in indices]
 
 
-def _counted(texts: Iterable[str], encoding: Any) -> Tuple[List[str], List[int]]:
-    texts = sorted(texts)
-    return texts, count_text_tokens(texts, encoding)
+def _in_background(function: Callable[..., Any], *args: Any) -> Future:
+    """Runs `function(*args)` on a worker thread and returns its future."""
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasa-gpt3-tokens")
+    try:
+        return executor.submit(function, *args)
+    finally:
+        executor.shutdown(wait=False)
 
 
 # ---------------------------------------------------------------- split
@@ -373,11 +391,14 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
         make = prompts.intent_record
         labels = [intent for intent, _ in pairs]
         texts_and_labels = [(text, labels_of[intent]) for intent, text in pairs]
+        text_counts = None
+        if fmt == "chat":  # start counting now; the records are built meanwhile
+            text_counts = _in_background(count_text_tokens, [text for _, text in pairs], encoding)
         records = [make(text, label, fmt) for text, label in texts_and_labels]
         serialize = _intent_line_writer(fmt, records, texts_and_labels)
         token_counter = None
         if serialize is not None:  # records are exactly the template with text and label put in
-            token_counter = _intent_token_counter(fmt, encoding, records, texts_and_labels)
+            token_counter = _intent_token_counter(fmt, encoding, records, texts_and_labels, text_counts)
     elif task == "entities":
         examples = _entity_examples(nlu, fmt, seed)
         labels = [label for label, _, _ in examples]

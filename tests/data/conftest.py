@@ -1,47 +1,60 @@
-"""Fixtures of the export/validate tests: Rasa projects loaded once per session, and a CLI runner."""
+"""Fixtures of the export/validate tests: paths, Rasa projects loaded once per session, a CLI runner.
+
+Everything shared is a fixture (not an importable helper), so the tests work whether or not tests/ is a package.
+"""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import List, Sequence
+from typing import Callable, List, Sequence
 
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 CORPORA = REPO.parent / "shared" / "corpora"
-FINANCIAL_DEMO = CORPORA / "financial-demo"
-TRAVEL_BOT = REPO / "tests" / "fixtures" / "travel_bot"
 
 
 @pytest.fixture(scope="session")
-def financial_project():
-    """financial-demo loaded through Rasa's importer (its config is only read, never instantiated)."""
-    from rasa_gpt3.data.project import load_project
-
-    return load_project(FINANCIAL_DEMO)
+def corpora_dir() -> Path:
+    """The shared, read-only corpora next to the repository."""
+    return CORPORA
 
 
 @pytest.fixture(scope="session")
-def travel_project():
+def financial_demo_dir() -> Path:
+    """financial-demo, a full Rasa 3.1 bot (its config needs Duckling/spaCy; export only reads its language)."""
+    return CORPORA / "financial-demo"
+
+
+@pytest.fixture(scope="session")
+def travel_bot_dir() -> Path:
     """The travel_bot fixture: retrieval intents, roles/groups, synonyms, a JSON NLU file, stories and rules."""
+    return REPO / "tests" / "fixtures" / "travel_bot"
+
+
+@pytest.fixture(scope="session")
+def financial_project(financial_demo_dir):
+    """financial-demo loaded through Rasa's importer."""
     from rasa_gpt3.data.project import load_project
 
-    return load_project(TRAVEL_BOT)
+    return load_project(financial_demo_dir)
 
 
-def cli_command(*args: str) -> List[str]:
-    """The command line that runs `rasa-gpt3 ARGS` with this interpreter."""
-    return [sys.executable, "-m", "rasa_gpt3.cli", *args]
+@pytest.fixture(scope="session")
+def travel_project(travel_bot_dir):
+    """The travel_bot fixture loaded through Rasa's importer."""
+    from rasa_gpt3.data.project import load_project
+
+    return load_project(travel_bot_dir)
 
 
-def run_cli_many(commands: Sequence[Sequence[str]], cwd: Path) -> List[subprocess.CompletedProcess]:
-    """Runs several `rasa-gpt3` commands at once (each pays Rasa's import time) and returns their results."""
+def _run_cli_many(commands: Sequence[Sequence[str]], cwd: Path) -> List[subprocess.CompletedProcess]:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     processes = [
-        subprocess.Popen(cli_command(*args), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+        subprocess.Popen([sys.executable, "-m", "rasa_gpt3.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
         for args in commands
     ]
     results = []
@@ -49,3 +62,9 @@ def run_cli_many(commands: Sequence[Sequence[str]], cwd: Path) -> List[subproces
         out, err = process.communicate(timeout=300)
         results.append(subprocess.CompletedProcess(args, process.returncode, out, err))
     return results
+
+
+@pytest.fixture
+def run_cli_many() -> Callable[[Sequence[Sequence[str]], Path], List[subprocess.CompletedProcess]]:
+    """Runs several `rasa-gpt3` commands at once as subprocesses (each pays Rasa's import time)."""
+    return _run_cli_many

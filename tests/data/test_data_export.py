@@ -15,7 +15,6 @@ from rasa_gpt3.data.project import load_project
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 from rasa_gpt3.errors import DataError
 
-from conftest import FINANCIAL_DEMO, TRAVEL_BOT
 
 
 def _rasa_intent_pairs(paths):
@@ -38,18 +37,18 @@ def _texts(exported):
     return [prompts.record_prompt_text(r) for r in exported.train + exported.valid]
 
 
-def test_financial_demo_intent_records_match_rasas_loader(financial_project):
+def test_financial_demo_intent_records_match_rasas_loader(financial_project, financial_demo_dir):
     exported = export_task("intent", financial_project.nlu)
-    expected = _rasa_intent_pairs([FINANCIAL_DEMO / "data" / "nlu" / "nlu.yml"])
+    expected = _rasa_intent_pairs([financial_demo_dir / "data" / "nlu" / "nlu.yml"])
     got = {(exported.codec.intent_of(a), t) for a, t in zip(_answers(exported), _texts(exported))}
     assert got == expected
     assert len(exported.train) + len(exported.valid) == len(expected)
     assert exported.manifest["records"] == {"train": len(exported.train), "valid": len(exported.valid)}
 
 
-def test_travel_bot_intent_records_cover_yaml_json_and_retrieval_intents(travel_project):
+def test_travel_bot_intent_records_cover_yaml_json_and_retrieval_intents(travel_project, travel_bot_dir):
     exported = export_task("intent", travel_project.nlu)
-    expected = _rasa_intent_pairs([TRAVEL_BOT / "data" / "nlu.yml", TRAVEL_BOT / "data" / "nlu.json"])
+    expected = _rasa_intent_pairs([travel_bot_dir / "data" / "nlu.yml", travel_bot_dir / "data" / "nlu.json"])
     # plus the end-to-end story turn that carries text and intent: `rasa train` feeds it to NLU components too
     expected.add(("order_meal", "I'd like a vegan meal please"))
     got = {(exported.codec.intent_of(a), t) for a, t in zip(_answers(exported), _texts(exported))}
@@ -59,12 +58,12 @@ def test_travel_bot_intent_records_cover_yaml_json_and_retrieval_intents(travel_
     assert "faq" not in intents and "chitchat" not in intents
 
 
-def test_component_path_gives_the_same_records_and_fingerprint(travel_project):
+def test_component_path_gives_the_same_records_and_fingerprint(travel_project, travel_bot_dir):
     """The TrainingData `rasa train` builds (importer from the config file) exports exactly like the CLI's."""
     from rasa.shared.importers.importer import TrainingDataImporter
 
     importer = TrainingDataImporter.load_from_config(
-        str(TRAVEL_BOT / "config.yml"), str(TRAVEL_BOT / "domain.yml"), [str(TRAVEL_BOT / "data")]
+        str(travel_bot_dir / "config.yml"), str(travel_bot_dir / "domain.yml"), [str(travel_bot_dir / "data")]
     )
     training_data = importer.get_nlu_data("en")
     for fmt in ("chat", "completion"):
@@ -198,9 +197,9 @@ def test_manifest_and_labels_files(travel_project, tmp_path):
     assert (task_dir / "train.jsonl").read_text(encoding="utf-8") == exported.jsonl("train")
 
 
-def test_cli_export_all_is_byte_identical_on_rerun(tmp_path, capsys):
+def test_cli_export_all_is_byte_identical_on_rerun(tmp_path, capsys, travel_bot_dir):
     first, second = tmp_path / "a", tmp_path / "b"
-    common = ["export", "--project", str(TRAVEL_BOT), "--task", "all", "--format", "completion"]
+    common = ["export", "--project", str(travel_bot_dir), "--task", "all", "--format", "completion"]
     assert main(common + ["--out", str(first)]) == 0
     assert main(common + ["--out", str(second)]) == 0
     out = capsys.readouterr().out

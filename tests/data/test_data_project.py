@@ -9,7 +9,6 @@ import pytest
 from rasa_gpt3.data.project import load_project
 from rasa_gpt3.errors import ProjectError
 
-from conftest import TRAVEL_BOT, run_cli_many
 
 NLU_OK = 'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n    - hello\n'
 DOMAIN_OK = 'version: "3.1"\nintents:\n  - greet\n'
@@ -58,14 +57,14 @@ def test_load_project_maps_rasa_failures_to_one_line(tmp_path, name):
         assert part in message, message
 
 
-def test_missing_project_and_paths(tmp_path):
+def test_missing_project_and_paths(tmp_path, travel_bot_dir):
     with pytest.raises(ProjectError, match="does not exist"):
         load_project(tmp_path / "nowhere")
     (tmp_path / "bot").mkdir()
     with pytest.raises(ProjectError, match="training data .* does not exist"):
         load_project(tmp_path / "bot")
     with pytest.raises(ProjectError, match="domain .* does not exist"):
-        load_project(TRAVEL_BOT, domain=tmp_path / "missing.yml")
+        load_project(travel_bot_dir, domain=tmp_path / "missing.yml")
 
 
 def test_rasa_warnings_are_collected_not_printed(travel_project):
@@ -73,12 +72,12 @@ def test_rasa_warnings_are_collected_not_printed(travel_project):
     assert all("\n" not in w for w in travel_project.warnings)
 
 
-def test_cli_bad_inputs_give_one_line_and_no_output(tmp_path):
+def test_cli_bad_inputs_give_one_line_and_no_output(tmp_path, travel_bot_dir, run_cli_many):
     cases = {}
     for name in ("malformed_nlu_yaml", "domain_invalid", "empty_nlu"):
         cases[name] = ["export", "--project", str(_make(tmp_path, name)), "--out", str(tmp_path / f"out_{name}")]
     cases["missing_project"] = ["export", "--project", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out_missing")]
-    cases["format_model_conflict"] = ["export", "--project", str(TRAVEL_BOT), "--format", "chat", "--base-model",
+    cases["format_model_conflict"] = ["export", "--project", str(travel_bot_dir), "--format", "chat", "--base-model",
                                       "babbage-002", "--out", str(tmp_path / "out_conflict")]
     not_json = tmp_path / "broken.jsonl"
     not_json.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion"\n')
