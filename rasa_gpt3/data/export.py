@@ -35,7 +35,7 @@ from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.labels import LabelCodec
-from rasa_gpt3.data.tokens import count_record_tokens, count_text_tokens, get_encoding
+from rasa_gpt3.data.tokens import count_record_tokens, count_suffixed_text_tokens, count_text_tokens, get_encoding
 from rasa_gpt3.errors import DataError
 
 NO_ENTITIES = "(none)"
@@ -294,8 +294,21 @@ def _intent_token_counter(fmt: str, encoding: Any, records: List[Dict[str, Any]]
 
         return count
 
-    per_record = _in_background(count_record_tokens, records, encoding)
-    return lambda indices: [per_record.result()[i] for i in indices]
+    template = prompts.intent_record(_TEXT_MARK, _LABEL_MARK, fmt)
+    prefix, _, suffix = template["prompt"].partition(_TEXT_MARK)
+    if prefix or _TEXT_MARK in template["completion"]:
+        per_record = _in_background(count_record_tokens, records, encoding)
+        return lambda indices: [per_record.result()[i] for i in indices]
+    # completion records: count(prompt = text + separator) + count(completion, one per label)
+    prompt_counts = _in_background(count_suffixed_text_tokens, [text for text, _ in pairs], suffix, encoding)
+    completions = {label: prompts.intent_record("", label, fmt)["completion"] for label in {l for _, l in pairs}}
+    completion_counts = dict(zip(completions, count_text_tokens(list(completions.values()), encoding)))
+
+    def count_completion(indices: List[int]) -> List[int]:
+        per_prompt = prompt_counts.result()
+        return [per_prompt[i] + completion_counts[pairs[i][1]] for i in indices]
+
+    return count_completion
 
 
 def _in_background(function: Callable[..., Any], *args: Any) -> Future:

@@ -132,6 +132,28 @@ def _count_joined(texts: List[str], encoding: tiktoken.Encoding) -> List[int]:
     return counts
 
 
+def count_suffixed_text_tokens(texts: Iterable[str], suffix: str, encoding: tiktoken.Encoding) -> List[int]:
+    """Token counts of `text + suffix` for each text (e.g. completion prompts: text + separator), exactly.
+
+    When the suffix starts with a newline and a text ends in an ASCII letter or digit, the text's last pretoken
+    ends before the newline, so the count is count(text) + count(suffix) and the texts go through the fast joined
+    count; other texts are counted with the suffix attached.
+    """
+    texts = list(texts)
+    if not suffix[:1] in ("\n", "\r") or encoding.name not in _JOINABLE_ENCODINGS:
+        return count_text_tokens([text + suffix for text in texts], encoding)
+    split = [i for i, text in enumerate(texts) if text[-1:] in _ASCII_ALNUM]
+    split_set = set(split)
+    whole = [i for i in range(len(texts)) if i not in split_set]
+    counts = [0] * len(texts)
+    suffix_count = len(encoding.encode_ordinary(suffix))
+    for i, n in zip(split, count_text_tokens([texts[i] for i in split], encoding)):
+        counts[i] = n + suffix_count
+    for i, n in zip(whole, count_text_tokens([texts[i] + suffix for i in whole], encoding)):
+        counts[i] = n
+    return counts
+
+
 def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encoding) -> List[int]:
     """Tokens per fine-tune record, chat (cookbook accounting) or prompt/completion, counted in one batch."""
     pieces: List[str] = []

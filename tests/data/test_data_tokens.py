@@ -34,3 +34,14 @@ def test_joined_counts_equal_one_by_one(name, corpora_dir):
     encoding = get_encoding(name)
     texts = _texts(corpora_dir)
     assert count_text_tokens(texts, encoding) == [len(encoding.encode_ordinary(t)) for t in texts]
+
+
+@pytest.mark.parametrize("name", ["o200k_base", "cl100k_base"])
+def test_suffixed_counts_equal_one_by_one(name, corpora_dir):
+    from rasa_gpt3.data.tokens import count_suffixed_text_tokens
+
+    encoding = get_encoding(name)
+    texts = _texts(corpora_dir)[:2500]
+    for suffix in (prompts.SEPARATOR, "\n", " END", "\r\n##"):
+        expected = [len(encoding.encode_ordinary(t + suffix)) for t in texts]
+        assert count_suffixed_text_tokens(texts, suffix, encoding) == expected, repr(suffix)
