@@ -407,7 +407,10 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
         text_counts = None
         if fmt == "chat":  # start counting now; the records are built meanwhile
             text_counts = _in_background(count_text_tokens, [text for _, text in pairs], encoding)
-        records = [make(text, label, fmt) for text, label in texts_and_labels]
+        records = prompts.intent_records(texts_and_labels, fmt)
+        step = max(1, len(records) // 50)
+        if any(records[i] != make(*texts_and_labels[i], fmt) for i in range(0, len(records), step)):
+            records = [make(text, label, fmt) for text, label in texts_and_labels]  # the batch builder drifted
         serialize = _intent_line_writer(fmt, records, texts_and_labels)
         token_counter = None
         if serialize is not None:  # records are exactly the template with text and label put in

@@ -228,3 +228,9 @@ def test_cli_export_writes_but_exits_one_when_the_data_has_errors(tmp_path, caps
     assert json.loads((tmp_path / "out" / "intent" / "manifest.json").read_text())["validation"]["errors"] == 1
     with pytest.raises(DataError, match="no entity annotations"):
         export_task("entities", load_project(bot).nlu)
+
+
+@pytest.mark.parametrize("fmt", ["chat", "completion"])
+def test_batch_intent_records_equal_single_ones(fmt):
+    examples = [("  hello   there ", "greet"), ("what's\tmy balance?", "balance"), ("ok", "affirm")]
+    assert prompts.intent_records(examples, fmt) == [prompts.intent_record(t, l, fmt) for t, l in examples]
