@@ -1,12 +1,12 @@
 """Figures of the local backend on banking77, measured through the official SDK over real HTTP.
 
 Prints:
-  * accuracy on banking77's official test split after fine-tuning on 10 and 30 examples per intent, for both
-    embedders (use, tfidf), and their ratio;
+  * accuracy on banking77's official test split after fine-tuning on 10 and 30 examples per intent, for each
+    embedder (use+tfidf, use, tfidf), with the ratios use/tfidf and use+tfidf/use;
   * wall time of a fine-tuning job on the full train split (target < 60 s), from job creation to `succeeded`;
   * chat completion latency p50/p95 (max_tokens 1, logprobs, top_logprobs 5; target p50 < 20 ms).
 
-    .venv/bin/python benchmarks/local_backend.py [--repeats N] [--test-limit N] [--latency-requests N]
+    .venv/bin/python benchmarks/local_backend.py [--repeats N] [--test-limit N] [--latency-requests N] [--skip-accuracy]
 """
 from __future__ import annotations
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from rasa_gpt3 import prompts  # noqa: E402
 from rasa_gpt3.local.embedded import EmbeddedServer  # noqa: E402
+from rasa_gpt3.local.embedder import EMBEDDERS, default_embedder_name  # noqa: E402
 
 BANKING77 = REPO.parent / "shared" / "corpora" / "banking77" / "banking_data"
 
@@ -80,6 +81,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=1, help="training samples (seeds) per shot count")
     parser.add_argument("--test-limit", type=int, default=0, help="use only the first N test texts (0: all 3080)")
     parser.add_argument("--latency-requests", type=int, default=500)
+    parser.add_argument("--skip-accuracy", action="store_true", help="only the full-split job and the latency")
     args = parser.parse_args()
 
     train_rows, test_rows = read_split("train"), read_split("test")
@@ -89,23 +91,26 @@ def main():
     client = openai.OpenAI(api_key="local", base_url=server.base_url, max_retries=0)
     print(f"banking77: {len(train_rows)} train / {len(test_rows)} test texts, 77 intents; server {server.base_url}")
 
-    print("\naccuracy on the official test split (mean over repeats)")
-    print(f"{'shots':>5} {'use':>7} {'tfidf':>7} {'use/tfidf':>9}   job seconds (use, tfidf)")
-    for shots in (10, 30):
-        scores, seconds = {"use": [], "tfidf": []}, {"use": [], "tfidf": []}
-        for repeat in range(args.repeats):
-            rows = sample(train_rows, shots, seed=repeat)
-            for embedder in ("use", "tfidf"):
-                job, took = fine_tune(client, rows, embedder, seed=repeat)
-                seconds[embedder].append(took)
-                scores[embedder].append(accuracy(client, job.fine_tuned_model, test_rows))
-        use, tfidf = statistics.mean(scores["use"]), statistics.mean(scores["tfidf"])
-        print(f"{shots:>5} {use:7.3f} {tfidf:7.3f} {use / tfidf:9.2f}   "
-              f"{statistics.mean(seconds['use']):.1f}, {statistics.mean(seconds['tfidf']):.1f}")
+    if not args.skip_accuracy:
+        print("\naccuracy on the official test split (mean over repeats); job seconds in brackets")
+        print(f"{'shots':>5} " + " ".join(f"{name:>16}" for name in EMBEDDERS) + f" {'use/tfidf':>9} {'use+tfidf/use':>13}")
+        for shots in (10, 30):
+            scores = {name: [] for name in EMBEDDERS}
+            seconds = {name: [] for name in EMBEDDERS}
+            for repeat in range(args.repeats):
+                rows = sample(train_rows, shots, seed=repeat)
+                for embedder in EMBEDDERS:
+                    job, took = fine_tune(client, rows, embedder, seed=repeat)
+                    seconds[embedder].append(took)
+                    scores[embedder].append(accuracy(client, job.fine_tuned_model, test_rows))
+            mean = {name: statistics.mean(values) for name, values in scores.items()}
+            cells = " ".join(f"{mean[name]:7.3f} ({statistics.mean(seconds[name]):5.1f} s)" for name in EMBEDDERS)
+            print(f"{shots:>5} {cells} {mean['use'] / mean['tfidf']:9.2f} {mean['use+tfidf'] / mean['use']:13.2f}")
 
-    job, took = fine_tune(client, train_rows, "use")
+    job, took = fine_tune(client, train_rows, default_embedder_name())
     full = client.fine_tuning.jobs.retrieve(job.id)
     print(f"\nfull train split ({len(train_rows)} examples, {full.hyperparameters.n_epochs} epochs, "
+          f"embedder {default_embedder_name()}, "
           f"batch {full.hyperparameters.batch_size}): job wall time {took:.1f} s (target < 60 s)")
     print(f"  accuracy on the test split: {accuracy(client, job.fine_tuned_model, test_rows):.3f}")
 

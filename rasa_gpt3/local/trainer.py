@@ -181,6 +181,8 @@ def train_softmax_head(
     learning_rate = BASE_LEARNING_RATE * hyperparameters.learning_rate_multiplier
     sparse = hasattr(train_features, "tocsr")
     if sparse:
+        from scipy.sparse import csr_matrix
+
         train_features = train_features.tocsr()
     moments = [np.zeros_like(weights), np.zeros_like(bias)]
     velocities = [np.zeros_like(weights), np.zeros_like(bias)]
@@ -205,8 +207,9 @@ def train_softmax_head(
             step += 1
             if sparse:
                 # lazy Adam: only the weight rows of features present in the batch move (TF-IDF has ~30k rows)
-                rows = np.unique(batch.indices)
-                row_grad = np.asarray(batch[:, rows].T @ gradient) + WEIGHT_DECAY * weights[rows]
+                rows, columns = np.unique(batch.indices, return_inverse=True)
+                compact = csr_matrix((batch.data, columns, batch.indptr), shape=(batch.shape[0], len(rows)))
+                row_grad = np.asarray(compact.T @ gradient) + WEIGHT_DECAY * weights[rows]
                 _adam_update(weights, row_grad, moments[0], velocities[0], step, learning_rate, rows)
             else:
                 _adam_update(weights, np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights, moments[0],
