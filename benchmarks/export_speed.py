@@ -4,8 +4,9 @@ Run: .venv/bin/python benchmarks/export_speed.py [--examples N] [--intents K] [-
 
 Prints examples/s for (1) Rasa's TrainingDataImporter loading the project and (2) our export of the intent task
 (records, label codec, stratified split, exact token counts, every validation check), and (3) writing the files.
-The target for (2) is at least 50,000 examples/s on a 2-core machine. On a busy machine the wall time includes
-waiting for a core; the CPU time of the process is printed too.
+The target for (2) is at least 50,000 examples/s on a 2-core machine. The figures are wall time: on a machine
+busy with other work they include waiting for a core (`chrt -f 10 python benchmarks/export_speed.py` as root
+measures the machine rather than the queue).
 """
 from __future__ import annotations
 
@@ -96,8 +97,7 @@ def main() -> int:
     print(f"rasa loading (TrainingDataImporter): {rasa_seconds:6.2f} s  {n / rasa_seconds:12,.0f} examples/s")
     print(f"our export (records, codec, split, tokens, validation): {export_seconds:6.2f} s  "
           f"{n / export_seconds:12,.0f} examples/s  (target >= 50,000)")
-    print(f"  the same in CPU time of this process: {export_cpu:6.2f} s  {n / export_cpu:12,.0f} examples/s "
-          f"(wall time above counts waiting for a core on a busy machine)")
+    print(f"  CPU time of the export (both threads: token counting runs beside the rest): {export_cpu:6.2f} s")
     print(f"writing the files: {write_seconds:6.2f} s  {n / write_seconds:12,.0f} examples/s")
     print(f"records: {len(exported.train):,} train / {len(exported.valid):,} valid; "
           f"validation: {exported.report.summary()['errors']} errors, {exported.report.summary()['warnings']} warnings")
