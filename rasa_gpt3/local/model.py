@@ -3,8 +3,10 @@
 A classification model scores every label with its softmax head; a retrieval model scores the distinct training
 answers by the cosine similarity of their inputs to the request (softmax over similarities / RETRIEVAL_TEMPERATURE),
 and answers the model's unknown text when even the best match is below its similarity threshold.
-The first generated token carries the answer's log-probability and the top alternatives; the answer's remaining
-tokens (base model's encoding) follow with log-probability 0.
+Answers are split into tokens of the base model's encoding (a classification label is one token, exactly as the
+training answers wrote it). Each token's log-probability and top alternatives follow the chain rule over the
+candidate answers: p(token | prefix) is the probability mass of the answers continuing the prefix with that token,
+so the log-probabilities of an answer's tokens add up to log p(answer).
 """
 from __future__ import annotations
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import resolve_base_model
