@@ -15,11 +15,10 @@ from typing import Any, Dict, List, Optional
 
 import httpx
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.conftest import FINANCIAL_DEMO, REPO
+
 CONFIGS = REPO / "tests" / "configs"
 TINY_BOT = Path(__file__).resolve().parent / "data" / "tiny_bot"
-CORPORA = REPO.parent / "shared" / "corpora"
-FINANCIAL_DEMO = CORPORA / "financial-demo"
 EXAMPLE_BOT = REPO / "example_bot"
 RASA = str(Path(sys.executable).with_name("rasa"))
 # a key that must never reach a Rasa model archive; RASA_GPT3_LOCAL=1 keeps requests on the local backend
@@ -70,7 +69,7 @@ class Workspace:
 
     def train(self, config: Path, *, nlu_only: bool = True, data: Optional[str] = None, name: Optional[str] = None) -> Path:
         """`rasa train [nlu]` with `config` (once per name); returns the model archive."""
-        name = name or config.stem
+        name = (name or config.stem).replace(".", "_")  # Rasa cuts a fixed model name at its first dot
         if name in self.models:
             return self.models[name]
         out = self.project / "models" / name
@@ -79,15 +78,19 @@ class Workspace:
         if not nlu_only:
             args += ["--domain", "domain.yml"]
         must(run_rasa(args, self.project, self.env))
-        self.models[name] = out / f"{name}.tar.gz"
-        return self.models[name]
+        (archive,) = out.glob("*.tar.gz")
+        self.models[name] = archive
+        return archive
 
     def test_nlu(self, model: Path, nlu: str, out: str) -> Dict[str, Any]:
         """`rasa test nlu` of `model` on `nlu`; returns Rasa's intent report."""
         target = self.project / out
-        must(run_rasa(["test", "nlu", "--model", str(model), "--nlu", nlu, "--out", str(target), "--no-plot"],
-                      self.project, self.env))
-        return json.loads((target / "intent_report.json").read_text(encoding="utf-8"))
+        process = must(run_rasa(["test", "nlu", "--model", str(model), "--nlu", nlu, "--out", str(target), "--no-plot"],
+                                self.project, self.env))
+        report = target / "intent_report.json"
+        # `rasa test nlu` exits 0 even when it evaluated nothing
+        assert report.is_file(), "rasa test nlu wrote no intent report:\n" + process.stdout[-2000:]
+        return json.loads(report.read_text(encoding="utf-8"))
 
 
 def make_workspace(root: Path, source: Path) -> Workspace:

@@ -4,10 +4,8 @@ import logging
 import socket
 import time
 
-import openai
 import pytest
 
-from rasa_gpt3 import inference
 from rasa_gpt3.inference import BoundedCaller, CallPolicy, IntentModel, classify, classify_async
 
 pytestmark = pytest.mark.slow
@@ -73,13 +71,25 @@ def intent_model(full_model):
     return IntentModel(task_model["model"], task_model["fmt"], task_model["codec"]["labels"])
 
 
-def test_connection_refused_falls_back_at_once(intent_model):
-    client = openai.OpenAI(api_key="x", base_url=f"http://127.0.0.1:{closed_port()}/v1", max_retries=0)
-    caller = BoundedCaller(policy=CallPolicy(timeout=BUDGET), client=client)
+def test_connection_refused_falls_back_at_once(full_model, monkeypatch):
+    from rasa.shared.nlu.training_data.message import Message
+
+    from rasa_gpt3.nlu.intent_classifier import GPT3IntentClassifier
+    from rasa_gpt3.nlu.task_model import TaskModel
+
+    from .pipeline_checks import archive_json
+
+    # the component configured for a remote API that is down: nothing listens on that port
+    monkeypatch.delenv("RASA_GPT3_LOCAL")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{closed_port()}/v1")
+    (task_model,) = [m for m in archive_json(full_model, "gpt3_task_model.json") if m["task"] == "intent"]
+    component = GPT3IntentClassifier({}, None, None, None, TaskModel.from_json(task_model))
+    message = Message(data={"text": "hello"})
     started = time.monotonic()
-    prediction = classify("hello", intent_model, caller)
+    component.process([message])
     assert time.monotonic() - started < BUDGET + SLACK
-    assert (prediction.intent, prediction.confidence, prediction.outcome) == ("nlu_fallback", 0.0, "connection")
+    assert message.get("intent") == {"name": "nlu_fallback", "confidence": 0.0}
+    assert message.get("intent_ranking") == [] and message.get("gpt3")["outcome"] == "connection"
 
 
 @pytest.fixture
