@@ -80,7 +80,10 @@ def _start_backend(state_dir: Path, **options: Any) -> LocalBackend:
 
 @pytest.fixture
 def local_backend(tmp_path: Path):
-    """A fresh local backend on a free 127.0.0.1 port with a temporary state directory (function-scoped)."""
+    """A fresh local backend on a free 127.0.0.1 port with a temporary state directory (function-scoped).
+
+    `.client` is an openai.OpenAI with max_retries=0 and a 30 s timeout (make_client(...) for others).
+    """
     backend = _start_backend(tmp_path / "local-state")
     yield backend
     backend.client.close()
