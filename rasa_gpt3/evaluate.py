@@ -30,9 +30,11 @@ Decisions (the issue is silent on these):
   `<out>/gpt3_models.yml` and, offline, trained by a local backend in `<out>/.rasa_gpt3/local`, so re-running with
   the same `--out` reuses every model trained on identical data. Fine-tunes use all k-shot examples for training
   (no validation split), like the baseline.
-- Serving calls use the NLU component's default budget (timeout, one retry) with the cache off, so every test
-  message costs one real call and its latency is measured. The circuit breaker is off too; five failed calls in a
-  row stop the evaluation with the reason instead. A single failed call counts as a fallback prediction, as in the bot.
+- Serving calls go through the NLU component's bounded call (`inference.classify`, one retry) with the cache off,
+  so every test message costs one real call, and with the request timeout of the settings (30 s) rather than the
+  component's 2 s budget, so latency is measured rather than cut off; the report counts the calls slower than that
+  budget (inside the bot they would have fallen back). The circuit breaker is off too: five failed calls in a row
+  stop the evaluation with the reason. A single failed call counts as a fallback prediction, as in the bot.
 - Tokens are the usage the API returns when it returns one, else counted with the base model's tokenizer; cost uses
   the base model's prices (`base_models.yml`), also offline, where it is what the same run would cost on OpenAI.
 """
@@ -585,8 +587,9 @@ class FineTunedSide:
         self.fmt = fmt
         self.epochs = epochs
         self.fallback = fallback
-        # the component's budget; no cache (every message is a real call) and no breaker (we stop on failures)
-        self.caller = BoundedCaller(settings, CallPolicy(cache_size=0, breaker_failures=10**9))
+        # a request's own timeout rather than the component's 2 s budget, so latency is measured, not cut off; no
+        # cache (every message is a real call) and no breaker (five failures in a row stop the evaluation instead)
+        self.caller = BoundedCaller(settings, CallPolicy(timeout=settings.timeout, cache_size=0, breaker_failures=10**9))
 
     def export(self, train_data: Any, seed: int) -> Any:
         """The intent fine-tune records of `train_data`, all for training (ExportedTask)."""
@@ -594,13 +597,13 @@ class FineTunedSide:
 
         return export_task("intent", train_data, fmt=self.fmt, base_model=self.base_model, valid_fraction=0.0, seed=seed)
 
-    def estimate(self, exported: Any, n_test: int) -> Tuple[float, float]:
-        """(training USD, serving USD for `n_test` messages) at the base model's prices."""
+    def estimate(self, exported: Any, test_texts: Sequence[str]) -> Tuple[float, float]:
+        """(training USD, serving USD for classifying `test_texts`) at the base model's prices."""
         from rasa_gpt3.finetune import estimate_cost
 
         training = estimate_cost(exported.train, exported.base_model, self.epochs).usd
-        prompt_tokens = self._request_tokens(exported, ["an average test message of a few words"])[0]
-        serving = exported.base_model.usage_cost(prompt_tokens * n_test, n_test)
+        prompt_tokens = sum(self._request_tokens(exported, test_texts))
+        serving = exported.base_model.usage_cost(prompt_tokens, len(test_texts))
         return training, serving
 
     def train(self, exported: Any, seed: int) -> FineTunedModel:
@@ -615,8 +618,9 @@ class FineTunedSide:
         )
         intent_model = IntentModel(model=outcome.model, fmt=exported.fmt, labels=dict(exported.codec.labels),
                                    fallback_intent=NLU_FALLBACK)
-        # on the local backend the first request loads the model; that is not a serving latency
-        self.caller.warm_up(outcome.model, intent_model.request_body("hello"))
+        if self.settings.uses_local_backend:
+            # the local backend loads a model on its first request; that is not a serving latency
+            self.caller.warm_up(outcome.model, intent_model.request_body("hello"))
         return FineTunedModel(
             model=outcome.model, intent_model=intent_model, job_id=outcome.job_id, reused=outcome.reused,
             trained_tokens=outcome.estimate.trained_tokens, training_usd=outcome.estimate.usd,
@@ -864,6 +868,7 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
         import rasa.model_training  # noqa: F401
         import rasa.nlu.test  # noqa: F401
     from rasa_gpt3.data.project import load_project
+    from rasa_gpt3.prompts import normalize_text
 
     project = load_project(options.project)
     out = Path(options.out)
@@ -881,6 +886,8 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     if not test_examples:
         raise DataError(f"the test set ({test_source}) has no examples with text and intent")
     intents = sorted({m.get("intent") for m in text_examples(train_pool)} | {m.get("intent") for m in test_examples})
+    training_texts = {normalize_text(m.get("text")) for m in text_examples(train_pool)}
+    test_in_training = sum(1 for m in test_examples if normalize_text(m.get("text")) in training_texts)
     oos_intent = find_out_of_scope_intent(intents, options.out_of_scope_intent)
 
     baseline = resolve_baseline(project.config if options.baseline is None else None, options.baseline)
@@ -891,7 +898,7 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     fine_tuned = FineTunedSide(settings, project.name, options.base_model, options.fmt, options.epochs, fallback)
     samples = {run: sample_shots(train_pool, run.shots, run.seed) for run in runs}
     exports = {run: fine_tuned.export(samples[run], run.seed) for run in runs}
-    plan = _cost_plan(settings, fine_tuned, exports, len(test_examples))
+    plan = _cost_plan(settings, fine_tuned, exports, [m.get("text") for m in test_examples])
     if not settings.uses_local_backend:
         if confirm is None or not confirm(plan):
             raise BudgetError(f"evaluate would spend {plan.describe()}; not confirmed, nothing was spent")
@@ -943,6 +950,8 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
             "test_source": test_source,
             "train_pool": len(text_examples(train_pool)),
             "test": len(test_examples),
+            # test messages whose text is also a training example (only possible with --test-file)
+            "test_in_training": test_in_training,
             "intents": len(intents),
             "out_of_scope_intent": oos_intent,
             "fallback_rule": asdict(fallback) if fallback else None,
@@ -960,26 +969,31 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     return Evaluation(results=results, predictions=predictions, files=files)
 
 
-def _cost_plan(settings: Any, side: FineTunedSide, exports: Dict[RunSpec, Any], n_test: int) -> CostPlan:
+def _cost_plan(settings: Any, side: FineTunedSide, exports: Dict[RunSpec, Any], test_texts: Sequence[str]) -> CostPlan:
     training = serving = 0.0
     for exported in exports.values():
-        cost = side.estimate(exported, n_test)
+        cost = side.estimate(exported, test_texts)
         training += cost[0]
         serving += cost[1]
     first = next(iter(exports.values()))
     return CostPlan(
         backend=settings.backend_name, base_model=first.base_model.name, fine_tunes=len(exports),
-        training_usd=round(training, 6), classifications=n_test * len(exports), serving_usd=round(serving, 6),
+        training_usd=round(training, 6), classifications=len(test_texts) * len(exports), serving_usd=round(serving, 6),
     )
 
 
 def _run_result(run: RunSpec, n_train: int, baseline_predictions: List[Prediction], baseline_seconds: float,
                 tuned_predictions: List[Prediction], model: FineTunedModel, api_calls: int, exported: Any,
                 oos_intent: Optional[str]) -> Dict[str, Any]:
+    from rasa_gpt3.inference import CallPolicy
+
     base = summarize_predictions(baseline_predictions, oos_intent)
     base.update({"train_seconds": round(baseline_seconds, 3), "api_calls": 0,
                  "cost_usd": {"training": 0.0, "serving": 0.0, "per_1000_messages": 0.0}})
     tuned = summarize_predictions(tuned_predictions, oos_intent)
+    # calls slower than the NLU component's default budget would have fallen back inside the bot
+    budget_ms = CallPolicy().timeout * 1000
+    tuned["latency_ms"]["over_nlu_budget"] = sum(1 for p in tuned_predictions if p.latency_ms > budget_ms)
     serving = exported.base_model.usage_cost(tuned["prompt_tokens"], tuned["completion_tokens"])
     tuned.update({
         "train_seconds": round(model.seconds, 3),

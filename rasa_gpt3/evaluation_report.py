@@ -73,6 +73,7 @@ def full_run_table(results: Dict[str, Any]) -> str:
         ]
     rows += [
         ["latency p50 / p95 (ms)", *both(lambda s: f"{s['latency_ms']['p50']:.1f} / {s['latency_ms']['p95']:.1f}")],
+        ["calls over the NLU component's 2 s budget", "–", f"{tuned['latency_ms'].get('over_nlu_budget', 0):,}"],
         ["training time (s)", *both(lambda s: f"{s['train_seconds']:.1f}" + (" (reused)" if s.get("reused") else ""))],
         ["API calls", *both(lambda s: f"{s['api_calls']:,}")],
         ["tokens (prompt + completion)", *both(lambda s: f"{s['prompt_tokens']:,} + {s['completion_tokens']:,}")],
@@ -124,6 +125,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     lines += [
         f"- test set: {data['test']} messages ({data['test_source']}); training pool: {data['train_pool']} "
         f"examples of {data['intents']} intents",
+        *([f"- **{data['test_in_training']} test messages are also in the training pool**; their scores flatter both sides"]
+          if data.get("test_in_training") else []),
         f"- out-of-scope intent: {data['out_of_scope_intent'] or 'none in the data'}",
         "- fallback rule (both sides): "
         + (f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"

@@ -292,3 +292,19 @@ def test_remote_api_without_yes_and_without_a_terminal_is_refused_before_spendin
     assert err[0].startswith("error: evaluate would spend about $") and "pass --yes" in err[0]
     assert "sk-test" not in err[0]
     assert not (tmp_path / "out" / "results.json").exists()
+
+
+def test_billed_tokens_come_from_the_apis_usage_and_a_cache_hit_costs_nothing():
+    from dataclasses import replace
+
+    from rasa_gpt3.inference import IntentModel, parse_completion_body, rank_intents
+
+    body = {"choices": [{"message": {"content": "greet"},
+                         "logprobs": {"content": [{"token": "greet", "logprob": -0.1, "top_logprobs": []}]}}],
+            "usage": {"prompt_tokens": 31, "completion_tokens": 1, "total_tokens": 32}}
+    completion = parse_completion_body(body, chat=True)
+    assert (completion.prompt_tokens, completion.completion_tokens) == (31, 1)
+    model = IntentModel(model="ft:x", fmt="chat", labels={"greet": "greet", "bye": "bye"})
+    assert (rank_intents(completion, model).prompt_tokens, rank_intents(completion, model).completion_tokens) == (31, 1)
+    assert rank_intents(replace(completion, cached=True), model).prompt_tokens == 0
+    assert parse_completion_body({**body, "usage": None}, chat=True).prompt_tokens == 0
