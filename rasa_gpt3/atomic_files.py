@@ -14,6 +14,8 @@ def write_atomic(path: Union[str, os.PathLike], data: Union[str, bytes]) -> Path
     payload = data.encode("utf-8") if isinstance(data, str) else data
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        # mkstemp creates 0600; keep the mode of the file we replace, else the usual 0644
+        os.chmod(temporary, path.stat().st_mode & 0o7777 if path.exists() else 0o644)
         with os.fdopen(handle, "wb") as stream:
             stream.write(payload)
             stream.flush()
