@@ -54,12 +54,14 @@ def pipeline(baseline: str, diet_epochs: int) -> List[Dict]:
 
 def write_project(directory: Path, baseline: str, diet_epochs: int) -> Path:
     """Writes banking77 as a Rasa project into `directory`; returns the test file."""
+    import contextlib
+    import io
     import warnings
 
     import yaml
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Rasa's imports warn about SQLAlchemy 2.0 and pyparsing names
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")  # Rasa's imports warn about SQLAlchemy 2.0, jax and pyparsing names
         from rasa.shared.nlu.training_data.formats.rasa_yaml import RasaYAMLWriter
         from rasa.shared.nlu.training_data.message import Message
         from rasa.shared.nlu.training_data.training_data import TrainingData

@@ -861,8 +861,9 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options.check()
-    with warnings.catch_warnings():
-        # Rasa's imports warn about SQLAlchemy 2.0 and pyparsing names; nothing a user can act on
+    # Rasa's imports warn about SQLAlchemy 2.0, jax and pyparsing names, and some of them reset the warning
+    # filters while they load; nothing a user can act on, so their stderr is dropped (exceptions still propagate)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
         warnings.simplefilter("ignore")
         import rasa.core.agent  # noqa: F401
         import rasa.model_training  # noqa: F401
