@@ -476,13 +476,11 @@ def register_job(settings: Settings, job: Any, metrics: Dict[str, float], activa
     if job.status != "succeeded" or not job.fine_tuned_model or not task or META_KEY not in meta:
         return None
     entry = entry_from_job(job, settings.backend_name, metrics)
-    # reload right before writing so a concurrent change to the file is not lost
-    registry = Registry.load(settings.registry_path)
-    known = registry.find(task, entry.backend, model=entry.model)
-    if known is not None and not entry.metrics:
-        entry = replace(entry, metrics=known.metrics)
-    registry.record(task, entry, activate=activate)
-    registry.save()
+    with Registry.editing(settings.registry_path) as registry:
+        known = registry.find(task, entry.backend, model=entry.model)
+        if known is not None and not entry.metrics:
+            entry = replace(entry, metrics=known.metrics)
+        registry.record(task, entry, activate=activate)
     return entry
 
 
@@ -583,10 +581,9 @@ def _reuse(settings: Settings, client: Any, task: str, key: str, common: Dict[st
     entry = Registry.load(settings.registry_path).find(task, backend, key=key)
     with api_errors(f"looking for an identical fine-tune on {backend}"):
         if entry is not None and model_exists(client, entry.model):
-            registry = Registry.load(settings.registry_path)
-            if (registry.active(task, backend) or entry).model != entry.model:
-                registry.record(task, entry, activate=True)
-                registry.save()
+            if (Registry.load(settings.registry_path).active(task, backend) or entry).model != entry.model:
+                with Registry.editing(settings.registry_path) as registry:
+                    registry.record(task, entry, activate=True)
             logger.info("reusing %s: same data, base model and hyperparameters", entry.model)
             return FineTuneOutcome(model=entry.model, job_id=entry.job, reused=True, status="succeeded", entry=entry,
                                    **common)
@@ -726,9 +723,8 @@ def use_model(settings: Settings, model: str, task: str) -> RegistryEntry:
             if other_backend == backend and other_task != task:
                 raise DataError(f"{model} was trained for the {other_task} task, not {task}")
         known = _describe_remote_model(settings, model, task)
-    entry = registry.use(task, backend, model, known)
-    registry.save()
-    return entry
+    with Registry.editing(settings.registry_path) as registry:
+        return registry.use(task, backend, model, known)
 
 
 def _describe_remote_model(settings: Settings, model: str, task: str) -> RegistryEntry:
@@ -766,7 +762,5 @@ def prune_registry(settings: Settings, keep: int) -> List[Tuple[str, str, Regist
         client = _client(settings)
         with api_errors(f"checking models on {backend}"):
             gone = {entry.model for entry in history if not model_exists(client, entry.model)}
-    removed = registry.prune(keep, drop=gone)
-    if removed:
-        registry.save()
-    return removed
+    with Registry.editing(settings.registry_path) as registry:
+        return registry.prune(keep, drop=gone)

@@ -21,12 +21,14 @@ the backend that trained it.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import yaml
+from filelock import FileLock
 
 from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.errors import ProjectError
@@ -173,6 +175,19 @@ class Registry:
     def save(self) -> Path:
         """Writes the registry atomically (readers see the old file or the new one)."""
         return write_atomic(self.path, self.to_yaml())
+
+    @classmethod
+    @contextlib.contextmanager
+    def editing(cls, path: Path) -> Iterator["Registry"]:
+        """Loads the registry under a lock and saves it on exit, so concurrent writers (two `rasa train`s) lose nothing."""
+        path = Path(path)
+        # the lock lives beside the project's other untracked state, not next to the committed file
+        lock_dir = path.parent / ".rasa_gpt3"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(str(lock_dir / f"{path.name}.lock"), timeout=60):
+            registry = cls.load(path)
+            yield registry
+            registry.save()
 
     def _task_order(self) -> List[str]:
         known = [task for task in TASKS if task in self._tasks]

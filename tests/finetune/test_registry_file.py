@@ -96,3 +96,29 @@ def test_hand_written_timestamps_are_read_back_as_text(tmp_path):
     path = tmp_path / "gpt3_models.yml"
     path.write_text("tasks:\n  intent:\n    local:\n      active:\n        model: ft:x\n        created: 2025-01-02T03:04:05Z\n")
     assert Registry.load(path).active("intent", "local").created.startswith("2025-01-02T03:04:05")
+
+
+def test_concurrent_editors_lose_no_record(tmp_path):
+    """Writers in several processes (e.g. two `rasa train`s) each add a model; the lock keeps every one."""
+    import multiprocessing
+
+    path = tmp_path / "gpt3_models.yml"
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_record_one, args=(path, task)) for task in ("intent", "entities", "response")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+        assert worker.exitcode == 0
+    registry = Registry.load(path)
+    assert {task: registry.active(task, "local").model for task in ("intent", "entities", "response")} == {
+        task: f"ft:m:{task}" for task in ("intent", "entities", "response")
+    }
+
+
+def _record_one(path, task):
+    import time
+
+    with Registry.editing(path) as registry:
+        time.sleep(0.3)  # hold the file long enough for the writers to overlap
+        registry.record(task, RegistryEntry(model=f"ft:m:{task}", backend="local", base_model="b"))
