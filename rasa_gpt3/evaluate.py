@@ -224,6 +224,25 @@ def sample_shots(train: Any, shots: Optional[int], seed: int) -> Any:
     return nlu_subset(chosen, train)
 
 
+def training_and_test_data(project: Any, options: "EvaluationOptions") -> Tuple[Any, List[Any], str]:
+    """(training pool TrainingData, test examples, where the test set came from) for the loaded `project`."""
+    from rasa_gpt3.data.project import load_project
+
+    if options.test_file is not None:
+        test_project = load_project(options.project, data=options.test_file)
+        train_pool = nlu_subset(sorted(text_examples(project.nlu), key=lambda m: (full_intent(m), m.get("text"))),
+                                project.nlu)
+        test_examples = text_examples(test_project.nlu)
+        test_source = f"--test-file {options.test_file}"
+    else:
+        train_pool, test_data = split_train_test(project.nlu, options.test_fraction, options.seed)
+        test_examples = text_examples(test_data)
+        test_source = f"stratified split: {options.test_fraction:g} of each intent held out, seed {options.seed}"
+    if not test_examples:
+        raise DataError(f"the test set ({test_source}) has no examples with text and intent")
+    return train_pool, test_examples, test_source
+
+
 def find_out_of_scope_intent(intents: Sequence[str], explicit: Optional[str] = None) -> Optional[str]:
     """The out-of-scope intent of the data: `explicit` (must exist), else one named like out_of_scope / oos."""
     if explicit:
@@ -875,17 +894,7 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     out = Path(options.out)
     settings = evaluation_settings(out)
 
-    if options.test_file is not None:
-        test_project = load_project(options.project, data=options.test_file)
-        train_pool = nlu_subset(sorted(text_examples(project.nlu), key=lambda m: (full_intent(m), m.get("text"))), project.nlu)
-        test_data = nlu_subset(text_examples(test_project.nlu), test_project.nlu)
-        test_source = f"--test-file {options.test_file}"
-    else:
-        train_pool, test_data = split_train_test(project.nlu, options.test_fraction, options.seed)
-        test_source = f"stratified split: {options.test_fraction:g} of each intent held out, seed {options.seed}"
-    test_examples = text_examples(test_data)
-    if not test_examples:
-        raise DataError(f"the test set ({test_source}) has no examples with text and intent")
+    train_pool, test_examples, test_source = training_and_test_data(project, options)
     intents = sorted({m.get("intent") for m in text_examples(train_pool)} | {m.get("intent") for m in test_examples})
     training_texts = {normalize_text(m.get("text")) for m in text_examples(train_pool)}
     test_in_training = sum(1 for m in test_examples if normalize_text(m.get("text")) in training_texts)

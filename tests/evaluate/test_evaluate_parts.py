@@ -308,3 +308,21 @@ def test_billed_tokens_come_from_the_apis_usage_and_a_cache_hit_costs_nothing():
     assert (rank_intents(completion, model).prompt_tokens, rank_intents(completion, model).completion_tokens) == (31, 1)
     assert rank_intents(replace(completion, cached=True), model).prompt_tokens == 0
     assert parse_completion_body({**body, "usage": None}, chat=True).prompt_tokens == 0
+
+
+def test_a_test_file_is_the_test_set_and_all_nlu_data_trains(tmp_path):
+    from rasa_gpt3.data.project import load_project
+    from rasa_gpt3.evaluate import training_and_test_data
+
+    project_dir = _tiny_project(tmp_path / "bot")
+    test_file = tmp_path / "test_nlu.yml"
+    test_file.write_text("version: '3.1'\nnlu:\n- intent: greet\n  examples: |\n    - hello there\n    - greet sentence 0\n"
+                         "- intent: goodbye\n  examples: |\n    - see you\n")
+    options = EvaluationOptions(project=project_dir, out=tmp_path / "out", test_file=test_file)
+    train_pool, test_examples, source = training_and_test_data(load_project(project_dir), options)
+    assert len(text_examples(train_pool)) == 15
+    assert sorted(m.get("text") for m in test_examples) == ["greet sentence 0", "hello there", "see you"]
+    assert source == f"--test-file {test_file}"
+    split_options = EvaluationOptions(project=project_dir, out=tmp_path / "out", test_fraction=0.4, seed=1)
+    _, split_test, split_source = training_and_test_data(load_project(project_dir), split_options)
+    assert len(split_test) == 6 and split_source.startswith("stratified split: 0.4")
