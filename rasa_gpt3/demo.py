@@ -382,9 +382,9 @@ def run_demo(project: Path, say=print, diet_only: bool = True) -> int:
     archives = {}
     for name, (config, out) in pipelines.items():
         step = time.monotonic()
+        say(f"  {name:9} rasa train --config {config.relative_to(project)} ...")
         archives[name] = rasa_train(project, config, out, demo_dir / f"train_{name}.log", env)
-        say(f"  {name:9} {archives[name].relative_to(project)}  ({time.monotonic() - step:.0f} s, config "
-            f"{config.relative_to(project)})")
+        say(f"  {name:9} -> {archives[name].relative_to(project)}  ({time.monotonic() - step:.0f} s)")
 
     say("\n[3/4] starting the action server and Rasa on 127.0.0.1")
     with ExitStack() as stack:
@@ -406,6 +406,7 @@ def run_demo(project: Path, say=print, diet_only: bool = True) -> int:
             servers[name] = start_server(f"rasa run ({name})", command, project, demo_dir / f"rasa_{name}.log",
                                          f"http://127.0.0.1:{port}", env)
             stack.callback(servers[name].stop)
+        say("  (loading the models takes a minute)")
         wait_ready(actions, "/health")
         say(f"  action server  {actions.url}  (rasa_sdk, actions/actions.py with action_gpt3_fallback)")
         for name, server in servers.items():

@@ -345,9 +345,18 @@ class ModelLoader:
             self._warn_once("no-models", "action_gpt3_fallback: the registry (%s) has no intent or response model for %s; "
                             "the action will send %s (run `rasa-gpt3 fine-tune --task intent` / `--task response`)",
                             settings.registry_path, backend, config.failure_response)
+        self._prepare_sdk(settings)
         if settings.uses_local_backend:
             self._warm_up(caller, intent_model, response)
         return ServingModels(caller, intent_model, entity_model, response, synonyms, stamp)
+
+    @staticmethod
+    def _prepare_sdk(settings: Any) -> None:
+        # the SDK imports its resource modules on first use; done here, not inside the first request's time budget
+        from rasa_gpt3.client import make_async_client
+
+        client = make_async_client(settings, max_retries=0)
+        _ = (client.chat.completions.with_raw_response, client.completions.with_raw_response)
 
     def _warm_up(self, caller: Any, intent_model: Any, response: Optional[Tuple[str, str]]) -> None:
         # the embedded backend loads a model on its first request; do it now rather than during a conversation

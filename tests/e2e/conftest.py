@@ -119,6 +119,14 @@ class RasaServer:
         return http_json("POST", f"{self.url}/model/parse", {"text": text})
 
 
+def _warm_up(backend: Backend, model: str, record: Dict[str, Any]) -> None:
+    """One request, so the backend has loaded `model` before a Rasa process asks it within a 2 s budget."""
+    body = {"messages": record["messages"][:-1]} if "messages" in record else {"prompt": record["prompt"]}
+    route = "/chat/completions" if "messages" in record else "/completions"
+    httpx.post(backend.base_url + route, json={"model": model, "max_tokens": 1, **body},
+               headers={"Authorization": f"Bearer {DUMMY_KEY}"}, timeout=120).raise_for_status()
+
+
 @pytest.fixture(scope="session")
 def e2e_backend(tmp_path_factory):
     """A local backend in this process on a free 127.0.0.1 port."""
@@ -130,8 +138,8 @@ def e2e_backend(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def e2e_bot(tmp_path_factory, e2e_backend) -> Bot:
-    """example_bot copied, its three models fine-tuned on the backend, both pipelines trained with `rasa train`."""
+def e2e_project(tmp_path_factory, e2e_backend) -> Bot:
+    """example_bot copied, its intent, entities and response models fine-tuned on the backend (no Rasa model yet)."""
     from rasa_gpt3.data.export import export_task
     from rasa_gpt3.data.project import load_project
     from rasa_gpt3.finetune import ensure_fine_tuned
@@ -146,7 +154,14 @@ def e2e_bot(tmp_path_factory, e2e_backend) -> Bot:
     for task in ("intent", "entities", "response"):
         exported = export_task(task, loaded.nlu, loaded.domain, loaded.stories)
         models[task] = ensure_fine_tuned(settings, exported, project_name=loaded.name).model
-    bot = Bot(project, rasa_env(project, e2e_backend.base_url), models)
+        _warm_up(e2e_backend, models[task], exported.train[0])
+    return Bot(project, rasa_env(project, e2e_backend.base_url), models)
+
+
+@pytest.fixture(scope="session")
+def e2e_bot(e2e_project: Bot) -> Bot:
+    """`e2e_project` with both pipelines trained by `rasa train`."""
+    bot = e2e_project
     bot.archives["diet_only"] = bot.train("diet_only", "config_diet_only.yml")
     # the second run restores DIET, ResponseSelector and the policies from Rasa's cache
     bot.archives["bot"] = bot.train("bot", "config.yml")
