@@ -341,7 +341,7 @@ class ModelLoader:
             response = (response_choice[0], response_choice[1])
         if project is not None:
             synonyms = {str(text).lower(): str(value) for text, value in project.nlu.entity_synonyms.items()}
-        if intent_model is None and response is None:
+        if intent_model is None and response is None and (config.reclassify or config.generate):
             self._warn_once("no-models", "action_gpt3_fallback: the registry (%s) has no intent or response model for %s; "
                             "the action will send %s (run `rasa-gpt3 fine-tune --task intent` / `--task response`)",
                             settings.registry_path, backend, config.failure_response)

@@ -3,10 +3,12 @@ returns for each path, its guardrails and its failures. Cheaper than a conversat
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from typing import Any, Dict, List, Optional
 
 import pytest
+import yaml
 from rasa_sdk import Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
@@ -48,9 +50,13 @@ def _tracker(text: str, **parse_extra: Any) -> Tracker:
                    "action_listen")
 
 
+# one event loop for the module, as the action server has one: the SDK's async client belongs to a loop
+_LOOP = asyncio.new_event_loop()
+
+
 def _run(action: ActionGPT3Fallback, tracker: Tracker, domain: Dict[str, Any]):
     dispatcher = CollectingDispatcher()
-    events = asyncio.run(action.run(dispatcher, tracker, domain))
+    events = _LOOP.run_until_complete(action.run(dispatcher, tracker, domain))
     return dispatcher.messages, events
 
 
@@ -84,7 +90,13 @@ def test_when_nlu_already_asked_the_intent_model_the_action_generates(action_env
 
 
 def test_a_forbidden_answer_is_refused_and_utter_default_sent(action_env, domain, tmp_path):
-    action_env("reclassify: false\nforbidden_patterns: ['(?i)sorry|know']\nhistory: 1\n", tmp_path)
+    settings = {"reclassify": False, "history": 1}
+    action_env(yaml.safe_dump(settings), tmp_path)
+    messages, _ = _run(ActionGPT3Fallback(), _tracker("tell me a joke, please"), domain)
+    answer = messages[0]["text"]
+    assert messages[0]["rasa_gpt3"]["source"] == "generated"
+
+    action_env(yaml.safe_dump({**settings, "forbidden_patterns": [re.escape(answer[:12])]}), tmp_path)
     messages, events = _run(ActionGPT3Fallback(), _tracker("tell me a joke, please"), domain)
 
     assert _failure(messages) == "refused"
