@@ -3,7 +3,8 @@
 Used by the NLU components (synchronously: Rasa 3.6 runs `process` inside Sanic's event loop), by the fallback
 action (asynchronously) and by `evaluate`. Three layers:
 
-- `BoundedCaller`: one request within a time budget (`CallPolicy.timeout` covers the whole call, retry included),
+- `BoundedCaller`: one request within a time budget (`CallPolicy.timeout` covers the whole call, retry included;
+  synchronously every network wait is bounded by what is left of it, asynchronously it is a hard deadline),
   at most one quick retry for a refused connection, a 5xx or a 429 whose Retry-After fits the budget, a
   `CircuitBreaker` that skips the API for a cool-down after repeated failures, and an LRU `ResponseCache` keyed on
   (model, request body). A failed call raises `CallFailed` with a kind and a one-line reason; it never carries the

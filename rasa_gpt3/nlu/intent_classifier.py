@@ -23,9 +23,10 @@ Decisions:
   asked and the earlier result stays as it is.
 - Messages starting with `/` (Rasa's intent shortcut) and empty messages are never sent; an earlier result stays,
   else INTENT is `fallback_intent` at confidence 0 (Rasa's RegexMessageHandler then applies the shortcut).
-- Every message gets a `gpt3` entry in the parse data: `asked` (whether the model's answer was used, fresh or
-  cached), `decided`, `outcome` ("ok", "unknown_label", "timeout", "circuit_open", ...), `model`, `cached`, and
-  `reason` plus `previous_intent` when it was not asked or overrode an earlier classifier.
+- Every message gets a `gpt3` entry in the parse data: `asked` (the component consulted the model: a request, a
+  cache hit, or a call that failed or was skipped by the open breaker), `decided` (the model's answer gave the
+  intent), `outcome` ("ok", "unknown_label", "timeout", "circuit_open", ...), `model`, `cached`, `backend_ms`, and
+  `reason` when it was not asked, `previous_intent` when an earlier classifier had predicted one.
 """
 from __future__ import annotations
 

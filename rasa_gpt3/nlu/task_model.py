@@ -154,7 +154,7 @@ def _component_name(task: str) -> str:
 
 def _obtain(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
     from rasa_gpt3.data.export import export_task
-    from rasa_gpt3.finetune import ensure_fine_tuned, resolve_model
+    from rasa_gpt3.finetune import ensure_fine_tuned, estimate_cost, resolve_model
     from rasa_gpt3.registry import Registry
 
     settings = settings_from_config(config)
@@ -187,12 +187,20 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
         if entry is not None:
             model = entry.model
         elif config.get("fine_tune"):
+            max_cost = float(config.get("max_cost_usd") or 0.0)
+            estimate = estimate_cost(exported.train, exported.base_model, config.get("epochs"))
+            if estimate.usd > max_cost:
+                raise GPT3ComponentError(
+                    f"{name}: fine-tuning during `rasa train` would cost {estimate.describe()}, above "
+                    f"max_cost_usd ${max_cost:.4f}; nothing was uploaded. Raise max_cost_usd, or run "
+                    f"`rasa-gpt3 fine-tune --task {task} --max-cost USD` yourself"
+                )
             outcome = ensure_fine_tuned(
                 settings,
                 exported,
                 project_name=_project_name(settings),
                 epochs=config.get("epochs"),
-                max_cost=float(config.get("max_cost_usd") or 0.0),
+                max_cost=max_cost,
                 wait=True,
             )
             model = outcome.model

@@ -34,6 +34,8 @@ def rasa_env(state_dir: Path) -> Dict[str, str]:
             "RASA_GPT3_LOCAL": "1",
             "RASA_GPT3_STATE_DIR": str(state_dir),
             "RASA_TELEMETRY_ENABLED": "false",
+            # Rasa's training cache, per test session: no component is restored from an earlier run
+            "RASA_CACHE_DIRECTORY": str(Path(state_dir).parent / "rasa-cache"),
             "TF_CPP_MIN_LOG_LEVEL": "3",
             "PYTHONWARNINGS": "ignore",
         }
