@@ -357,7 +357,11 @@ def play(rasa: Server, title: str, messages: Sequence[str], sender: str, say) ->
     return reports
 
 
-def run_demo(project: Path, say=print, diet_only: bool = True) -> int:
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def run_demo(project: Path, say=_say, diet_only: bool = True) -> int:
     """Runs the demo on `project` (see the module docstring); returns the exit status."""
     project = project.resolve()
     for required in ("config.yml", "domain.yml", "data", "endpoints.yml", "actions"):
