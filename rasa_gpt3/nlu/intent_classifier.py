@@ -57,7 +57,6 @@ from rasa_gpt3.inference import (
     BoundedCaller,
     CallPolicy,
     IntentModel,
-    IntentPrediction,
     caller_for,
     classify,
 )

@@ -1,12 +1,12 @@
 """Real `rasa train nlu` + `rasa test nlu` with the GPT3 components on financial-demo and on example_bot."""
 import json
+from pathlib import Path
 
 import pytest
 
 from .pipeline_checks import EXAMPLE_BOT, FINANCIAL_DEMO, make_workspace
 
 pytestmark = pytest.mark.slow
-
 
 
 def split_nlu(project, source, seed=42):
@@ -21,8 +21,6 @@ def split_nlu(project, source, seed=42):
 
 
 def test_financial_demo_intents_and_entities_through_rasa_test_nlu(tmp_path_factory, nlu_env):
-    from pathlib import Path
-
     workspace = make_workspace(tmp_path_factory.mktemp("financial"), FINANCIAL_DEMO)
     workspace.state_dir = nlu_env
     train, test = split_nlu(workspace.project, "data/nlu")
@@ -37,7 +35,6 @@ def test_financial_demo_intents_and_entities_through_rasa_test_nlu(tmp_path_fact
     assert json.loads(entity_report.read_text())["micro avg"]["support"] > 0
 
 
-@pytest.mark.skipif(not (EXAMPLE_BOT / "config.yml").exists(), reason="example_bot has not landed yet")
 def test_example_bot_through_rasa_test_nlu(tmp_path_factory, nlu_env):
     import yaml
 
