@@ -22,18 +22,11 @@ from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
 from rasa_gpt3.registry import Registry
 from rasa_gpt3.settings import Settings
 
+from tests.conftest import BANKING77, SMALL_INTENTS
+
 pytestmark = pytest.mark.timeout(120)
 
-BANKING77 = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "banking77" / "banking_data"
-
-NLU = {
-    "greet": ["hello there", "hi", "good morning", "hey, how are you", "hello bot", "good evening to you"],
-    "goodbye": ["bye", "see you later", "goodbye for now", "talk to you tomorrow", "have a nice day, bye", "cya"],
-    "check_balance": ["what is my balance", "how much money do I have", "show my account balance",
-                      "balance please", "how much is left on my account", "what's in my checking account"],
-    "transfer_money": ["send money to my friend", "transfer 50 dollars to Anna", "I want to make a transfer",
-                       "pay my rent to the landlord", "move money to savings", "wire funds to John"],
-}
+NLU = SMALL_INTENTS
 
 
 def write_bot(path: Path) -> Path:
