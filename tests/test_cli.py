@@ -111,3 +111,12 @@ def test_python_dash_m_runs_the_same_command():
     assert result.stderr.strip().splitlines() == [
         "error: `rasa-gpt3 models use` needs a MODEL and --task (e.g. models use ft:... --task intent)"
     ]
+
+
+def test_the_base_model_defaults_the_help_names_are_the_ones_used():
+    from rasa_gpt3.data.base_models import default_base_model, resolve_base_model
+
+    help_text = VERBS["export"]._option_string_actions["--base-model"].help
+    assert "(default: gpt-4o-mini, or babbage-002 with --format completion)" in help_text
+    assert resolve_base_model("gpt-4o-mini").name == default_base_model("chat")
+    assert default_base_model("completion") == "babbage-002"

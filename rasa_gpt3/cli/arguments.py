@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 import textwrap
-from typing import Sequence
+from typing import Optional, Sequence
 
 from rasa_gpt3.prompts import FORMATS, TASKS
 
@@ -72,7 +72,7 @@ def add_project(parser: argparse.ArgumentParser, default: object = ".") -> None:
 def add_task(
     parser: argparse.ArgumentParser,
     *,
-    default: str | None = "intent",
+    default: Optional[str] = "intent",
     allow_all: bool = False,
     help_text: str = "what the model learns",
 ) -> None:
