@@ -97,7 +97,7 @@ def main(argv: List[str] = None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(REPO))
-    from rasa_gpt3.cli import confirm_spending
+    from rasa_gpt3.cli.evaluate import confirm_spending
     from rasa_gpt3.errors import RasaGPT3Error
     from rasa_gpt3.evaluate import EvaluationOptions, parse_shots, run_evaluation
     from rasa_gpt3.evaluation_report import curve_table, full_run_table

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from rasa_gpt3.entry_point import exit_code_of
 from rasa_gpt3.errors import ProjectError, RasaGPT3Error
 
 CONVERSATION_FILE = "demo_conversation.yml"
@@ -441,14 +442,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--no-diet-only", action="store_true",
                         help="skip the conversation with the DIET-only pipeline (one `rasa train` less)")
     args = parser.parse_args(argv)
-    try:
-        return run_demo(Path(args.project), diet_only=not args.no_diet_only)
-    except RasaGPT3Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("error: interrupted; the servers were stopped", file=sys.stderr)
-        return 130
+    return exit_code_of(lambda: run_demo(Path(args.project), diet_only=not args.no_diet_only),
+                        interrupted="error: interrupted; the servers were stopped")
 
 
 if __name__ == "__main__":
