@@ -52,7 +52,8 @@ class EmbeddedServer:
     @property
     def running(self) -> bool:
         """Whether the server thread is serving (in this very process)."""
-        return self._ready.is_set() and not self._stopped.is_set() and self._thread.is_alive() and self.pid == os.getpid()
+        serving = self._ready.is_set() and not self._stopped.is_set() and self._thread.is_alive()
+        return serving and self.pid == os.getpid()
 
     def start(self) -> "EmbeddedServer":
         """Starts the thread and waits until the server accepts connections; raises BackendStartError."""

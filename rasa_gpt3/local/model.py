@@ -13,14 +13,15 @@ from __future__ import annotations
 import math
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.data.tokens import get_encoding
 from rasa_gpt3.local.embedder import STATE_PREFIX, get_embedder
+from rasa_gpt3.local.engines import Generation, Prompt, answer_text
 from rasa_gpt3.local.entities import add_known_values, carry_entities
 from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 
@@ -36,22 +37,8 @@ MIN_LOGPROB = -9999.0
 MAX_CANDIDATES = 64
 
 
-@dataclass
-class Generation:
-    """What the model 'generated': tokens with their log-probabilities and, per token, the top alternatives."""
-
-    tokens: List[str]
-    logprobs: List[float]
-    top: List[List[Tuple[str, float]]]
-
-    @property
-    def text(self) -> str:
-        """The generated text."""
-        return "".join(self.tokens)
-
-
 class LocalModel:
-    """A loaded fine-tuned model (metadata + arrays from the store)."""
+    """A loaded stand-in model (metadata + arrays from the store); it follows the engines.Engine protocol."""
 
     def __init__(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
         self.meta = meta
@@ -72,6 +59,15 @@ class LocalModel:
         self.entity_model = bool(meta.get("entity_answers"))
         self.texts: List[str] = list(meta.get("texts") or [])
         self.gazetteer = list(meta.get("gazetteer") or [])
+
+    @property
+    def context_length(self) -> int:
+        """The context size of the base model this model was fine-tuned on."""
+        return resolve_base_model(self.id).context
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the base model's encoding."""
+        return len(self._encoding.encode_ordinary(text)) if text else 0
 
     @property
     def unknown_text(self) -> str:
@@ -125,10 +121,6 @@ class LocalModel:
 
     # ------------------------------------------------------------------ generation
 
-    def answer_text(self, answer: str) -> str:
-        """The full text the model writes for `answer` (completion format: leading space and stop sequence)."""
-        return answer if self.format == "chat" else " " + answer + prompts.STOP
-
     def _tokens(self, answer: str) -> List[str]:
         with self._lock:
             cached = self._token_cache.get(answer)
@@ -140,7 +132,7 @@ class LocalModel:
             if self.format == "completion":
                 tokens.append(prompts.STOP)
         else:
-            text = self.answer_text(answer)
+            text = answer_text(answer, self.format)
             pieces = [self._encoding.decode_single_token_bytes(t) for t in self._encoding.encode_ordinary(text)]
             tokens = _pieces_to_text(pieces) or [text]
         with self._lock:
@@ -149,9 +141,17 @@ class LocalModel:
             self._token_cache[answer] = tokens
         return tokens
 
-    def generate(self, text: str, top_n: int = 0, temperature: Optional[float] = None, seed: Optional[int] = None) -> Generation:
-        """The answer to the request text `text`: greedy, or sampled when `temperature` > 0."""
-        ranked = self.rank(text)
+    def request_text(self, prompt: Prompt) -> str:
+        """The text a request is matched on: the prompt read as the training records' inputs were read."""
+        if isinstance(prompt, str):
+            return prompts.record_prompt_text({"prompt": prompt, "completion": ""})
+        messages = [m for m in prompt if m["role"] != "developer"] + [{"role": "assistant", "content": ""}]
+        return prompts.record_prompt_text({"messages": messages})
+
+    def generate(self, prompt: Prompt, *, max_tokens: Optional[int] = None, stops: Sequence[str] = (),
+                 temperature: Optional[float] = None, seed: Optional[int] = None, top_logprobs: int = 0) -> Generation:
+        """The best answer to `prompt` (sampled when `temperature` > 0); it never stops early, the handlers cut."""
+        ranked = self.rank(self.request_text(prompt))
         chosen = ranked[0]
         if temperature is not None and temperature > 0 and len(ranked) > 1:
             probabilities = np.array([p for _, p in ranked], dtype=np.float64)
@@ -173,7 +173,7 @@ class LocalModel:
                     following[candidate[position]] = following.get(candidate[position], 0.0) + probability
             total = sum(following.values()) or 1.0
             logprobs.append(_log(following.get(token, 0.0) / total))
-            ranked_next = sorted(following.items(), key=lambda item: -item[1])[: max(top_n, 1)]
+            ranked_next = sorted(following.items(), key=lambda item: -item[1])[: max(top_logprobs, 1)]
             tops.append([(candidate, _log(mass / total)) for candidate, mass in ranked_next])
             alive = [(c, p) for c, p in alive if len(c) > position and c[position] == token]
         return Generation(tokens=list(tokens), logprobs=logprobs, top=tops)

@@ -9,6 +9,7 @@ Outside /v1: GET /health, GET /_local/stats (request counts), POST /_local/stats
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import math
@@ -22,13 +23,12 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from aiohttp import web
 
-from rasa_gpt3 import prompts
-from rasa_gpt3.data.base_models import known_base_models, resolve_base_model
-from rasa_gpt3.data.tokens import get_encoding
+from rasa_gpt3.data.base_models import known_base_models
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.faults import GARBAGE_TEXT, HEADER, RETRY_COUNT_HEADER, FaultPlan, FaultSpecError
+from rasa_gpt3.local.engine_registry import engine_for_base_model, load_engine
+from rasa_gpt3.local.engines import Engine, Generation, Prompt, answer_text
 from rasa_gpt3.local.jobs import JobRunner
-from rasa_gpt3.local.model import Generation, LocalModel
 from rasa_gpt3.local.store import ACTIVE_STATUSES, PRIVATE, NotFound, Store, public
 
 logger = logging.getLogger(__name__)
@@ -82,7 +82,7 @@ class Backend:
         self.run_jobs = run_jobs
         self.counts: Counter = Counter()
         self._counts_lock = threading.Lock()
-        self._models: Dict[str, Tuple[Optional[int], LocalModel]] = {}
+        self._models: Dict[str, Tuple[Optional[int], Engine]] = {}
         self._models_lock = threading.Lock()
         self.started = time.time()
 
@@ -116,8 +116,8 @@ class Backend:
         with self._counts_lock:
             self.counts.clear()
 
-    def model(self, model_id: str) -> LocalModel:
-        """The loaded fine-tuned model `model_id` (reloaded when its files change); raises ApiError 404."""
+    def model(self, model_id: str) -> Engine:
+        """The fine-tuned model `model_id` loaded by its engine (reloaded when its files change); raises ApiError."""
         version = self.store.model_version(model_id)
         if version is None:
             raise ApiError(404, _model_missing_message(model_id), param="model", code="model_not_found")
@@ -126,9 +126,11 @@ class Backend:
             if cached is not None and cached[0] == version:
                 return cached[1]
         try:
-            loaded = LocalModel(self.store.get_model(model_id), self.store.model_arrays(model_id))
+            loaded = load_engine(self.store.get_model(model_id), self.store.model_arrays(model_id))
         except NotFound:
             raise ApiError(404, _model_missing_message(model_id), param="model", code="model_not_found") from None
+        except ValueError as error:  # stored by an engine this backend does not have
+            raise ApiError(400, str(error), param="model", code="model_not_supported") from None
         with self._models_lock:
             self._models[model_id] = (version, loaded)
         return loaded
@@ -136,8 +138,8 @@ class Backend:
 
 def _model_missing_message(model_id: str) -> str:
     try:
-        base = resolve_base_model(model_id)
-        if not str(model_id).startswith("ft:") and base:
+        engine_for_base_model(model_id)
+        if not str(model_id).startswith("ft:"):
             return (f"The model `{model_id}` is a base model; the local backend only serves models fine-tuned on it. "
                     "Fine-tune first (rasa-gpt3 fine-tune).")
     except ValueError:
@@ -391,7 +393,7 @@ async def create_job(request: web.Request) -> web.Response:
     body = await _json_body(request)
     model = _expect(body, "model", str, required=True)
     try:
-        base = resolve_base_model(model)
+        _, base = engine_for_base_model(model)
     except ValueError:
         raise ApiError(400, f"Model {model[:120]} is not available for fine-tuning or does not exist.",
                        param="model", code="model_not_available") from None
@@ -589,7 +591,7 @@ def _stops(body: Dict[str, Any]) -> List[str]:
 def _finish(generation: Generation, stops: Sequence[str], max_tokens: Optional[int]) -> Tuple[Generation, str]:
     """Cuts a generation at the first stop sequence and at max_tokens, as the API does; returns it and the reason."""
     tokens, logprobs, tops = generation.tokens, generation.logprobs, generation.top
-    reason = "stop"
+    reason = generation.finish_reason
     if stops:
         text = ""
         for position, token in enumerate(tokens):
@@ -602,6 +604,7 @@ def _finish(generation: Generation, stops: Sequence[str], max_tokens: Optional[i
                     logprobs, tops = logprobs[: position + 1], tops[: position + 1]
                 else:
                     tokens, logprobs, tops = tokens[:position], logprobs[:position], tops[:position]
+                reason = "stop"
                 break
             text = candidate
     if max_tokens is not None and len(tokens) > max_tokens:
@@ -609,8 +612,8 @@ def _finish(generation: Generation, stops: Sequence[str], max_tokens: Optional[i
     return Generation(tokens=list(tokens), logprobs=list(logprobs), top=list(tops)), reason
 
 
-def _garbage(model: LocalModel) -> Generation:
-    pieces = [model.answer_text(GARBAGE_TEXT)]
+def _garbage(model: Engine) -> Generation:
+    pieces = [answer_text(GARBAGE_TEXT, model.format)]
     return Generation(tokens=pieces, logprobs=[-0.1], top=[[(pieces[0], -0.1)]])
 
 
@@ -627,7 +630,7 @@ def _token_bytes(token: str) -> List[int]:
     return list(token.encode("utf-8"))
 
 
-async def _generate(request: web.Request, model: LocalModel, text: str, top_n: int,
+async def _generate(request: web.Request, model: Engine, prompt: Prompt, top_n: int,
                     temperature: Optional[float], seed: Optional[int], n: int) -> List[Generation]:
     if request.get("garbage"):
         return [_garbage(model) for _ in range(n)]
@@ -635,17 +638,14 @@ async def _generate(request: web.Request, model: LocalModel, text: str, top_n: i
     generations = []
     for index in range(n):
         choice_seed = None if seed is None else seed + index
-        generations.append(await loop.run_in_executor(None, model.generate, text, top_n, temperature, choice_seed))
+        generate = functools.partial(model.generate, prompt, max_tokens=None, stops=(), temperature=temperature,
+                                     seed=choice_seed, top_logprobs=top_n)
+        generations.append(await loop.run_in_executor(None, generate))
     return generations
 
 
-def _prompt_tokens(texts: Sequence[str], encoding_name: str, per_message: int = 0) -> int:
-    encoding = get_encoding(encoding_name)
-    return sum(len(encoding.encode_ordinary(t)) + per_message for t in texts)
-
-
-def _completion_tokens(text: str, encoding_name: str) -> int:
-    return len(get_encoding(encoding_name).encode_ordinary(text)) if text else 0
+def _prompt_tokens(texts: Sequence[str], model: Engine, per_message: int = 0) -> int:
+    return sum(model.count_tokens(t) + per_message for t in texts)
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -673,14 +673,12 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if model.format != "chat":
         raise ApiError(404, "This is not a chat model and thus not supported in the v1/chat/completions endpoint. "
                             "Did you mean to use v1/completions?", param="model", code="model_not_supported")
-    request_text = prompts.record_prompt_text(
-        {"messages": [m for m in clean if m["role"] != "developer"] + [{"role": "assistant", "content": ""}]})
-    generations = await _generate(request, model, request_text, top_n, temperature, seed, n)
+    generations = await _generate(request, model, clean, top_n, temperature, seed, n)
     finished = [_finish(g, stops, max_tokens) for g in generations]
     created = int(time.time())
     completion_id = "chatcmpl-" + ids.new_id("file")[5:]
-    prompt_tokens = _prompt_tokens([m["content"] for m in clean] + [m["role"] for m in clean], model.meta["encoding"], 3) + 3
-    completion_tokens = sum(_completion_tokens(g.text, model.meta["encoding"]) for g, _ in finished)
+    prompt_tokens = _prompt_tokens([m["content"] for m in clean] + [m["role"] for m in clean], model, 3) + 3
+    completion_tokens = sum(model.count_tokens(g.text) for g, _ in finished)
     usage = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
              "total_tokens": prompt_tokens + completion_tokens}
 
@@ -750,11 +748,10 @@ async def completions(request: web.Request) -> web.StreamResponse:
     choices = []
     completion_tokens = 0
     for prompt_index, text in enumerate(prompt_list):
-        request_text = prompts.record_prompt_text({"prompt": text, "completion": ""})
-        generations = await _generate(request, model, request_text, logprobs_n or 0, temperature, seed, n)
+        generations = await _generate(request, model, text, logprobs_n or 0, temperature, seed, n)
         for generation in generations:
             generation, reason = _finish(generation, stops, max_tokens)
-            completion_tokens += _completion_tokens(generation.text, model.meta["encoding"])
+            completion_tokens += model.count_tokens(generation.text)
             logprobs = None
             if logprobs_n is not None:
                 offsets, offset = [], len(text)
@@ -766,7 +763,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
                             "text_offset": offsets}
             choices.append({"index": len(choices), "text": generation.text, "logprobs": logprobs,
                             "finish_reason": reason})
-    prompt_tokens = _prompt_tokens(prompt_list, model.meta["encoding"])
+    prompt_tokens = _prompt_tokens(prompt_list, model)
     result = {"id": "cmpl-" + ids.new_id("file")[5:], "object": "text_completion", "created": int(time.time()),
               "model": model_id, "choices": choices, "system_fingerprint": "fp_local",
               "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,

@@ -22,6 +22,7 @@ import numpy as np
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import BaseModel, default_epochs
 from rasa_gpt3.data.tokens import get_encoding, is_single_token
+from rasa_gpt3.local.engines import Hyperparameters, TrainingCancelled
 
 CLASSIFICATION = "classification"
 RETRIEVAL = "retrieval"
@@ -34,33 +35,12 @@ CENTROID_SCALE = 10.0
 MAX_BATCH_SIZE = 256
 
 
-class TrainingCancelled(Exception):
-    """Raised inside training when the job was cancelled from outside."""
-
-
 @dataclass(frozen=True)
 class Example:
     """One training pair: the input text the model sees and the answer it must give."""
 
     text: str
     answer: str
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Resolved hyperparameters (no 'auto' left)."""
-
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-
-    def as_dict(self) -> Dict[str, Any]:
-        """The hyperparameters as the API reports them."""
-        return {
-            "n_epochs": self.n_epochs,
-            "batch_size": self.batch_size,
-            "learning_rate_multiplier": self.learning_rate_multiplier,
-        }
 
 
 def examples_from_records(records: Sequence[Dict[str, Any]]) -> List[Example]:
@@ -93,9 +73,8 @@ def classify_data(examples: Sequence[Example], base_model: BaseModel, task: Opti
         return RETRIEVAL
     encoding = get_encoding(base_model.encoding)
     for answer in answers:
-        if not answer or not (
-            is_single_token(answer, encoding) or is_single_token(prompts.label_token(answer, base_model.format), encoding)
-        ):
+        label = prompts.label_token(answer, base_model.format)
+        if not answer or not (is_single_token(answer, encoding) or is_single_token(label, encoding)):
             return RETRIEVAL
     return CLASSIFICATION
 
