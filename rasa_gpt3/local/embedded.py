@@ -14,7 +14,8 @@ from typing import Dict, Optional
 
 from aiohttp import web
 
-from rasa_gpt3.local.server import BACKEND, DEFAULT_MAX_UPLOAD_BYTES, create_app
+from rasa_gpt3.local.api.app import create_app
+from rasa_gpt3.local.api.backend import BACKEND, DEFAULT_MAX_UPLOAD_BYTES
 
 READY_TIMEOUT = 30.0
 

@@ -83,6 +83,13 @@ def _record_problem(record: Dict[str, Any], fmt: str) -> Optional[str]:
     return None
 
 
+def job_event(message: str, level: str = "info", data: Optional[Dict[str, Any]] = None,
+              kind: str = "message") -> Dict[str, Any]:
+    """A new fine-tuning job event as the API lists it."""
+    return {"id": ids.new_id("event"), "object": "fine_tuning.job.event", "created_at": int(time.time()),
+            "level": level, "message": message, "data": data or {}, "type": kind}
+
+
 class JobRunner:
     """The background thread that trains this process's share of the jobs in one state directory."""
 
@@ -163,17 +170,7 @@ class JobExecution:
     def event(self, message: str, level: str = "info", data: Optional[Dict[str, Any]] = None,
               kind: str = "message") -> None:
         """Queues an event; flushed within FLUSH_SECONDS."""
-        self._buffer.append(
-            {
-                "id": ids.new_id("event"),
-                "object": "fine_tuning.job.event",
-                "created_at": int(time.time()),
-                "level": level,
-                "message": message,
-                "data": data or {},
-                "type": kind,
-            }
-        )
+        self._buffer.append(job_event(message, level, data, kind))
         if time.monotonic() - self._last_flush > FLUSH_SECONDS:
             self.flush()
 

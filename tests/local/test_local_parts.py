@@ -6,9 +6,9 @@ import numpy as np
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.local import ids
+from rasa_gpt3.local.api.completion_request import cut_generation
 from rasa_gpt3.local.entities import add_known_values, build_gazetteer, carry_entities
 from rasa_gpt3.local.model import Generation
-from rasa_gpt3.local.server import _finish
 from rasa_gpt3.local.trainer import (
     CLASSIFICATION,
     RETRIEVAL,
@@ -65,11 +65,11 @@ def test_entities_are_carried_onto_aligned_words_and_known_values_added():
 
 def test_finish_cuts_at_stop_sequences_and_max_tokens():
     generation = Generation(tokens=[" balance", " END"], logprobs=[-0.1, 0.0], top=[[(" balance", -0.1)], [(" END", 0.0)]])
-    stopped, reason = _finish(generation, [" END"], 16)
+    stopped, reason = cut_generation(generation, [" END"], 16)
     assert (stopped.text, reason, stopped.logprobs) == (" balance", "stop", [-0.1])
-    cut, reason = _finish(generation, [], 1)
+    cut, reason = cut_generation(generation, [], 1)
     assert (cut.text, reason) == (" balance", "length")
-    partial, _ = _finish(Generation(["Hello wor", "ld"], [0.0, 0.0], [[], []]), ["wor"], None)
+    partial, _ = cut_generation(Generation(["Hello wor", "ld"], [0.0, 0.0], [[], []]), ["wor"], None)
     assert partial.text == "Hello "
 
 
