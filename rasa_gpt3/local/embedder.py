@@ -137,7 +137,8 @@ def _counter(vocabulary: np.ndarray):
         entry = _COUNTERS.get(id(vocabulary))
         if entry is not None and entry[0]() is vocabulary:
             return entry[1]
-        counter = CountVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=True, vocabulary=vocabulary.tolist())
+        counter = CountVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=True,
+                                  vocabulary=vocabulary.tolist())
         counter.transform([""])  # validates the vocabulary once, here
         for key in [key for key, (ref, _) in _COUNTERS.items() if ref() is None]:
             del _COUNTERS[key]

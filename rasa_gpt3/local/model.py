@@ -1,4 +1,4 @@
-"""A fine-tuned model of the local backend at inference time: which answer, with which log-probabilities.
+"""The stand-in engine's model at inference time (see standin.py): which answer, with which log-probabilities.
 
 A classification model scores every label with its softmax head; a retrieval model scores the distinct training
 answers by the cosine similarity of their inputs to the request (softmax over similarities / RETRIEVAL_TEMPERATURE),
