@@ -2,6 +2,7 @@
 
 See engines.py for what an engine is and how to add one.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, Tuple

@@ -32,6 +32,7 @@ Metrics keys: `step(metrics)` gets step, total_steps, epoch, train_loss, train_m
 validation data, valid_loss and valid_mean_token_accuracy; `checkpoint(summary)` gets step, epoch, total_steps and,
 with validation data, full_valid_loss and full_valid_mean_token_accuracy.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -74,8 +75,16 @@ class Engine(Protocol):
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in this model's tokenizer (for the usage a response reports)."""
 
-    def generate(self, prompt: Prompt, *, max_tokens: Optional[int], stops: Sequence[str],
-                 temperature: Optional[float], seed: Optional[int], top_logprobs: int) -> Generation:
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: Optional[int],
+        stops: Sequence[str],
+        temperature: Optional[float],
+        seed: Optional[int],
+        top_logprobs: int,
+    ) -> Generation:
         """One answer to `prompt`: greedy, or sampled with `seed` when `temperature` > 0.
 
         Every token carries its log-probability and its `max(top_logprobs, 1)` most likely alternatives (token,

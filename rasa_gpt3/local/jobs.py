@@ -4,6 +4,7 @@ Each server process has one JobRunner thread. It looks for jobs that are not fin
 job's file lock (so exactly one process trains it), and trains it. A job left `running` by a process that died has
 a free lock and is claimed and trained again from the start by whichever process looks next.
 """
+
 from __future__ import annotations
 
 import base64
@@ -83,11 +84,19 @@ def _record_problem(record: Dict[str, Any], fmt: str) -> Optional[str]:
     return None
 
 
-def job_event(message: str, level: str = "info", data: Optional[Dict[str, Any]] = None,
-              kind: str = "message") -> Dict[str, Any]:
+def job_event(
+    message: str, level: str = "info", data: Optional[Dict[str, Any]] = None, kind: str = "message"
+) -> Dict[str, Any]:
     """A new fine-tuning job event as the API lists it."""
-    return {"id": ids.new_id("event"), "object": "fine_tuning.job.event", "created_at": int(time.time()),
-            "level": level, "message": message, "data": data or {}, "type": kind}
+    return {
+        "id": ids.new_id("event"),
+        "object": "fine_tuning.job.event",
+        "created_at": int(time.time()),
+        "level": level,
+        "message": message,
+        "data": data or {},
+        "type": kind,
+    }
 
 
 class JobRunner:
@@ -167,8 +176,9 @@ class JobExecution:
 
     # ------------------------------------------------------------------ events
 
-    def event(self, message: str, level: str = "info", data: Optional[Dict[str, Any]] = None,
-              kind: str = "message") -> None:
+    def event(
+        self, message: str, level: str = "info", data: Optional[Dict[str, Any]] = None, kind: str = "message"
+    ) -> None:
         """Queues an event; flushed within FLUSH_SECONDS."""
         self._buffer.append(job_event(message, level, data, kind))
         if time.monotonic() - self._last_flush > FLUSH_SECONDS:
@@ -232,11 +242,18 @@ class JobExecution:
                 estimated_finish=int(time.time()) + 30,
             )
             self.event("Fine-tuning job started")
-            trained = engine.train(TrainingRun(
-                job=self.job, base_model=base_model, train_records=train_records, valid_records=valid_records,
-                hyperparameters=hyperparameters, seed=int(self.job.get("seed") or 0), events=self,
-                cancelled=self.cancelled,
-            ))
+            trained = engine.train(
+                TrainingRun(
+                    job=self.job,
+                    base_model=base_model,
+                    train_records=train_records,
+                    valid_records=valid_records,
+                    hyperparameters=hyperparameters,
+                    seed=int(self.job.get("seed") or 0),
+                    events=self,
+                    cancelled=self.cancelled,
+                )
+            )
             if self.cancelled():
                 raise TrainingCancelled()
             self._finish(engine, base_model, trained, train_records, hyperparameters, started)
@@ -257,8 +274,12 @@ class JobExecution:
         self.event(f"Fine-tuning job failed: {message}", level="error")
         self.flush()
         try:
-            self.set(status="failed", finished_at=int(time.time()), estimated_finish=None,
-                     error={"code": code, "message": message, "param": param})
+            self.set(
+                status="failed",
+                finished_at=int(time.time()),
+                estimated_finish=None,
+                error={"code": code, "message": message, "param": param},
+            )
         except TrainingCancelled:
             pass
 
@@ -287,8 +308,14 @@ class JobExecution:
 
     def step(self, metrics: Dict[str, Any]) -> None:
         """A metrics event and a row of the result file for one training step."""
-        keys = ("step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy",
-                "total_steps")
+        keys = (
+            "step",
+            "train_loss",
+            "train_mean_token_accuracy",
+            "valid_loss",
+            "valid_mean_token_accuracy",
+            "total_steps",
+        )
         data = {key: metrics[key] for key in keys if key in metrics}
         message = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.4f}"
         if "valid_loss" in metrics:
@@ -314,50 +341,72 @@ class JobExecution:
         self.job[PRIVATE].setdefault("checkpoints", []).append(checkpoint)
         message = f"Epoch {summary['epoch']} done at step {summary['step']}"
         if "full_valid_loss" in summary:
-            message += (f": full validation loss={summary['full_valid_loss']:.4f}, "
-                        f"accuracy={summary['full_valid_mean_token_accuracy']:.4f}")
+            message += (
+                f": full validation loss={summary['full_valid_loss']:.4f}, "
+                f"accuracy={summary['full_valid_mean_token_accuracy']:.4f}"
+            )
         self.event(message, data=summary, kind="metrics")
 
     def _result_csv(self) -> bytes:
         out = io.StringIO()
         out.write(",".join(RESULT_COLUMNS) + "\n")
         for row in self.rows:
-            values = [row["step"], row["train_loss"], row["train_mean_token_accuracy"],
-                      row.get("valid_loss"), row.get("valid_mean_token_accuracy")]
+            values = [
+                row["step"],
+                row["train_loss"],
+                row["train_mean_token_accuracy"],
+                row.get("valid_loss"),
+                row.get("valid_mean_token_accuracy"),
+            ]
             cells = ("" if v is None else (str(v) if isinstance(v, int) else f"{v:.6g}") for v in values)
             out.write(",".join(cells) + "\n")
         return out.getvalue().encode("utf-8")
 
-    def _finish(self, engine: EngineKind, base_model: BaseModel, trained: TrainedModel, train_records,
-                hyperparameters: Hyperparameters, started: float) -> None:
+    def _finish(
+        self,
+        engine: EngineKind,
+        base_model: BaseModel,
+        trained: TrainedModel,
+        train_records,
+        hyperparameters: Hyperparameters,
+        started: float,
+    ) -> None:
         model_id = ids.new_model_id(base_model.name, self.job.get("suffix"))
         tokens_per_epoch = sum(count_record_tokens(train_records, get_encoding(base_model.encoding)))
         trained_tokens = tokens_per_epoch * hyperparameters.n_epochs
         # OpenAI serves result files base64-encoded; so does this backend
         result = self.store.create_file("step_metrics.csv", "fine-tune-results", base64.b64encode(self._result_csv()))
         checkpoints = self.job[PRIVATE].get("checkpoints", [])[-3:]
-        for number, checkpoint in enumerate(checkpoints):
+        for checkpoint in checkpoints:
             checkpoint["fine_tuned_model_checkpoint"] = f"{model_id}:ckpt-step-{checkpoint['step_number']}"
         if not checkpoints:
-            checkpoints = [{
-                "id": ids.new_id("checkpoint"), "object": "fine_tuning.job.checkpoint", "created_at": int(time.time()),
-                "fine_tuning_job_id": self.job_id, "step_number": 1, "metrics": {"step": 1.0},
-                "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-1",
-            }]
+            checkpoints = [
+                {
+                    "id": ids.new_id("checkpoint"),
+                    "object": "fine_tuning.job.checkpoint",
+                    "created_at": int(time.time()),
+                    "fine_tuning_job_id": self.job_id,
+                    "step_number": 1,
+                    "metrics": {"step": 1.0},
+                    "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-1",
+                }
+            ]
         for checkpoint in checkpoints:
             self.event(f"Checkpoint created at step {checkpoint['step_number']}")
         with self.store.locked():
             if self.store.get_job(self.job_id)["status"] == "cancelled":
                 raise TrainingCancelled()
             model_meta = dict(trained.meta)
-            model_meta.update({
-                ENGINE_FIELD: engine.name,
-                "id": model_id,
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": ids.ORGANIZATION,
-                PRIVATE: {"job": self.job_id},
-            })
+            model_meta.update(
+                {
+                    ENGINE_FIELD: engine.name,
+                    "id": model_id,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": ids.ORGANIZATION,
+                    PRIVATE: {"job": self.job_id},
+                }
+            )
             self.store.save_model(model_meta, trained.arrays)
             self.event(f"New fine-tuned model created: {model_id}")
             self.event("The job has successfully completed")
@@ -366,8 +415,13 @@ class JobExecution:
             def change(job: Dict[str, Any]) -> None:
                 job[PRIVATE]["checkpoints"] = checkpoints
                 job[PRIVATE]["wall_seconds"] = round(time.time() - started, 3)
-                job.update(status="succeeded", fine_tuned_model=model_id, finished_at=int(time.time()),
-                           estimated_finish=None, result_files=[result["id"]], trained_tokens=trained_tokens)
+                job.update(
+                    status="succeeded",
+                    fine_tuned_model=model_id,
+                    finished_at=int(time.time()),
+                    estimated_finish=None,
+                    result_files=[result["id"]],
+                    trained_tokens=trained_tokens,
+                )
 
             self.job = self.store.update_job(self.job_id, change)
-

@@ -8,6 +8,7 @@ training answers wrote it). Each token's log-probability and top alternatives fo
 candidate answers: p(token | prefix) is the probability mass of the answers continuing the prefix with that token,
 so the log-probabilities of an answer's tokens add up to log p(answer).
 """
+
 from __future__ import annotations
 
 import math
@@ -105,8 +106,9 @@ class LocalModel:
             ranked = [(self.unknown_text, unknown)] + [(answer, p * (1 - unknown)) for answer, p in ranked]
         return ranked
 
-    def _entity_ranking(self, text: str, ranked: List[Tuple[str, float]], nearest: Optional[int],
-                        top_similarity: float) -> List[Tuple[str, float]]:
+    def _entity_ranking(
+        self, text: str, ranked: List[Tuple[str, float]], nearest: Optional[int], top_similarity: float
+    ) -> List[Tuple[str, float]]:
         """Entity answers: the nearest example's entities carried onto `text`, plus known values found in it."""
         carried = []
         if nearest is not None:
@@ -148,8 +150,16 @@ class LocalModel:
         messages = [m for m in prompt if m["role"] != "developer"] + [{"role": "assistant", "content": ""}]
         return prompts.record_prompt_text({"messages": messages})
 
-    def generate(self, prompt: Prompt, *, max_tokens: Optional[int] = None, stops: Sequence[str] = (),
-                 temperature: Optional[float] = None, seed: Optional[int] = None, top_logprobs: int = 0) -> Generation:
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: Optional[int] = None,
+        stops: Sequence[str] = (),
+        temperature: Optional[float] = None,
+        seed: Optional[int] = None,
+        top_logprobs: int = 0,
+    ) -> Generation:
         """The best answer to `prompt` (sampled when `temperature` > 0); it never stops early, the handlers cut."""
         ranked = self.rank(self.request_text(prompt))
         chosen = ranked[0]
@@ -203,8 +213,12 @@ def index_arrays(features) -> Dict[str, np.ndarray]:
     """The retrieval index as storable arrays: dense rows, or a sparse matrix's CSR parts."""
     if hasattr(features, "tocsr"):
         csr = features.tocsr()
-        return {"index_data": csr.data.astype(np.float32), "index_indices": csr.indices, "index_indptr": csr.indptr,
-                "index_shape": np.array(csr.shape)}
+        return {
+            "index_data": csr.data.astype(np.float32),
+            "index_indices": csr.indices,
+            "index_indptr": csr.indptr,
+            "index_shape": np.array(csr.shape),
+        }
     return {"index": np.asarray(features, dtype=np.float32)}
 
 
@@ -214,5 +228,6 @@ def index_matrix(arrays: Dict[str, np.ndarray]):
         return arrays["index"]
     from scipy.sparse import csr_matrix
 
-    return csr_matrix((arrays["index_data"], arrays["index_indices"], arrays["index_indptr"]),
-                      shape=tuple(arrays["index_shape"]))
+    return csr_matrix(
+        (arrays["index_data"], arrays["index_indices"], arrays["index_indptr"]), shape=tuple(arrays["index_shape"])
+    )

@@ -5,6 +5,7 @@ Training embeds the inputs with a sentence embedder (job metadata `embedder`, el
 the softmax head of trainer.py (classification-like data) or keeps the embedded inputs as a retrieval index with
 their answers; model.py's LocalModel serves the result.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
@@ -36,8 +37,10 @@ def train(run: TrainingRun) -> TrainedModel:
     train_examples = examples_from_records(run.train_records)
     valid = examples_from_records(run.valid_records)
     kind = classify_data(train_examples, run.base_model, metadata.get("task"))
-    run.events.message(f"Training a {'softmax classifier' if kind == CLASSIFICATION else 'retrieval model'} "
-                       f"on {len(train_examples)} examples with the '{embedder.name}' sentence embedder")
+    run.events.message(
+        f"Training a {'softmax classifier' if kind == CLASSIFICATION else 'retrieval model'} "
+        f"on {len(train_examples)} examples with the '{embedder.name}' sentence embedder"
+    )
     state = embedder.fit([e.text for e in train_examples])
     train_features = embedder.encode([e.text for e in train_examples], state)
     if run.cancelled():
@@ -57,12 +60,23 @@ def train(run: TrainingRun) -> TrainedModel:
         known = [i for i, e in enumerate(valid) if e.answer in index]
         valid_targets = np.array([index[valid[i].answer] for i in known]) if known else None
         if valid and len(known) < len(valid):
-            run.events.message(f"{len(valid) - len(known)} validation example(s) have answers not in the training "
-                               "file and are left out of the validation metrics", level="warn")
+            run.events.message(
+                f"{len(valid) - len(known)} validation example(s) have answers not in the training "
+                "file and are left out of the validation metrics",
+                level="warn",
+            )
         valid_rows = valid_features[known] if known else None
         head = train_softmax_head(
-            train_features, targets, valid_rows, valid_targets, len(labels), run.hyperparameters, seed=run.seed,
-            on_step=run.events.step, on_epoch=run.events.checkpoint, should_stop=run.cancelled,
+            train_features,
+            targets,
+            valid_rows,
+            valid_targets,
+            len(labels),
+            run.hyperparameters,
+            seed=run.seed,
+            on_step=run.events.step,
+            on_epoch=run.events.checkpoint,
+            should_stop=run.cancelled,
         )
         meta["answers"] = labels
         arrays.update(head)
@@ -74,8 +88,9 @@ def train(run: TrainingRun) -> TrainedModel:
     return TrainedModel(meta=meta, arrays=arrays)
 
 
-def _retrieval(run: TrainingRun, train: List[Example], valid: List[Example], train_features, valid_features,
-               embedder_name: str) -> Dict[str, Any]:
+def _retrieval(
+    run: TrainingRun, train: List[Example], valid: List[Example], train_features, valid_features, embedder_name: str
+) -> Dict[str, Any]:
     """The metadata of a retrieval model; reports its one 'step': leave-one-out train and validation metrics."""
     metadata = run.metadata
     answers = sorted({e.answer for e in train})
@@ -119,8 +134,9 @@ def _retrieval(run: TrainingRun, train: List[Example], valid: List[Example], tra
         unknown = "[]"
     result: Dict[str, Any] = {
         "answers": answers,
-        "similarity_threshold": (float(threshold) if threshold is not None
-                                 else DEFAULT_SIMILARITY_THRESHOLD[embedder_name]),
+        "similarity_threshold": (
+            float(threshold) if threshold is not None else DEFAULT_SIMILARITY_THRESHOLD[embedder_name]
+        ),
     }
     if unknown is not None:
         result["unknown_text"] = str(unknown)

@@ -11,6 +11,7 @@ validation batch, and the full validation set at each epoch's end.
 Everything else (entities, responses) becomes a retrieval model: the embedded training inputs and their answers.
 It retrieves the most similar training answer; it never writes new text.
 """
+
 from __future__ import annotations
 
 import math
@@ -115,8 +116,15 @@ def centroid_weights(features, targets: np.ndarray, n_classes: int) -> np.ndarra
 _BETA1, _BETA2, _EPSILON = 0.9, 0.999, 1e-8
 
 
-def _adam_update(param: np.ndarray, grad: np.ndarray, moment: np.ndarray, velocity: np.ndarray, step: int,
-                 learning_rate: float, rows: Optional[np.ndarray] = None) -> None:
+def _adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    moment: np.ndarray,
+    velocity: np.ndarray,
+    step: int,
+    learning_rate: float,
+    rows: Optional[np.ndarray] = None,
+) -> None:
     """One Adam step on `param` in place (on `rows` only when given)."""
     if rows is not None:
         m = _BETA1 * moment[rows] + (1 - _BETA1) * grad
@@ -191,8 +199,14 @@ def train_softmax_head(
                 row_grad = np.asarray(compact.T @ gradient) + WEIGHT_DECAY * weights[rows]
                 _adam_update(weights, row_grad, moments[0], velocities[0], step, learning_rate, rows)
             else:
-                _adam_update(weights, np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights, moments[0],
-                             velocities[0], step, learning_rate)
+                _adam_update(
+                    weights,
+                    np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights,
+                    moments[0],
+                    velocities[0],
+                    step,
+                    learning_rate,
+                )
             _adam_update(bias, gradient.sum(axis=0), moments[1], velocities[1], step, learning_rate)
             metrics: Dict[str, Any] = {
                 "step": step,

@@ -1,4 +1,5 @@
 """The engine seam: a second engine, added the way engines.py describes, trains jobs and serves completions."""
+
 from __future__ import annotations
 
 import json
@@ -29,8 +30,16 @@ class WordsEngine:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
-    def generate(self, prompt: Prompt, *, max_tokens: Optional[int], stops: Sequence[str],
-                 temperature: Optional[float], seed: Optional[int], top_logprobs: int) -> Generation:
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: Optional[int],
+        stops: Sequence[str],
+        temperature: Optional[float],
+        seed: Optional[int],
+        top_logprobs: int,
+    ) -> Generation:
         user_text = [m["content"] for m in prompt if m["role"] == "user"][-1]
         words = self.answers.get(user_text, "no idea").split(" ")
         tokens = [words[0]] + [" " + word for word in words[1:]]
@@ -38,15 +47,23 @@ class WordsEngine:
         if max_tokens is not None and len(tokens) > max_tokens:
             tokens, reason = tokens[:max_tokens], "length"
         logprob = float(np.log(self.confidence))
-        return Generation(tokens=tokens, logprobs=[logprob] * len(tokens), top=[[(t, logprob)] for t in tokens],
-                          finish_reason=reason)
+        return Generation(
+            tokens=tokens, logprobs=[logprob] * len(tokens), top=[[(t, logprob)] for t in tokens], finish_reason=reason
+        )
 
 
 def _describe(name: str) -> BaseModel:
     if not name.startswith("words-base"):
         raise ValueError(f"the words engine does not fine-tune '{name}'")
-    return BaseModel(name=name, format="chat", encoding="o200k_base", context=4096, training_price=0.0,
-                     input_price=0.0, output_price=0.0)
+    return BaseModel(
+        name=name,
+        format="chat",
+        encoding="o200k_base",
+        context=4096,
+        training_price=0.0,
+        input_price=0.0,
+        output_price=0.0,
+    )
 
 
 def _train(run: TrainingRun) -> TrainedModel:
@@ -56,11 +73,20 @@ def _train(run: TrainingRun) -> TrainedModel:
     for epoch in range(1, run.hyperparameters.n_epochs + 1):
         if run.cancelled():
             raise AssertionError("nobody cancelled this job")
-        run.events.step({"step": epoch, "total_steps": run.hyperparameters.n_epochs, "epoch": epoch,
-                         "train_loss": 1.0 / epoch, "train_mean_token_accuracy": 1.0})
+        run.events.step(
+            {
+                "step": epoch,
+                "total_steps": run.hyperparameters.n_epochs,
+                "epoch": epoch,
+                "train_loss": 1.0 / epoch,
+                "train_mean_token_accuracy": 1.0,
+            }
+        )
         run.events.checkpoint({"step": epoch, "epoch": epoch, "total_steps": run.hyperparameters.n_epochs})
-    return TrainedModel(meta={"format": run.base_model.format, "texts": users, "answers": answers},
-                        arrays={"confidence": np.array([0.5])})
+    return TrainedModel(
+        meta={"format": run.base_model.format, "texts": users, "answers": answers},
+        arrays={"confidence": np.array([0.5])},
+    )
 
 
 WORDS = EngineKind(name="words", describe=_describe, train=_train, load=WordsEngine)
@@ -72,8 +98,10 @@ def two_engines(monkeypatch):
 
 
 def _response_records() -> List[Dict[str, Any]]:
-    return [prompts.response_record([prompts.Turn("user", f"question number {i}")], f"Answer {i} is here.", "chat")
-            for i in range(12)]
+    return [
+        prompts.response_record([prompts.Turn("user", f"question number {i}")], f"Answer {i} is here.", "chat")
+        for i in range(12)
+    ]
 
 
 def test_jobs_and_stored_models_go_to_the_engine_for_their_base_model():
@@ -99,7 +127,8 @@ def test_a_second_engine_trains_and_serves_through_the_seam(local_backend, two_e
 
     def ask(**options):
         return local_backend.client.chat.completions.create(
-            model=job.fine_tuned_model, messages=[{"role": "user", "content": "question number 7"}], **options)
+            model=job.fine_tuned_model, messages=[{"role": "user", "content": "question number 7"}], **options
+        )
 
     whole = ask(logprobs=True, top_logprobs=1)
     assert whole.choices[0].message.content == "Answer 7 is here." and whole.choices[0].finish_reason == "stop"
@@ -108,7 +137,9 @@ def test_a_second_engine_trains_and_serves_through_the_seam(local_backend, two_e
     assert whole.usage.completion_tokens == 4  # counted by the engine's own tokenizer
     stopped_by_engine = ask(max_tokens=2)
     assert (stopped_by_engine.choices[0].message.content, stopped_by_engine.choices[0].finish_reason) == (
-        "Answer 7", "length")
+        "Answer 7",
+        "length",
+    )
     cut_at_stop = ask(stop=[" is"])
     assert (cut_at_stop.choices[0].message.content, cut_at_stop.choices[0].finish_reason) == ("Answer 7", "stop")
     with pytest.raises(openai.NotFoundError, match="not supported in the v1/completions endpoint"):
@@ -116,7 +147,8 @@ def test_a_second_engine_trains_and_serves_through_the_seam(local_backend, two_e
 
 
 def test_the_stand_in_still_trains_beside_another_engine_and_a_model_of_a_missing_engine_is_refused(
-        local_backend, two_engines, intent_records):
+    local_backend, two_engines, intent_records
+):
     job = local_backend.fine_tune(intent_records("chat"), metadata={"task": "intent"})
     assert job.status == "succeeded", job.error
     meta_path = local_backend.state_dir / "models" / (job.fine_tuned_model.rsplit(":", 1)[1] + ".json")

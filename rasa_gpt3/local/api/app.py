@@ -4,6 +4,7 @@ Middlewares, outermost first: errors (every failure in OpenAI's error shape, nev
 (request counting, injected faults, the bearer token). Outside /v1: GET /health, GET /_local/stats (request
 counts), POST /_local/stats/reset and POST /_local/faults (the fault spec at run time).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -81,8 +82,10 @@ async def service_middleware(request: web.Request, handler):
         if fault.status:
             headers = {}
             if fault.retry_after > 0:
-                headers = {"Retry-After": str(max(1, math.ceil(fault.retry_after))),
-                           "retry-after-ms": str(int(fault.retry_after * 1000))}
+                headers = {
+                    "Retry-After": str(max(1, math.ceil(fault.retry_after))),
+                    "retry-after-ms": str(int(fault.retry_after * 1000)),
+                }
             type_, code = STATUS_TYPES.get(fault.status, ("server_error", None))
             return error_response(fault.status, f"Injected fault: status {fault.status}.", type_, None, code, headers)
         if fault.garbage:
@@ -140,8 +143,14 @@ async def configure_faults(request: web.Request) -> web.Response:
 # ---------------------------------------------------------------------- the app
 
 
-def create_app(state_dir: Path, *, token: Optional[str] = None, faults: Optional[str] = None,
-               max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, run_jobs: bool = True) -> web.Application:
+def create_app(
+    state_dir: Path,
+    *,
+    token: Optional[str] = None,
+    faults: Optional[str] = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    run_jobs: bool = True,
+) -> web.Application:
     """The aiohttp application of a local backend on `state_dir` (its job runner starts with the app)."""
     backend = Backend(Path(state_dir), token=token, faults=faults, max_upload_bytes=max_upload_bytes, run_jobs=run_jobs)
     app = web.Application(middlewares=[errors_middleware, service_middleware], client_max_size=max_upload_bytes)

@@ -1,4 +1,5 @@
 """One server instance's state: the store, the job runner, faults, request counters and the loaded models."""
+
 from __future__ import annotations
 
 import logging
@@ -28,8 +29,15 @@ ENV_REQUEST_LOG = "RASA_GPT3_REQUEST_LOG"
 class Backend:
     """Everything one server instance needs: the store, the job runner, faults, counters and loaded models."""
 
-    def __init__(self, state_dir: Path, *, token: Optional[str] = None, faults: Optional[str] = None,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, run_jobs: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        token: Optional[str] = None,
+        faults: Optional[str] = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        run_jobs: bool = True,
+    ) -> None:
         self.store = Store(state_dir)
         self.token = token or None
         self.faults = FaultPlan(faults)
@@ -50,7 +58,7 @@ class Backend:
         log_path = os.environ.get(ENV_REQUEST_LOG)
         if log_path:
             # an append-only log shared by processes: one O_APPEND write per line is atomic, no rewrite needed
-            line = f"{time.time():.3f} {os.getpid()} {route}\n".encode("utf-8")
+            line = f"{time.time():.3f} {os.getpid()} {route}\n".encode()
             try:
                 handle = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 try:
@@ -64,8 +72,12 @@ class Backend:
         """Request counts since start (or the last reset)."""
         with self._counts_lock:
             by_route = {key: value for key, value in self.counts.items() if key != "total"}
-            return {"requests": self.counts.get("total", 0), "by_route": by_route,
-                    "state_dir": str(self.store.root), "faults": self.faults.configured}
+            return {
+                "requests": self.counts.get("total", 0),
+                "by_route": by_route,
+                "state_dir": str(self.store.root),
+                "faults": self.faults.configured,
+            }
 
     def reset_stats(self) -> None:
         """Zeroes the request counters."""
@@ -96,8 +108,10 @@ def _model_missing_message(model_id: str) -> str:
     try:
         engine_for_base_model(model_id)
         if not str(model_id).startswith("ft:"):
-            return (f"The model `{model_id}` is a base model; the local backend only serves models fine-tuned on it. "
-                    "Fine-tune first (rasa-gpt3 fine-tune).")
+            return (
+                f"The model `{model_id}` is a base model; the local backend only serves models fine-tuned on it. "
+                "Fine-tune first (rasa-gpt3 fine-tune)."
+            )
     except ValueError:
         pass
     return f"The model `{model_id}` does not exist or you do not have access to it."

@@ -5,6 +5,7 @@ stream) into a CompletionRequest; `serving_engine` finds the model and checks it
 the engine for `n` generations per prompt and cuts each at the stops and max_tokens as the API does; `usage` counts
 the tokens. completions.py only renders the two endpoints' response shapes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -52,8 +53,9 @@ def read_completion_request(body: Dict[str, Any], chat: bool) -> CompletionReque
         top_logprobs = int_in(body, "top_logprobs", 0, 20, default=0) or 0
         if top_logprobs and not logprobs:
             raise ApiError(400, "'top_logprobs' requires 'logprobs' to be true.", param="top_logprobs")
-        max_tokens = (int_in(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT)
-                      or int_in(body, "max_tokens", 1, MAX_TOKENS_LIMIT))
+        max_tokens = int_in(body, "max_completion_tokens", 1, MAX_TOKENS_LIMIT) or int_in(
+            body, "max_tokens", 1, MAX_TOKENS_LIMIT
+        )
     else:
         prompts = _legacy_prompts(body)
         logprobs_n = int_in(body, "logprobs", 0, 5)
@@ -70,16 +72,31 @@ def read_completion_request(body: Dict[str, Any], chat: bool) -> CompletionReque
     stream = bool(expect(body, "stream", bool, default=False))
     # only a streamed chat uses its stream options
     include_usage = chat and stream and bool((expect(body, "stream_options", dict) or {}).get("include_usage"))
-    return CompletionRequest(chat=chat, model_id=model_id, prompts=prompts, max_tokens=max_tokens, stops=stops,
-                             temperature=temperature, seed=seed, n=n, stream=stream, logprobs=logprobs,
-                             top_logprobs=top_logprobs, include_usage=include_usage)
+    return CompletionRequest(
+        chat=chat,
+        model_id=model_id,
+        prompts=prompts,
+        max_tokens=max_tokens,
+        stops=stops,
+        temperature=temperature,
+        seed=seed,
+        n=n,
+        stream=stream,
+        logprobs=logprobs,
+        top_logprobs=top_logprobs,
+        include_usage=include_usage,
+    )
 
 
 def _chat_messages(body: Dict[str, Any]) -> List[Dict[str, str]]:
     messages = expect(body, "messages", list, required=True)
     if not messages:
-        raise ApiError(400, "Invalid 'messages': empty array. Expected an array with minimum length 1.",
-                       param="messages", code="empty_array")
+        raise ApiError(
+            400,
+            "Invalid 'messages': empty array. Expected an array with minimum length 1.",
+            param="messages",
+            code="empty_array",
+        )
     clean = []
     for message in messages:
         if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
@@ -92,8 +109,9 @@ def _message_text(content: Any) -> str:
     if isinstance(content, str):
         return content
     if isinstance(content, list):
-        return "".join(part.get("text", "") for part in content
-                       if isinstance(part, dict) and part.get("type") == "text")
+        return "".join(
+            part.get("text", "") for part in content if isinstance(part, dict) and part.get("type") == "text"
+        )
     if content is None:
         return ""
     raise ApiError(400, "Invalid 'messages': content must be a string or a list of text parts.", param="messages")
@@ -125,16 +143,27 @@ def serving_engine(backend: Backend, wanted: CompletionRequest) -> Engine:
     """The engine serving the requested model; raises ApiError when there is none or it suits the other endpoint."""
     engine = backend.model(wanted.model_id)
     if wanted.chat and engine.format != "chat":
-        raise ApiError(404, "This is not a chat model and thus not supported in the v1/chat/completions endpoint. "
-                            "Did you mean to use v1/completions?", param="model", code="model_not_supported")
+        raise ApiError(
+            404,
+            "This is not a chat model and thus not supported in the v1/chat/completions endpoint. "
+            "Did you mean to use v1/completions?",
+            param="model",
+            code="model_not_supported",
+        )
     if not wanted.chat and engine.format != "completion":
-        raise ApiError(404, "This is a chat model and not supported in the v1/completions endpoint. "
-                            "Did you mean to use v1/chat/completions?", param="model", code="model_not_supported")
+        raise ApiError(
+            404,
+            "This is a chat model and not supported in the v1/completions endpoint. "
+            "Did you mean to use v1/chat/completions?",
+            param="model",
+            code="model_not_supported",
+        )
     return engine
 
 
-async def answer(engine: Engine, wanted: CompletionRequest, prompt: Prompt,
-                 garbage: bool = False) -> List[Tuple[Generation, str]]:
+async def answer(
+    engine: Engine, wanted: CompletionRequest, prompt: Prompt, garbage: bool = False
+) -> List[Tuple[Generation, str]]:
     """`wanted.n` generations for `prompt` (choice i sampled with seed + i), each cut and with its finish reason.
 
     `garbage` (an injected fault) answers text that is neither a label nor JSON instead of asking the engine.
@@ -146,8 +175,12 @@ async def answer(engine: Engine, wanted: CompletionRequest, prompt: Prompt,
         generations = []
         for index in range(wanted.n):
             generate = functools.partial(
-                engine.generate, prompt, max_tokens=wanted.max_tokens, stops=wanted.stops,
-                temperature=wanted.temperature, seed=None if wanted.seed is None else wanted.seed + index,
+                engine.generate,
+                prompt,
+                max_tokens=wanted.max_tokens,
+                stops=wanted.stops,
+                temperature=wanted.temperature,
+                seed=None if wanted.seed is None else wanted.seed + index,
                 top_logprobs=wanted.top_logprobs,
             )
             generations.append(await loop.run_in_executor(None, generate))
@@ -159,8 +192,7 @@ def _garbage(engine: Engine) -> Generation:
     return Generation(tokens=pieces, logprobs=[-0.1], top=[[(pieces[0], -0.1)]])
 
 
-def cut_generation(generation: Generation, stops: Sequence[str],
-                   max_tokens: Optional[int]) -> Tuple[Generation, str]:
+def cut_generation(generation: Generation, stops: Sequence[str], max_tokens: Optional[int]) -> Tuple[Generation, str]:
     """Cuts a generation at the first stop sequence and at max_tokens, as the API does; returns it and the reason."""
     tokens, logprobs, tops = generation.tokens, generation.logprobs, generation.top
     reason = generation.finish_reason
@@ -194,5 +226,8 @@ def usage(engine: Engine, prompts: Sequence[Prompt], answers: Sequence[Tuple[Gen
             parts = [m["content"] for m in prompt] + [m["role"] for m in prompt]
             prompt_tokens += sum(engine.count_tokens(part) + FRAMING_TOKENS for part in parts) + FRAMING_TOKENS
     completion_tokens = sum(engine.count_tokens(generation.text) for generation, _ in answers)
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -4,6 +4,7 @@ Reading the request, generating and counting are shared (completion_request.py);
 writes choices and log-probabilities: chat lists per-token entries with bytes and top alternatives, the legacy
 endpoint parallel lists of tokens, log-probabilities, top alternatives and text offsets.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,41 +34,87 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     counted = usage(engine, wanted.prompts, answers)
     if wanted.stream:
         response = await _start_stream(request)
-        base = {"id": completion_id, "object": "chat.completion.chunk", "created": created, "model": wanted.model_id,
-                "system_fingerprint": SYSTEM_FINGERPRINT}
+        base = {
+            "id": completion_id,
+            "object": "chat.completion.chunk",
+            "created": created,
+            "model": wanted.model_id,
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
         for index, (generation, reason) in enumerate(answers):
-            await _send(response, {**base, "choices": [{"index": index, "delta": {"role": "assistant", "content": ""},
-                                                        "logprobs": None, "finish_reason": None}]})
+            await _send(
+                response,
+                {
+                    **base,
+                    "choices": [
+                        {
+                            "index": index,
+                            "delta": {"role": "assistant", "content": ""},
+                            "logprobs": None,
+                            "finish_reason": None,
+                        }
+                    ],
+                },
+            )
             entries = _chat_logprobs(generation, wanted.top_logprobs)
             for position, token in enumerate(generation.tokens):
                 logprobs = {"content": [entries[position]], "refusal": None} if wanted.logprobs else None
-                await _send(response, {**base, "choices": [{"index": index, "delta": {"content": token},
-                                                            "logprobs": logprobs, "finish_reason": None}]})
-            await _send(response, {**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
-                                                        "finish_reason": reason}]})
+                await _send(
+                    response,
+                    {
+                        **base,
+                        "choices": [
+                            {"index": index, "delta": {"content": token}, "logprobs": logprobs, "finish_reason": None}
+                        ],
+                    },
+                )
+            await _send(
+                response,
+                {**base, "choices": [{"index": index, "delta": {}, "logprobs": None, "finish_reason": reason}]},
+            )
         if wanted.include_usage:
             await _send(response, {**base, "choices": [], "usage": counted})
         return await _end_stream(response)
 
     choices = []
     for index, (generation, reason) in enumerate(answers):
-        choices.append({
-            "index": index,
-            "message": {"role": "assistant", "content": generation.text, "refusal": None, "annotations": []},
-            "logprobs": ({"content": _chat_logprobs(generation, wanted.top_logprobs), "refusal": None}
-                         if wanted.logprobs else None),
-            "finish_reason": reason,
-        })
-    return web.json_response({"id": completion_id, "object": "chat.completion", "created": created,
-                              "model": wanted.model_id, "choices": choices, "usage": counted,
-                              "service_tier": "default", "system_fingerprint": SYSTEM_FINGERPRINT})
+        choices.append(
+            {
+                "index": index,
+                "message": {"role": "assistant", "content": generation.text, "refusal": None, "annotations": []},
+                "logprobs": (
+                    {"content": _chat_logprobs(generation, wanted.top_logprobs), "refusal": None}
+                    if wanted.logprobs
+                    else None
+                ),
+                "finish_reason": reason,
+            }
+        )
+    return web.json_response(
+        {
+            "id": completion_id,
+            "object": "chat.completion",
+            "created": created,
+            "model": wanted.model_id,
+            "choices": choices,
+            "usage": counted,
+            "service_tier": "default",
+            "system_fingerprint": SYSTEM_FINGERPRINT,
+        }
+    )
 
 
 def _chat_logprobs(generation: Generation, top_n: int) -> List[Dict[str, Any]]:
     """Chat's log-probability entries: one per token, with its bytes and its `top_n` alternatives."""
-    return [{"token": token, "logprob": logprob, "bytes": _token_bytes(token),
-             "top_logprobs": [{"token": t, "logprob": lp, "bytes": _token_bytes(t)} for t, lp in top[:top_n]]}
-            for token, logprob, top in zip(generation.tokens, generation.logprobs, generation.top)]
+    return [
+        {
+            "token": token,
+            "logprob": logprob,
+            "bytes": _token_bytes(token),
+            "top_logprobs": [{"token": t, "logprob": lp, "bytes": _token_bytes(t)} for t, lp in top[:top_n]],
+        }
+        for token, logprob, top in zip(generation.tokens, generation.logprobs, generation.top)
+    ]
 
 
 def _token_bytes(token: str) -> List[int]:
@@ -85,11 +132,18 @@ async def completions(request: web.Request) -> web.StreamResponse:
         all_answers += answers
         for generation, reason in answers:
             logprobs = _legacy_logprobs(generation, len(prompt), wanted.top_logprobs) if wanted.logprobs else None
-            choices.append({"index": len(choices), "text": generation.text, "logprobs": logprobs,
-                            "finish_reason": reason})
-    result = {"id": "cmpl-" + ids.new_id("file")[5:], "object": "text_completion", "created": int(time.time()),
-              "model": wanted.model_id, "choices": choices, "system_fingerprint": SYSTEM_FINGERPRINT,
-              "usage": usage(engine, wanted.prompts, all_answers)}
+            choices.append(
+                {"index": len(choices), "text": generation.text, "logprobs": logprobs, "finish_reason": reason}
+            )
+    result = {
+        "id": "cmpl-" + ids.new_id("file")[5:],
+        "object": "text_completion",
+        "created": int(time.time()),
+        "model": wanted.model_id,
+        "choices": choices,
+        "system_fingerprint": SYSTEM_FINGERPRINT,
+        "usage": usage(engine, wanted.prompts, all_answers),
+    }
     if wanted.stream:
         response = await _start_stream(request)
         for choice in choices:
@@ -104,8 +158,12 @@ def _legacy_logprobs(generation: Generation, prompt_length: int, top_n: int) -> 
     for token in generation.tokens:
         offsets.append(offset)
         offset += len(token)
-    return {"tokens": generation.tokens, "token_logprobs": generation.logprobs,
-            "top_logprobs": [dict(top[: max(top_n, 1)]) for top in generation.top], "text_offset": offsets}
+    return {
+        "tokens": generation.tokens,
+        "token_logprobs": generation.logprobs,
+        "top_logprobs": [dict(top[: max(top_n, 1)]) for top in generation.top],
+        "text_offset": offsets,
+    }
 
 
 async def _start_stream(request: web.Request) -> web.StreamResponse:

@@ -1,4 +1,5 @@
 """Errors in OpenAI's shape: the exception a handler raises and the JSON response it becomes."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional
@@ -21,15 +22,28 @@ STATUS_TYPES = {
 class ApiError(Exception):
     """An error answered in OpenAI's shape."""
 
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error",
-                 param: Optional[str] = None, code: Optional[str] = None, headers: Optional[Dict[str, str]] = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: Optional[str] = None,
+        code: Optional[str] = None,
+        headers: Optional[Dict[str, str]] = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers or {}
 
 
-def error_response(status: int, message: str, type_: str = "invalid_request_error", param: Optional[str] = None,
-                   code: Optional[str] = None, headers: Optional[Dict[str, str]] = None) -> web.Response:
+def error_response(
+    status: int,
+    message: str,
+    type_: str = "invalid_request_error",
+    param: Optional[str] = None,
+    code: Optional[str] = None,
+    headers: Optional[Dict[str, str]] = None,
+) -> web.Response:
     """A JSON error response in OpenAI's shape."""
     body = {"error": {"message": message, "type": type_, "param": param, "code": code}}
     return web.json_response(body, status=status, headers=headers)

@@ -1,4 +1,5 @@
 """The /v1/files routes: upload, list, retrieve, content and delete."""
+
 from __future__ import annotations
 
 import asyncio
@@ -24,8 +25,9 @@ async def upload_file(request: web.Request) -> web.Response:
     purpose = form.get("purpose")
     upload = form.get("file")
     if not isinstance(purpose, str) or not purpose:
-        raise ApiError(400, "Missing required parameter: 'purpose'.", param="purpose",
-                       code="missing_required_parameter")
+        raise ApiError(
+            400, "Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter"
+        )
     if upload is None or isinstance(upload, str):
         raise ApiError(400, "Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
     if purpose not in PURPOSES:

@@ -1,4 +1,5 @@
 """The /v1/fine_tuning/jobs routes: create, list, retrieve, cancel, events and checkpoints (jobs.py trains them)."""
+
 from __future__ import annotations
 
 import random
@@ -47,8 +48,11 @@ def _hyperparameters(body: Dict[str, Any]) -> Dict[str, Any]:
             clean[key] = "auto"
             continue
         if isinstance(value, bool) or not isinstance(value, kinds) or not low <= value <= high:
-            raise ApiError(400, f"Invalid '{key}': must be 'auto' or a number between {low} and {high}.",
-                           param=f"hyperparameters.{key}")
+            raise ApiError(
+                400,
+                f"Invalid '{key}': must be 'auto' or a number between {low} and {high}.",
+                param=f"hyperparameters.{key}",
+            )
         clean[key] = value
     for key in HYPERPARAMETER_RANGES:
         clean.setdefault(key, "auto")
@@ -63,8 +67,12 @@ async def create_job(request: web.Request) -> web.Response:
     try:
         _, base = engine_for_base_model(model)
     except ValueError:
-        raise ApiError(400, f"Model {model[:120]} is not available for fine-tuning or does not exist.",
-                       param="model", code="model_not_available") from None
+        raise ApiError(
+            400,
+            f"Model {model[:120]} is not available for fine-tuning or does not exist.",
+            param="model",
+            code="model_not_available",
+        ) from None
     hyperparameters = _hyperparameters(body)
     training_file = expect(body, "training_file", str, required=True)
     validation_file = expect(body, "validation_file", str)
@@ -83,10 +91,12 @@ async def create_job(request: web.Request) -> web.Response:
     seed = expect(body, "seed", int)
     metadata = expect(body, "metadata", dict) or None
     if metadata is not None:
-        if len(metadata) > 16 or any(not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512
-                                     for k, v in metadata.items()):
-            raise ApiError(400, "Invalid 'metadata': at most 16 string keys (64 chars) with string values (512).",
-                           param="metadata")
+        if len(metadata) > 16 or any(
+            not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in metadata.items()
+        ):
+            raise ApiError(
+                400, "Invalid 'metadata': at most 16 string keys (64 chars) with string values (512).", param="metadata"
+            )
     job = {
         "id": ids.new_id("job"),
         "object": "fine_tuning.job",
@@ -128,8 +138,9 @@ def _job_or_404(request: web.Request) -> Dict[str, Any]:
     try:
         return request.app[BACKEND].store.get_job(job_id)
     except NotFound:
-        raise ApiError(404, f"Could not find fine-tune: {job_id}", param="fine_tuning_job_id",
-                       code="fine_tune_not_found") from None
+        raise ApiError(
+            404, f"Could not find fine-tune: {job_id}", param="fine_tuning_job_id", code="fine_tune_not_found"
+        ) from None
 
 
 @routes.get("/v1/fine_tuning/jobs")
@@ -137,8 +148,11 @@ async def list_jobs(request: web.Request) -> web.Response:
     backend: Backend = request.app[BACKEND]
     limit = query_int(request, "limit", 20, 1, 100)
     jobs = backend.store.list_jobs()
-    wanted = {key[len("metadata["):-1]: value for key, value in request.query.items()
-              if key.startswith("metadata[") and key.endswith("]")}
+    wanted = {
+        key[len("metadata[") : -1]: value
+        for key, value in request.query.items()
+        if key.startswith("metadata[") and key.endswith("]")
+    }
     if wanted:
         jobs = [job for job in jobs if all((job.get("metadata") or {}).get(k) == v for k, v in wanted.items())]
     listed = page(jobs, request.query.get("after"), limit)
@@ -158,8 +172,12 @@ async def cancel_job(request: web.Request) -> web.Response:
 
     def change(current: Dict[str, Any]) -> None:
         if current["status"] in ("succeeded", "failed"):
-            raise ApiError(400, f"Job has already completed: {current['status']}.", param="fine_tuning_job_id",
-                           code="job_already_completed")
+            raise ApiError(
+                400,
+                f"Job has already completed: {current['status']}.",
+                param="fine_tuning_job_id",
+                code="job_already_completed",
+            )
         if current["status"] in ACTIVE_STATUSES:
             current.update(status="cancelled", finished_at=int(time.time()), estimated_finish=None)
 

@@ -1,4 +1,5 @@
 """The /v1/models routes: list, retrieve and delete (base models are listed but cannot be deleted)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -38,8 +39,9 @@ async def retrieve_model(request: web.Request) -> web.Response:
     try:
         return web.json_response(_public_model(backend.store.get_model(model_id)))
     except NotFound:
-        raise ApiError(404, f"The model '{model_id[:120]}' does not exist", param="model",
-                       code="model_not_found") from None
+        raise ApiError(
+            404, f"The model '{model_id[:120]}' does not exist", param="model", code="model_not_found"
+        ) from None
 
 
 @routes.delete("/v1/models/{model}")
@@ -47,11 +49,13 @@ async def delete_model(request: web.Request) -> web.Response:
     backend: Backend = request.app[BACKEND]
     model_id = request.match_info["model"]
     if model_id in known_base_models():
-        raise ApiError(403, "You have insufficient permissions to delete a base model.", "permission_error",
-                       param="model")
+        raise ApiError(
+            403, "You have insufficient permissions to delete a base model.", "permission_error", param="model"
+        )
     try:
         backend.store.delete_model(model_id)
     except NotFound:
-        raise ApiError(404, f"The model '{model_id[:120]}' does not exist", param="model",
-                       code="model_not_found") from None
+        raise ApiError(
+            404, f"The model '{model_id[:120]}' does not exist", param="model", code="model_not_found"
+        ) from None
     return web.json_response({"id": model_id, "object": "model", "deleted": True})

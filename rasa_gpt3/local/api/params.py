@@ -1,4 +1,5 @@
 """Reading and checking what a request sends: the JSON body, its typed fields, query integers, ids and pages."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ async def json_body(request: web.Request) -> Dict[str, Any]:
         body = json.loads(raw.decode("utf-8") if raw else "")
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         detail = getattr(error, "msg", "not UTF-8")
-        raise ApiError(400, f"We could not parse the JSON body of your request ({detail}). "
-                            "The OpenAI API expects a JSON payload.") from None
+        raise ApiError(
+            400, f"We could not parse the JSON body of your request ({detail}). The OpenAI API expects a JSON payload."
+        ) from None
     if not isinstance(body, dict):
         raise ApiError(400, "The request body must be a JSON object.")
     return body
@@ -68,8 +70,13 @@ def page(items: List[Dict[str, Any]], after: Optional[str], limit: int) -> Dict[
         positions = [i for i, item in enumerate(items) if item.get("id") == after]
         start = positions[0] + 1 if positions else len(items)
     chunk = items[start : start + limit]
-    return {"object": "list", "data": [public(item) for item in chunk], "has_more": start + limit < len(items),
-            "first_id": chunk[0]["id"] if chunk else None, "last_id": chunk[-1]["id"] if chunk else None}
+    return {
+        "object": "list",
+        "data": [public(item) for item in chunk],
+        "has_more": start + limit < len(items),
+        "first_id": chunk[0]["id"] if chunk else None,
+        "last_id": chunk[-1]["id"] if chunk else None,
+    }
 
 
 def id_or_404(value: str, kind: str, what: str) -> str:
