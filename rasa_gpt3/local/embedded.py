@@ -4,6 +4,7 @@
 it accepts connections. It runs in its own thread and event loop, so it also works from inside a running loop
 (Sanic in `rasa run`, the action server): the caller's loop is never used or blocked by the server.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -14,7 +15,8 @@ from typing import Dict, Optional
 
 from aiohttp import web
 
-from rasa_gpt3.local.server import BACKEND, DEFAULT_MAX_UPLOAD_BYTES, create_app
+from rasa_gpt3.local.api.app import create_app
+from rasa_gpt3.local.api.backend import BACKEND, DEFAULT_MAX_UPLOAD_BYTES
 
 READY_TIMEOUT = 30.0
 
@@ -26,8 +28,16 @@ class BackendStartError(RuntimeError):
 class EmbeddedServer:
     """A local backend served from a daemon thread; `base_url` is what the SDK needs."""
 
-    def __init__(self, state_dir: Path, *, host: str = "127.0.0.1", port: int = 0, token: Optional[str] = None,
-                 faults: Optional[str] = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        token: Optional[str] = None,
+        faults: Optional[str] = None,
+        max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    ) -> None:
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.host, self.port = host, port
         self.app = create_app(self.state_dir, token=token, faults=faults, max_upload_bytes=max_upload_bytes)
@@ -52,9 +62,10 @@ class EmbeddedServer:
     @property
     def running(self) -> bool:
         """Whether the server thread is serving (in this very process)."""
-        return self._ready.is_set() and not self._stopped.is_set() and self._thread.is_alive() and self.pid == os.getpid()
+        serving = self._ready.is_set() and not self._stopped.is_set() and self._thread.is_alive()
+        return serving and self.pid == os.getpid()
 
-    def start(self) -> "EmbeddedServer":
+    def start(self) -> EmbeddedServer:
         """Starts the thread and waits until the server accepts connections; raises BackendStartError."""
         self._thread.start()
         if not self._ready.wait(READY_TIMEOUT):
@@ -126,13 +137,21 @@ def stop_server(state_dir: os.PathLike) -> None:
         server.stop()
 
 
-def serve_forever(state_dir: os.PathLike, *, host: str = "127.0.0.1", port: int = 8765, token: Optional[str] = None,
-                  faults: Optional[str] = None, max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-                  on_ready=None) -> None:
+def serve_forever(
+    state_dir: os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8765,
+    token: Optional[str] = None,
+    faults: Optional[str] = None,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    on_ready=None,
+) -> None:
     """Serves the local backend in the foreground until interrupted (Ctrl-C)."""
     try:
-        app = create_app(Path(state_dir).expanduser().resolve(), token=token, faults=faults,
-                         max_upload_bytes=max_upload_bytes)
+        app = create_app(
+            Path(state_dir).expanduser().resolve(), token=token, faults=faults, max_upload_bytes=max_upload_bytes
+        )
     except OSError as error:
         raise BackendStartError(str(error)) from None
 

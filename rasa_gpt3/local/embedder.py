@@ -12,6 +12,7 @@ Choose another with job metadata `embedder: use|tfidf|use+tfidf` or RASA_GPT3_EM
 The USE model is loaded once per process, lazily, under a lock; encoding is serialised through the same lock in
 small chunks so a training job and live inference requests can share it fairly.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,7 +52,7 @@ class UniversalSentenceEncoder:
         self._lock = threading.Lock()
         self._model = None
         # recent single texts: the intent and the entity request of one user message embed the same text
-        self._cache: "OrderedDict[str, np.ndarray]" = OrderedDict()
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _loaded(self):
         # caller holds self._lock
@@ -137,7 +138,9 @@ def _counter(vocabulary: np.ndarray):
         entry = _COUNTERS.get(id(vocabulary))
         if entry is not None and entry[0]() is vocabulary:
             return entry[1]
-        counter = CountVectorizer(analyzer="char_wb", ngram_range=(2, 4), lowercase=True, vocabulary=vocabulary.tolist())
+        counter = CountVectorizer(
+            analyzer="char_wb", ngram_range=(2, 4), lowercase=True, vocabulary=vocabulary.tolist()
+        )
         counter.transform([""])  # validates the vocabulary once, here
         for key in [key for key, (ref, _) in _COUNTERS.items() if ref() is None]:
             del _COUNTERS[key]

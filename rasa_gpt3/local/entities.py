@@ -6,6 +6,7 @@ type and takes the aligned words of the new message ("send 50 dollars to Anna" â
 amount=20, person=Bob). Values annotated anywhere in the training data that occur in the message are added too.
 Every value is a span copied from the message, so callers can always locate it.
 """
+
 from __future__ import annotations
 
 import re

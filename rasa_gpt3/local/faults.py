@@ -19,6 +19,7 @@ Sources: the request header `X-Rasa-GPT3-Fault`, the server option `faults=...` 
 the environment variable RASA_GPT3_FAULTS (read on every request, so a test can change it while the embedded
 server runs), and POST /_local/faults {"faults": "..."} at run time.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """Object ids of the local backend, shaped like OpenAI's, and their validation (no path tricks through an id)."""
+
 from __future__ import annotations
 
 import re

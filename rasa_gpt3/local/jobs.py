@@ -4,6 +4,7 @@ Each server process has one JobRunner thread. It looks for jobs that are not fin
 job's file lock (so exactly one process trains it), and trains it. A job left `running` by a process that died has
 a free lock and is claimed and trained again from the start by whichever process looks next.
 """
+
 from __future__ import annotations
 
 import base64
@@ -14,26 +15,13 @@ import threading
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-import numpy as np
-
-from rasa_gpt3.data.base_models import BaseModel, resolve_base_model
+from rasa_gpt3.data.base_models import BaseModel
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 from rasa_gpt3.local import ids
-from rasa_gpt3.local.embedder import default_embedder_name, get_embedder
-from rasa_gpt3.local.entities import build_gazetteer, is_entity_answer
-from rasa_gpt3.local.model import DEFAULT_SIMILARITY_THRESHOLD, RETRIEVAL_TEMPERATURE, index_arrays
+from rasa_gpt3.local.engine_registry import ENGINE_FIELD, engine_for_base_model
+from rasa_gpt3.local.engines import EngineKind, Hyperparameters, TrainedModel, TrainingCancelled, TrainingRun
 from rasa_gpt3.local.store import PRIVATE, TERMINAL_STATUSES, NotFound, Store
-from rasa_gpt3.local.trainer import (
-    CLASSIFICATION,
-    Example,
-    Hyperparameters,
-    TrainingCancelled,
-    classify_data,
-    examples_from_records,
-    resolve_hyperparameters,
-    softmax,
-    train_softmax_head,
-)
+from rasa_gpt3.local.trainer import resolve_hyperparameters
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +82,21 @@ def _record_problem(record: Dict[str, Any], fmt: str) -> Optional[str]:
     if not isinstance(record.get("prompt"), str) or not isinstance(record.get("completion"), str):
         return 'keys "prompt" and "completion" (strings) are required for completion models.'
     return None
+
+
+def job_event(
+    message: str, level: str = "info", data: Optional[Dict[str, Any]] = None, kind: str = "message"
+) -> Dict[str, Any]:
+    """A new fine-tuning job event as the API lists it."""
+    return {
+        "id": ids.new_id("event"),
+        "object": "fine_tuning.job.event",
+        "created_at": int(time.time()),
+        "level": level,
+        "message": message,
+        "data": data or {},
+        "type": kind,
+    }
 
 
 class JobRunner:
@@ -173,19 +176,11 @@ class JobExecution:
 
     # ------------------------------------------------------------------ events
 
-    def event(self, message: str, level: str = "info", data: Optional[Dict[str, Any]] = None, kind: str = "message") -> None:
+    def event(
+        self, message: str, level: str = "info", data: Optional[Dict[str, Any]] = None, kind: str = "message"
+    ) -> None:
         """Queues an event; flushed within FLUSH_SECONDS."""
-        self._buffer.append(
-            {
-                "id": ids.new_id("event"),
-                "object": "fine_tuning.job.event",
-                "created_at": int(time.time()),
-                "level": level,
-                "message": message,
-                "data": data or {},
-                "type": kind,
-            }
-        )
+        self._buffer.append(job_event(message, level, data, kind))
         if time.monotonic() - self._last_flush > FLUSH_SECONDS:
             self.flush()
 
@@ -232,7 +227,7 @@ class JobExecution:
         try:
             if self.job["status"] == "running":
                 self.event("Training restarted: the process that was running this job stopped.", level="warn")
-            base_model = resolve_base_model(self.job["model"])
+            engine, base_model = engine_for_base_model(self.job["model"])
             self.set(status="validating_files")
             self.event(f"Validating training file: {self.job['training_file']}")
             train_records, valid_records = self._load_files(base_model)
@@ -247,10 +242,21 @@ class JobExecution:
                 estimated_finish=int(time.time()) + 30,
             )
             self.event("Fine-tuning job started")
-            model_meta, arrays = self._train(base_model, train_records, valid_records, hyperparameters)
+            trained = engine.train(
+                TrainingRun(
+                    job=self.job,
+                    base_model=base_model,
+                    train_records=train_records,
+                    valid_records=valid_records,
+                    hyperparameters=hyperparameters,
+                    seed=int(self.job.get("seed") or 0),
+                    events=self,
+                    cancelled=self.cancelled,
+                )
+            )
             if self.cancelled():
                 raise TrainingCancelled()
-            self._finish(base_model, model_meta, arrays, train_records, hyperparameters, started)
+            self._finish(engine, base_model, trained, train_records, hyperparameters, started)
         except TrainingCancelled:
             self.flush()
         except InvalidFile as error:
@@ -268,8 +274,12 @@ class JobExecution:
         self.event(f"Fine-tuning job failed: {message}", level="error")
         self.flush()
         try:
-            self.set(status="failed", finished_at=int(time.time()), estimated_finish=None,
-                     error={"code": code, "message": message, "param": param})
+            self.set(
+                status="failed",
+                finished_at=int(time.time()),
+                estimated_finish=None,
+                error={"code": code, "message": message, "param": param},
+            )
         except TrainingCancelled:
             pass
 
@@ -290,111 +300,31 @@ class JobExecution:
             valid_records = parse_records(content, base_model, "validation_file")
         return train_records, valid_records
 
-    def _train(self, base_model: BaseModel, train_records, valid_records, hyperparameters: Hyperparameters):
-        metadata = self.job.get("metadata") or {}
-        embedder_name = str(metadata.get("embedder") or default_embedder_name()).lower()
-        embedder = get_embedder(embedder_name)
-        train = examples_from_records(train_records)
-        valid = examples_from_records(valid_records)
-        kind = classify_data(train, base_model, metadata.get("task"))
-        self.event(f"Training a {'softmax classifier' if kind == CLASSIFICATION else 'retrieval model'} "
-                   f"on {len(train)} examples with the '{embedder.name}' sentence embedder")
-        state = embedder.fit([e.text for e in train])
-        train_features = embedder.encode([e.text for e in train], state)
-        if self.cancelled():
-            raise TrainingCancelled()
-        valid_features = embedder.encode([e.text for e in valid], state) if valid else None
-        meta: Dict[str, Any] = {
-            "kind": kind,
-            "format": base_model.format,
-            "encoding": base_model.encoding,
-            "embedder": embedder.name,
-        }
-        arrays = {name: value for name, value in state.items()}
-        if kind == CLASSIFICATION:
-            labels = sorted({e.answer for e in train})
-            index = {label: i for i, label in enumerate(labels)}
-            targets = np.array([index[e.answer] for e in train])
-            known = [i for i, e in enumerate(valid) if e.answer in index]
-            valid_targets = np.array([index[valid[i].answer] for i in known]) if known else None
-            if valid and len(known) < len(valid):
-                self.event(f"{len(valid) - len(known)} validation example(s) have answers not in the training file "
-                           "and are left out of the validation metrics", level="warn")
-            valid_rows = valid_features[known] if known else None
-            head = train_softmax_head(
-                train_features, targets, valid_rows, valid_targets, len(labels), hyperparameters,
-                seed=int(self.job.get("seed") or 0), on_step=self._on_step, on_epoch=self._on_epoch,
-                should_stop=self.cancelled,
-            )
-            meta["answers"] = labels
-            arrays.update(head)
-        else:
-            meta.update(self._retrieval(train, valid, train_features, valid_features, embedder.name, metadata))
-            answers = meta["answers"]
-            position = {answer: i for i, answer in enumerate(answers)}
-            arrays.update(index_arrays(train_features))
-            arrays["answer_of"] = np.array([position[e.answer] for e in train], dtype=np.int64)
-        return meta, arrays
+    # ------------------------------------------------------------------ engines.TrainingEvents
 
-    def _retrieval(self, train: List[Example], valid: List[Example], train_features, valid_features,
-                   embedder_name: str, metadata: Dict[str, Any]) -> Dict[str, Any]:
-        answers = sorted({e.answer for e in train})
-        position = {answer: i for i, answer in enumerate(answers)}
-        answer_of = np.array([position[e.answer] for e in train])
+    def message(self, text: str, level: str = "info") -> None:
+        """A job event from the trainer."""
+        self.event(text, level=level)
 
-        def evaluate(features, examples, leave_one_out: bool) -> Tuple[float, float]:
-            similarities = _dense(features @ train_features[: len(train)].T)
-            if leave_one_out:
-                np.fill_diagonal(similarities, -1.0)
-            best = np.full((len(examples), len(answers)), -1.0)
-            for column, answer in enumerate(answer_of):
-                np.maximum(best[:, answer], similarities[:, column], out=best[:, answer])
-            probabilities = softmax(best / RETRIEVAL_TEMPERATURE)
-            targets = np.array([position.get(e.answer, -1) for e in examples])
-            picked = np.where(targets >= 0, probabilities[np.arange(len(examples)), np.maximum(targets, 0)], 1e-12)
-            loss = float(-np.log(np.maximum(picked, 1e-12)).mean())
-            accuracy = float((probabilities.argmax(axis=1) == targets).mean())
-            return loss, accuracy
-
-        sample = train[:2000]
-        metrics: Dict[str, Any] = {"step": 1, "total_steps": 1, "epoch": 1}
-        metrics["train_loss"], metrics["train_mean_token_accuracy"] = evaluate(
-            train_features[: len(sample)], sample, leave_one_out=True
+    def step(self, metrics: Dict[str, Any]) -> None:
+        """A metrics event and a row of the result file for one training step."""
+        keys = (
+            "step",
+            "train_loss",
+            "train_mean_token_accuracy",
+            "valid_loss",
+            "valid_mean_token_accuracy",
+            "total_steps",
         )
-        if valid:
-            metrics["valid_loss"], metrics["valid_mean_token_accuracy"] = evaluate(
-                valid_features, valid, leave_one_out=False
-            )
-        self._on_step(metrics)
-        if metadata.get("task") == "entities" or (metadata.get("task") is None and all(is_entity_answer(a) for a in answers)):
-            # entity answers are carried over to the new message by word alignment (see local/entities.py)
-            self.event("Entity answers: the nearest example's entities are aligned onto each new message")
-            result_extra = {"entity_answers": True, "texts": [e.text for e in train], "gazetteer": build_gazetteer(answers)}
-        else:
-            result_extra = {}
-        threshold = metadata.get("similarity_threshold")
-        unknown = metadata.get("unknown_text")
-        if unknown is None and metadata.get("task") == "entities":
-            unknown = "[]"
-        result: Dict[str, Any] = {
-            "answers": answers,
-            "similarity_threshold": float(threshold) if threshold is not None else DEFAULT_SIMILARITY_THRESHOLD[embedder_name],
-        }
-        if unknown is not None:
-            result["unknown_text"] = str(unknown)
-        result.update(result_extra)
-        return result
-
-    def _on_step(self, metrics: Dict[str, Any]) -> None:
-        data = {key: metrics[key] for key in ("step", "train_loss", "train_mean_token_accuracy",
-                                              "valid_loss", "valid_mean_token_accuracy", "total_steps") if key in metrics}
+        data = {key: metrics[key] for key in keys if key in metrics}
         message = f"Step {metrics['step']}/{metrics['total_steps']}: training loss={metrics['train_loss']:.4f}"
         if "valid_loss" in metrics:
             message += f", validation loss={metrics['valid_loss']:.4f}"
         self.event(message, data=data, kind="metrics")
         self.rows.append(metrics)
 
-    def _on_epoch(self, summary: Dict[str, Any]) -> None:
+    def checkpoint(self, summary: Dict[str, Any]) -> None:
+        """A checkpoint (with the latest step's metrics) and a metrics event at an epoch's end."""
         checkpoint = {
             "id": ids.new_id("checkpoint"),
             "object": "fine_tuning.job.checkpoint",
@@ -411,47 +341,73 @@ class JobExecution:
         self.job[PRIVATE].setdefault("checkpoints", []).append(checkpoint)
         message = f"Epoch {summary['epoch']} done at step {summary['step']}"
         if "full_valid_loss" in summary:
-            message += (f": full validation loss={summary['full_valid_loss']:.4f}, "
-                        f"accuracy={summary['full_valid_mean_token_accuracy']:.4f}")
+            message += (
+                f": full validation loss={summary['full_valid_loss']:.4f}, "
+                f"accuracy={summary['full_valid_mean_token_accuracy']:.4f}"
+            )
         self.event(message, data=summary, kind="metrics")
 
     def _result_csv(self) -> bytes:
         out = io.StringIO()
         out.write(",".join(RESULT_COLUMNS) + "\n")
         for row in self.rows:
-            values = [row["step"], row["train_loss"], row["train_mean_token_accuracy"],
-                      row.get("valid_loss"), row.get("valid_mean_token_accuracy")]
-            out.write(",".join("" if v is None else (str(v) if isinstance(v, int) else f"{v:.6g}") for v in values) + "\n")
+            values = [
+                row["step"],
+                row["train_loss"],
+                row["train_mean_token_accuracy"],
+                row.get("valid_loss"),
+                row.get("valid_mean_token_accuracy"),
+            ]
+            cells = ("" if v is None else (str(v) if isinstance(v, int) else f"{v:.6g}") for v in values)
+            out.write(",".join(cells) + "\n")
         return out.getvalue().encode("utf-8")
 
-    def _finish(self, base_model: BaseModel, model_meta: Dict[str, Any], arrays: Dict[str, np.ndarray],
-                train_records, hyperparameters: Hyperparameters, started: float) -> None:
+    def _finish(
+        self,
+        engine: EngineKind,
+        base_model: BaseModel,
+        trained: TrainedModel,
+        train_records,
+        hyperparameters: Hyperparameters,
+        started: float,
+    ) -> None:
         model_id = ids.new_model_id(base_model.name, self.job.get("suffix"))
-        trained_tokens = sum(count_record_tokens(train_records, get_encoding(base_model.encoding))) * hyperparameters.n_epochs
+        tokens_per_epoch = sum(count_record_tokens(train_records, get_encoding(base_model.encoding)))
+        trained_tokens = tokens_per_epoch * hyperparameters.n_epochs
         # OpenAI serves result files base64-encoded; so does this backend
         result = self.store.create_file("step_metrics.csv", "fine-tune-results", base64.b64encode(self._result_csv()))
         checkpoints = self.job[PRIVATE].get("checkpoints", [])[-3:]
-        for number, checkpoint in enumerate(checkpoints):
+        for checkpoint in checkpoints:
             checkpoint["fine_tuned_model_checkpoint"] = f"{model_id}:ckpt-step-{checkpoint['step_number']}"
         if not checkpoints:
-            checkpoints = [{
-                "id": ids.new_id("checkpoint"), "object": "fine_tuning.job.checkpoint", "created_at": int(time.time()),
-                "fine_tuning_job_id": self.job_id, "step_number": 1, "metrics": {"step": 1.0},
-                "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-1",
-            }]
+            checkpoints = [
+                {
+                    "id": ids.new_id("checkpoint"),
+                    "object": "fine_tuning.job.checkpoint",
+                    "created_at": int(time.time()),
+                    "fine_tuning_job_id": self.job_id,
+                    "step_number": 1,
+                    "metrics": {"step": 1.0},
+                    "fine_tuned_model_checkpoint": f"{model_id}:ckpt-step-1",
+                }
+            ]
         for checkpoint in checkpoints:
             self.event(f"Checkpoint created at step {checkpoint['step_number']}")
         with self.store.locked():
             if self.store.get_job(self.job_id)["status"] == "cancelled":
                 raise TrainingCancelled()
-            model_meta.update({
-                "id": model_id,
-                "object": "model",
-                "created": int(time.time()),
-                "owned_by": ids.ORGANIZATION,
-                PRIVATE: {"job": self.job_id},
-            })
-            self.store.save_model(model_meta, arrays)
+            model_meta = dict(trained.meta)
+            model_meta.update(
+                {
+                    ENGINE_FIELD: engine.name,
+                    "id": model_id,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": ids.ORGANIZATION,
+                    PRIVATE: {"job": self.job_id},
+                }
+            )
+            self.store.save_model(model_meta, trained.arrays)
             self.event(f"New fine-tuned model created: {model_id}")
             self.event("The job has successfully completed")
             self.flush()
@@ -459,12 +415,13 @@ class JobExecution:
             def change(job: Dict[str, Any]) -> None:
                 job[PRIVATE]["checkpoints"] = checkpoints
                 job[PRIVATE]["wall_seconds"] = round(time.time() - started, 3)
-                job.update(status="succeeded", fine_tuned_model=model_id, finished_at=int(time.time()),
-                           estimated_finish=None, result_files=[result["id"]], trained_tokens=trained_tokens)
+                job.update(
+                    status="succeeded",
+                    fine_tuned_model=model_id,
+                    finished_at=int(time.time()),
+                    estimated_finish=None,
+                    result_files=[result["id"]],
+                    trained_tokens=trained_tokens,
+                )
 
             self.job = self.store.update_job(self.job_id, change)
-
-
-def _dense(features) -> np.ndarray:
-    return features.toarray() if hasattr(features, "toarray") else np.asarray(features)
-

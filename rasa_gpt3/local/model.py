@@ -1,4 +1,4 @@
-"""A fine-tuned model of the local backend at inference time: which answer, with which log-probabilities.
+"""The stand-in engine's model at inference time (see standin.py): which answer, with which log-probabilities.
 
 A classification model scores every label with its softmax head; a retrieval model scores the distinct training
 answers by the cosine similarity of their inputs to the request (softmax over similarities / RETRIEVAL_TEMPERATURE),
@@ -8,19 +8,21 @@ training answers wrote it). Each token's log-probability and top alternatives fo
 candidate answers: p(token | prefix) is the probability mass of the answers continuing the prefix with that token,
 so the log-probabilities of an answer's tokens add up to log p(answer).
 """
+
 from __future__ import annotations
 
 import math
 import os
 import threading
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.data.tokens import get_encoding
 from rasa_gpt3.local.embedder import STATE_PREFIX, get_embedder
+from rasa_gpt3.local.engines import Generation, Prompt, answer_text
 from rasa_gpt3.local.entities import add_known_values, carry_entities
 from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 
@@ -36,22 +38,8 @@ MIN_LOGPROB = -9999.0
 MAX_CANDIDATES = 64
 
 
-@dataclass
-class Generation:
-    """What the model 'generated': tokens with their log-probabilities and, per token, the top alternatives."""
-
-    tokens: List[str]
-    logprobs: List[float]
-    top: List[List[Tuple[str, float]]]
-
-    @property
-    def text(self) -> str:
-        """The generated text."""
-        return "".join(self.tokens)
-
-
 class LocalModel:
-    """A loaded fine-tuned model (metadata + arrays from the store)."""
+    """A loaded stand-in model (metadata + arrays from the store); it follows the engines.Engine protocol."""
 
     def __init__(self, meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> None:
         self.meta = meta
@@ -72,6 +60,15 @@ class LocalModel:
         self.entity_model = bool(meta.get("entity_answers"))
         self.texts: List[str] = list(meta.get("texts") or [])
         self.gazetteer = list(meta.get("gazetteer") or [])
+
+    @property
+    def context_length(self) -> int:
+        """The context size of the base model this model was fine-tuned on."""
+        return resolve_base_model(self.id).context
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the base model's encoding."""
+        return len(self._encoding.encode_ordinary(text)) if text else 0
 
     @property
     def unknown_text(self) -> str:
@@ -109,8 +106,9 @@ class LocalModel:
             ranked = [(self.unknown_text, unknown)] + [(answer, p * (1 - unknown)) for answer, p in ranked]
         return ranked
 
-    def _entity_ranking(self, text: str, ranked: List[Tuple[str, float]], nearest: Optional[int],
-                        top_similarity: float) -> List[Tuple[str, float]]:
+    def _entity_ranking(
+        self, text: str, ranked: List[Tuple[str, float]], nearest: Optional[int], top_similarity: float
+    ) -> List[Tuple[str, float]]:
         """Entity answers: the nearest example's entities carried onto `text`, plus known values found in it."""
         carried = []
         if nearest is not None:
@@ -125,10 +123,6 @@ class LocalModel:
 
     # ------------------------------------------------------------------ generation
 
-    def answer_text(self, answer: str) -> str:
-        """The full text the model writes for `answer` (completion format: leading space and stop sequence)."""
-        return answer if self.format == "chat" else " " + answer + prompts.STOP
-
     def _tokens(self, answer: str) -> List[str]:
         with self._lock:
             cached = self._token_cache.get(answer)
@@ -140,7 +134,7 @@ class LocalModel:
             if self.format == "completion":
                 tokens.append(prompts.STOP)
         else:
-            text = self.answer_text(answer)
+            text = answer_text(answer, self.format)
             pieces = [self._encoding.decode_single_token_bytes(t) for t in self._encoding.encode_ordinary(text)]
             tokens = _pieces_to_text(pieces) or [text]
         with self._lock:
@@ -149,9 +143,25 @@ class LocalModel:
             self._token_cache[answer] = tokens
         return tokens
 
-    def generate(self, text: str, top_n: int = 0, temperature: Optional[float] = None, seed: Optional[int] = None) -> Generation:
-        """The answer to the request text `text`: greedy, or sampled when `temperature` > 0."""
-        ranked = self.rank(text)
+    def request_text(self, prompt: Prompt) -> str:
+        """The text a request is matched on: the prompt read as the training records' inputs were read."""
+        if isinstance(prompt, str):
+            return prompts.record_prompt_text({"prompt": prompt, "completion": ""})
+        messages = [m for m in prompt if m["role"] != "developer"] + [{"role": "assistant", "content": ""}]
+        return prompts.record_prompt_text({"messages": messages})
+
+    def generate(
+        self,
+        prompt: Prompt,
+        *,
+        max_tokens: Optional[int] = None,
+        stops: Sequence[str] = (),
+        temperature: Optional[float] = None,
+        seed: Optional[int] = None,
+        top_logprobs: int = 0,
+    ) -> Generation:
+        """The best answer to `prompt` (sampled when `temperature` > 0); it never stops early, the handlers cut."""
+        ranked = self.rank(self.request_text(prompt))
         chosen = ranked[0]
         if temperature is not None and temperature > 0 and len(ranked) > 1:
             probabilities = np.array([p for _, p in ranked], dtype=np.float64)
@@ -173,7 +183,7 @@ class LocalModel:
                     following[candidate[position]] = following.get(candidate[position], 0.0) + probability
             total = sum(following.values()) or 1.0
             logprobs.append(_log(following.get(token, 0.0) / total))
-            ranked_next = sorted(following.items(), key=lambda item: -item[1])[: max(top_n, 1)]
+            ranked_next = sorted(following.items(), key=lambda item: -item[1])[: max(top_logprobs, 1)]
             tops.append([(candidate, _log(mass / total)) for candidate, mass in ranked_next])
             alive = [(c, p) for c, p in alive if len(c) > position and c[position] == token]
         return Generation(tokens=list(tokens), logprobs=logprobs, top=tops)
@@ -203,8 +213,12 @@ def index_arrays(features) -> Dict[str, np.ndarray]:
     """The retrieval index as storable arrays: dense rows, or a sparse matrix's CSR parts."""
     if hasattr(features, "tocsr"):
         csr = features.tocsr()
-        return {"index_data": csr.data.astype(np.float32), "index_indices": csr.indices, "index_indptr": csr.indptr,
-                "index_shape": np.array(csr.shape)}
+        return {
+            "index_data": csr.data.astype(np.float32),
+            "index_indices": csr.indices,
+            "index_indptr": csr.indptr,
+            "index_shape": np.array(csr.shape),
+        }
     return {"index": np.asarray(features, dtype=np.float32)}
 
 
@@ -214,5 +228,6 @@ def index_matrix(arrays: Dict[str, np.ndarray]):
         return arrays["index"]
     from scipy.sparse import csr_matrix
 
-    return csr_matrix((arrays["index_data"], arrays["index_indices"], arrays["index_indptr"]),
-                      shape=tuple(arrays["index_shape"]))
+    return csr_matrix(
+        (arrays["index_data"], arrays["index_indices"], arrays["index_indptr"]), shape=tuple(arrays["index_shape"])
+    )

@@ -12,6 +12,7 @@ Every file is written atomically (a reader sees the old or the new version), eve
 can share one directory. A job is trained by whichever process holds its `.lock` (an OS file lock, released when
 that process dies, so another process picks an orphaned job up again).
 """
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,9 @@ class Store:
             for folder in ("files", "jobs", "models"):
                 (self.root / folder).mkdir(parents=True, exist_ok=True)
         except OSError as error:
-            raise StateDirError(f"cannot use {self.root} as the local backend's state directory: "
-                                f"{error.strerror or error}") from None
+            raise StateDirError(
+                f"cannot use {self.root} as the local backend's state directory: {error.strerror or error}"
+            ) from None
         self._lock = FileLock(str(self.root / "state.lock"), timeout=30)
 
     @contextmanager

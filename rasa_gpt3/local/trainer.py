@@ -11,6 +11,7 @@ validation batch, and the full validation set at each epoch's end.
 Everything else (entities, responses) becomes a retrieval model: the embedded training inputs and their answers.
 It retrieves the most similar training answer; it never writes new text.
 """
+
 from __future__ import annotations
 
 import math
@@ -22,6 +23,7 @@ import numpy as np
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import BaseModel, default_epochs
 from rasa_gpt3.data.tokens import get_encoding, is_single_token
+from rasa_gpt3.local.engines import Hyperparameters, TrainingCancelled
 
 CLASSIFICATION = "classification"
 RETRIEVAL = "retrieval"
@@ -34,33 +36,12 @@ CENTROID_SCALE = 10.0
 MAX_BATCH_SIZE = 256
 
 
-class TrainingCancelled(Exception):
-    """Raised inside training when the job was cancelled from outside."""
-
-
 @dataclass(frozen=True)
 class Example:
     """One training pair: the input text the model sees and the answer it must give."""
 
     text: str
     answer: str
-
-
-@dataclass(frozen=True)
-class Hyperparameters:
-    """Resolved hyperparameters (no 'auto' left)."""
-
-    n_epochs: int
-    batch_size: int
-    learning_rate_multiplier: float
-
-    def as_dict(self) -> Dict[str, Any]:
-        """The hyperparameters as the API reports them."""
-        return {
-            "n_epochs": self.n_epochs,
-            "batch_size": self.batch_size,
-            "learning_rate_multiplier": self.learning_rate_multiplier,
-        }
 
 
 def examples_from_records(records: Sequence[Dict[str, Any]]) -> List[Example]:
@@ -93,9 +74,8 @@ def classify_data(examples: Sequence[Example], base_model: BaseModel, task: Opti
         return RETRIEVAL
     encoding = get_encoding(base_model.encoding)
     for answer in answers:
-        if not answer or not (
-            is_single_token(answer, encoding) or is_single_token(prompts.label_token(answer, base_model.format), encoding)
-        ):
+        label = prompts.label_token(answer, base_model.format)
+        if not answer or not (is_single_token(answer, encoding) or is_single_token(label, encoding)):
             return RETRIEVAL
     return CLASSIFICATION
 
@@ -136,8 +116,15 @@ def centroid_weights(features, targets: np.ndarray, n_classes: int) -> np.ndarra
 _BETA1, _BETA2, _EPSILON = 0.9, 0.999, 1e-8
 
 
-def _adam_update(param: np.ndarray, grad: np.ndarray, moment: np.ndarray, velocity: np.ndarray, step: int,
-                 learning_rate: float, rows: Optional[np.ndarray] = None) -> None:
+def _adam_update(
+    param: np.ndarray,
+    grad: np.ndarray,
+    moment: np.ndarray,
+    velocity: np.ndarray,
+    step: int,
+    learning_rate: float,
+    rows: Optional[np.ndarray] = None,
+) -> None:
     """One Adam step on `param` in place (on `rows` only when given)."""
     if rows is not None:
         m = _BETA1 * moment[rows] + (1 - _BETA1) * grad
@@ -212,8 +199,14 @@ def train_softmax_head(
                 row_grad = np.asarray(compact.T @ gradient) + WEIGHT_DECAY * weights[rows]
                 _adam_update(weights, row_grad, moments[0], velocities[0], step, learning_rate, rows)
             else:
-                _adam_update(weights, np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights, moments[0],
-                             velocities[0], step, learning_rate)
+                _adam_update(
+                    weights,
+                    np.asarray(batch.T @ gradient) + WEIGHT_DECAY * weights,
+                    moments[0],
+                    velocities[0],
+                    step,
+                    learning_rate,
+                )
             _adam_update(bias, gradient.sum(axis=0), moments[1], velocities[1], step, learning_rate)
             metrics: Dict[str, Any] = {
                 "step": step,

@@ -1,4 +1,5 @@
 """The local backend through the official openai SDK over real HTTP: the whole fine-tune flow and the API surface."""
+
 from __future__ import annotations
 
 import base64
@@ -23,19 +24,26 @@ def trained(tmp_path_factory):
     from tests.conftest import SMALL_INTENTS, _start_backend
 
     backend = _start_backend(tmp_path_factory.mktemp("api-state"))
-    chat_records = [prompts.intent_record(t, SINGLE_TOKEN_LABELS[i], "chat") for i, ts in SMALL_INTENTS.items() for t in ts]
+    chat_records = [
+        prompts.intent_record(t, SINGLE_TOKEN_LABELS[i], "chat") for i, ts in SMALL_INTENTS.items() for t in ts
+    ]
     completion_records = [prompts.intent_record(t, i, "completion") for i, ts in SMALL_INTENTS.items() for t in ts]
     valid_records = chat_records[::3]
     chat_job = backend.client.fine_tuning.jobs.create(
-        model="gpt-4o-mini", training_file=backend.upload_records(chat_records),
-        validation_file=backend.upload_records(valid_records, "valid.jsonl"), suffix="acme bot", seed=7,
+        model="gpt-4o-mini",
+        training_file=backend.upload_records(chat_records),
+        validation_file=backend.upload_records(valid_records, "valid.jsonl"),
+        suffix="acme bot",
+        seed=7,
         method={"type": "supervised", "supervised": {"hyperparameters": {"n_epochs": 4, "batch_size": 4}}},
     )
-    completion_job = backend.fine_tune(completion_records, model="babbage-002", metadata={"task": "intent"},
-                                       hyperparameters={"n_epochs": 3})
+    completion_job = backend.fine_tune(
+        completion_records, model="babbage-002", metadata={"task": "intent"}, hyperparameters={"n_epochs": 3}
+    )
     response_records = [
         prompts.response_record([prompts.Turn("user", text)], f"Answer about {intent}.", "chat")
-        for intent, texts in SMALL_INTENTS.items() for text in texts
+        for intent, texts in SMALL_INTENTS.items()
+        for text in texts
     ]
     response_job = backend.fine_tune(response_records, metadata={"unknown_text": "No idea, sorry."})
     import time
@@ -59,7 +67,9 @@ def test_fine_tune_flow_produces_a_model_with_openai_shaped_job_events_and_resul
     assert events[-1].message.startswith("Created fine-tuning job")
     metrics = [e.data for e in events if e.type == "metrics" and "train_loss" in e.data]
     assert len(metrics) == 4 * math.ceil(24 / 4)  # one per step
-    assert {"step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"} <= set(metrics[0])
+    assert {"step", "train_loss", "train_mean_token_accuracy", "valid_loss", "valid_mean_token_accuracy"} <= set(
+        metrics[0]
+    )
     steps = sorted(m["step"] for m in metrics)
     assert steps == list(range(1, len(steps) + 1))
     # the result file is base64 CSV like OpenAI's, one row per step
@@ -67,7 +77,9 @@ def test_fine_tune_flow_produces_a_model_with_openai_shaped_job_events_and_resul
     rows = list(csv.DictReader(io.StringIO(base64.b64decode(content).decode())))
     assert list(rows[0]) == ["step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy"]
     assert len(rows) == len(steps)
-    assert float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) + 1e-9 or float(rows[-1]["train_accuracy"]) >= 0.75
+    assert (
+        float(rows[-1]["train_loss"]) < float(rows[0]["train_loss"]) + 1e-9 or float(rows[-1]["train_accuracy"]) >= 0.75
+    )
     checkpoints = client.fine_tuning.jobs.checkpoints.list(job.id).data
     assert len(checkpoints) == 3 and checkpoints[0].step_number == len(steps)
     assert checkpoints[0].metrics.full_valid_loss is not None
@@ -78,7 +90,11 @@ def test_fine_tune_flow_produces_a_model_with_openai_shaped_job_events_and_resul
 def test_chat_completion_answers_the_label_with_logprobs_and_alternatives(trained):
     client, model = trained["backend"].client, trained["chat"].fine_tuned_model
     response = client.chat.completions.create(
-        model=model, temperature=0, max_tokens=1, logprobs=True, top_logprobs=3,
+        model=model,
+        temperature=0,
+        max_tokens=1,
+        logprobs=True,
+        top_logprobs=3,
         **prompts.intent_request("hi there, good morning", "chat"),
     )
     choice = response.choices[0]
@@ -96,8 +112,13 @@ def test_chat_completion_answers_the_label_with_logprobs_and_alternatives(traine
 
 def test_chat_completion_streams(trained):
     client, model = trained["backend"].client, trained["chat"].fine_tuned_model
-    stream = client.chat.completions.create(model=model, stream=True, logprobs=True, stream_options={"include_usage": True},
-                                            **prompts.intent_request("send 20 euros to my brother", "chat"))
+    stream = client.chat.completions.create(
+        model=model,
+        stream=True,
+        logprobs=True,
+        stream_options={"include_usage": True},
+        **prompts.intent_request("send 20 euros to my brother", "chat"),
+    )
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == "transfer"
@@ -108,8 +129,9 @@ def test_chat_completion_streams(trained):
 def test_legacy_completion_has_integer_logprobs_and_stops_like_openai(trained):
     client, model = trained["backend"].client, trained["completion"].fine_tuned_model
     request = prompts.intent_request("how much money is in my account", "completion")
-    stopped = client.completions.create(model=model, temperature=0, max_tokens=5, logprobs=2,
-                                        stop=prompts.stop_sequences("completion"), **request)
+    stopped = client.completions.create(
+        model=model, temperature=0, max_tokens=5, logprobs=2, stop=prompts.stop_sequences("completion"), **request
+    )
     choice = stopped.choices[0]
     assert choice.text == prompts.label_token("check_balance", "completion")
     assert prompts.clean_completion(choice.text) == "check_balance"
@@ -127,8 +149,9 @@ def test_legacy_completion_has_integer_logprobs_and_stops_like_openai(trained):
 def test_wrong_endpoint_for_the_model_format_is_refused(trained):
     client = trained["backend"].client
     with pytest.raises(openai.NotFoundError, match="not a chat model"):
-        client.chat.completions.create(model=trained["completion"].fine_tuned_model,
-                                       **prompts.intent_request("hi", "chat"))
+        client.chat.completions.create(
+            model=trained["completion"].fine_tuned_model, **prompts.intent_request("hi", "chat")
+        )
     with pytest.raises(openai.NotFoundError, match="chat model"):
         client.completions.create(model=trained["chat"].fine_tuned_model, prompt="hi")
 
@@ -136,8 +159,9 @@ def test_wrong_endpoint_for_the_model_format_is_refused(trained):
 def test_generation_data_is_retrieved_and_unknown_inputs_get_the_unknown_text(trained):
     client, model = trained["backend"].client, trained["response"].fine_tuned_model
     history = [prompts.Turn("user", "please transfer 50 dollars to Anna")]
-    answer = client.chat.completions.create(model=model, logprobs=True, top_logprobs=2,
-                                            **prompts.response_request(history, "chat"))
+    answer = client.chat.completions.create(
+        model=model, logprobs=True, top_logprobs=2, **prompts.response_request(history, "chat")
+    )
     assert answer.choices[0].message.content == "Answer about transfer_money.", answer.choices[0].logprobs
     tokens = answer.choices[0].logprobs.content
     assert tokens[0].token == "Answer" and tokens[0].logprob == 0.0  # every answer starts so
@@ -147,7 +171,8 @@ def test_generation_data_is_retrieved_and_unknown_inputs_get_the_unknown_text(tr
     assert diverging.token == " transfer" and diverging.top_logprobs[0].token == " transfer"
     assert len(diverging.top_logprobs) == 2  # the other answers' words at that position
     unknown = client.chat.completions.create(
-        model=model, **prompts.response_request([prompts.Turn("user", "quantum chromodynamics lecture notes")], "chat"))
+        model=model, **prompts.response_request([prompts.Turn("user", "quantum chromodynamics lecture notes")], "chat")
+    )
     assert unknown.choices[0].message.content == "No idea, sorry."
     capped = client.chat.completions.create(model=model, max_tokens=2, **prompts.response_request(history, "chat"))
     assert capped.choices[0].finish_reason == "length" and capped.usage.completion_tokens == 2
@@ -185,8 +210,11 @@ def small_records_for_count(n):
 def test_cancel_stops_a_job_and_delete_removes_files_and_models(local_backend, intent_records):
     client = local_backend.client
     big = intent_records("chat") * 40
-    job = client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=local_backend.upload_records(big),
-                                         hyperparameters={"n_epochs": 50, "batch_size": 1})
+    job = client.fine_tuning.jobs.create(
+        model="gpt-4o-mini",
+        training_file=local_backend.upload_records(big),
+        hyperparameters={"n_epochs": 50, "batch_size": 1},
+    )
     cancelled = client.fine_tuning.jobs.cancel(job.id)
     assert cancelled.status == "cancelled"
     import time

@@ -1,11 +1,11 @@
 """rasa_gpt3.client: which backend the factories pick, the embedded server's life, and one-line error descriptions."""
+
 from __future__ import annotations
 
 import asyncio
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -68,12 +68,21 @@ def _status_error(status, body, headers=None):
 
 
 def test_describe_api_error_is_one_line_without_key_or_text():
-    auth = _status_error(401, {"error": {"message": "Incorrect API key provided: sk-abcd1234efgh5678. See docs",
-                                         "type": "invalid_request_error", "code": "invalid_api_key"}})
+    auth = _status_error(
+        401,
+        {
+            "error": {
+                "message": "Incorrect API key provided: sk-abcd1234efgh5678. See docs",
+                "type": "invalid_request_error",
+                "code": "invalid_api_key",
+            }
+        },
+    )
     line = describe_api_error(auth)
     assert "sk-abcd" not in line and "\n" not in line and "401" in line and "API key" in line
-    limited = describe_api_error(_status_error(429, {"error": {"message": "Rate limit reached\nfor requests",
-                                                               "code": "rate_limit_exceeded"}}))
+    limited = describe_api_error(
+        _status_error(429, {"error": {"message": "Rate limit reached\nfor requests", "code": "rate_limit_exceeded"}})
+    )
     assert "\n" not in limited and "429" in limited and "rate" in limited
     assert "500" in describe_api_error(_status_error(500, {"error": {"message": "boom"}}))
     leaked = describe_api_error(_status_error(400, {"error": {"message": "bad key sk-proj-XYZ123456789abc"}}))
@@ -84,17 +93,20 @@ def test_describe_api_error_is_one_line_without_key_or_text():
 
 
 def test_describe_api_error_on_real_failures_of_the_local_backend(local_backend):
-    client = local_backend.make_client(max_retries=0, timeout=0.3,
-                                       default_headers={"X-Rasa-GPT3-Fault": "hang=5,path=/v1/chat"})
+    client = local_backend.make_client(
+        max_retries=0, timeout=0.3, default_headers={"X-Rasa-GPT3-Fault": "hang=5,path=/v1/chat"}
+    )
     secret = "my secret user message"
     with pytest.raises(openai.APITimeoutError) as error:
-        client.chat.completions.create(model="ft:gpt-4o-mini:local::abcd1234",
-                                       messages=[{"role": "user", "content": secret}])
+        client.chat.completions.create(
+            model="ft:gpt-4o-mini:local::abcd1234", messages=[{"role": "user", "content": secret}]
+        )
     line = describe_api_error(error.value)
     assert "127.0.0.1" in line and secret not in line
     with pytest.raises(openai.NotFoundError) as error:
-        local_backend.client.chat.completions.create(model="ft:gpt-4o-mini:local::abcd1234",
-                                                     messages=[{"role": "user", "content": secret}])
+        local_backend.client.chat.completions.create(
+            model="ft:gpt-4o-mini:local::abcd1234", messages=[{"role": "user", "content": secret}]
+        )
     line = describe_api_error(error.value)
     assert "404" in line and secret not in line
 
@@ -108,8 +120,24 @@ def _free_port():
 def test_local_serve_runs_standalone_with_a_token(tmp_path):
     port = _free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--port", str(port), "--state", str(tmp_path / "s"),
-         "--token", "t0ken"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "rasa_gpt3.cli",
+            "local",
+            "serve",
+            "--port",
+            str(port),
+            "--state",
+            str(tmp_path / "s"),
+            "--token",
+            "t0ken",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()
         assert f"http://127.0.0.1:{port}/v1" in line
@@ -124,20 +152,43 @@ def test_local_serve_runs_standalone_with_a_token(tmp_path):
 
 
 def test_local_serve_bad_input_is_one_line_and_non_zero(tmp_path):
-    bad = subprocess.run([sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--faults", "explode"],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        [sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--faults", "explode"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and bad.stderr.startswith("error: --faults: unknown fault")
     assert "Traceback" not in bad.stderr
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        busy = subprocess.run([sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--port", str(port),
-                               "--state", str(tmp_path / "s")], capture_output=True, text=True, timeout=60)
+        busy = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "rasa_gpt3.cli",
+                "local",
+                "serve",
+                "--port",
+                str(port),
+                "--state",
+                str(tmp_path / "s"),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
     assert busy.returncode == 1 and busy.stderr.startswith("error: cannot listen on 127.0.0.1")
     assert len(busy.stderr.strip().splitlines()) == 1
     (tmp_path / "a-file").write_text("")
-    no_dir = subprocess.run([sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--state",
-                             str(tmp_path / "a-file" / "state")], capture_output=True, text=True, timeout=60)
+    no_dir = subprocess.run(
+        [sys.executable, "-m", "rasa_gpt3.cli", "local", "serve", "--state", str(tmp_path / "a-file" / "state")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert no_dir.returncode == 1 and no_dir.stderr.startswith("error: cannot use ")
     assert "Traceback" not in no_dir.stderr

@@ -1,4 +1,5 @@
 """Fault injection, and how the official SDK's retries meet each fault (real HTTP, no monkeypatching of the SDK)."""
+
 from __future__ import annotations
 
 import time
@@ -19,7 +20,13 @@ def _client(backend, spec=None, **options):
 
 def test_parse_faults_reads_every_kind_and_rejects_nonsense():
     (fault,) = parse_faults("status=429, retry_after=0.2, first=2, p=0.5, path=/v1/chat")
-    assert (fault.status, fault.retry_after, fault.first, fault.probability, fault.path) == (429, 0.2, 2, 0.5, "/v1/chat")
+    assert (fault.status, fault.retry_after, fault.first, fault.probability, fault.path) == (
+        429,
+        0.2,
+        2,
+        0.5,
+        "/v1/chat",
+    )
     latency, drop = parse_faults("latency=0.3;drop")
     assert latency.latency == 0.3 and drop.drop and parse_faults("garbage")[0].garbage
     assert parse_faults("hang=30")[0].hang == 30
@@ -77,7 +84,8 @@ def test_dropped_connection_is_a_connection_error_after_retries(local_backend):
 def test_garbage_completion_is_neither_a_label_nor_json(local_backend, intent_records):
     job = local_backend.fine_tune(intent_records("chat"), metadata={"task": "intent"})
     response = _client(local_backend, "garbage").chat.completions.create(
-        model=job.fine_tuned_model, logprobs=True, **prompts.intent_request("hello", "chat"))
+        model=job.fine_tuned_model, logprobs=True, **prompts.intent_request("hello", "chat")
+    )
     text = response.choices[0].message.content
     assert text not in {"greet", "goodbye", "check_balance", "transfer_money"}
     with pytest.raises(ValueError):

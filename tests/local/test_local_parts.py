@@ -1,4 +1,5 @@
-"""The local backend's pure parts (no server): data kind, entity carrying, stop/max_tokens cuts, ids, hyperparameters."""
+"""The local backend's pure parts (no server): data kind, entities, stop/max_tokens cuts, ids, hyperparameters."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -6,9 +7,9 @@ import numpy as np
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.local import ids
+from rasa_gpt3.local.api.completion_request import cut_generation
 from rasa_gpt3.local.entities import add_known_values, build_gazetteer, carry_entities
 from rasa_gpt3.local.model import Generation
-from rasa_gpt3.local.server import _finish
 from rasa_gpt3.local.trainer import (
     CLASSIFICATION,
     RETRIEVAL,
@@ -35,7 +36,10 @@ def test_data_kind_follows_task_metadata_else_single_token_answers():
 def test_auto_hyperparameters_resolve_like_openai():
     assert resolve_hyperparameters({}, 24) == Hyperparameters(n_epochs=5, batch_size=1, learning_rate_multiplier=1.0)
     assert resolve_hyperparameters({"n_epochs": "auto", "batch_size": 8}, 10_000).as_dict() == {
-        "n_epochs": 2, "batch_size": 8, "learning_rate_multiplier": 1.0}
+        "n_epochs": 2,
+        "batch_size": 8,
+        "learning_rate_multiplier": 1.0,
+    }
 
 
 def test_softmax_head_learns_separable_data_and_reports_every_step():
@@ -44,8 +48,17 @@ def test_softmax_head_learns_separable_data_and_reports_every_step():
     features = np.vstack([centers[i] + 0.3 * rng.normal(size=(20, 16)) for i in range(3)]).astype(np.float32)
     targets = np.repeat(np.arange(3), 20)
     steps, epochs = [], []
-    head = train_softmax_head(features, targets, features[::4], targets[::4], 3, Hyperparameters(3, 6, 1.0), seed=1,
-                              on_step=steps.append, on_epoch=epochs.append)
+    head = train_softmax_head(
+        features,
+        targets,
+        features[::4],
+        targets[::4],
+        3,
+        Hyperparameters(3, 6, 1.0),
+        seed=1,
+        on_step=steps.append,
+        on_epoch=epochs.append,
+    )
     assert [s["step"] for s in steps] == list(range(1, 31)) and len(epochs) == 3
     predictions = (features @ head["weights"] + head["bias"]).argmax(axis=1)
     assert (predictions == targets).mean() > 0.95
@@ -64,12 +77,14 @@ def test_entities_are_carried_onto_aligned_words_and_known_values_added():
 
 
 def test_finish_cuts_at_stop_sequences_and_max_tokens():
-    generation = Generation(tokens=[" balance", " END"], logprobs=[-0.1, 0.0], top=[[(" balance", -0.1)], [(" END", 0.0)]])
-    stopped, reason = _finish(generation, [" END"], 16)
+    generation = Generation(
+        tokens=[" balance", " END"], logprobs=[-0.1, 0.0], top=[[(" balance", -0.1)], [(" END", 0.0)]]
+    )
+    stopped, reason = cut_generation(generation, [" END"], 16)
     assert (stopped.text, reason, stopped.logprobs) == (" balance", "stop", [-0.1])
-    cut, reason = _finish(generation, [], 1)
+    cut, reason = cut_generation(generation, [], 1)
     assert (cut.text, reason) == (" balance", "length")
-    partial, _ = _finish(Generation(["Hello wor", "ld"], [0.0, 0.0], [[], []]), ["wor"], None)
+    partial, _ = cut_generation(Generation(["Hello wor", "ld"], [0.0, 0.0], [[], []]), ["wor"], None)
     assert partial.text == "Hello "
 
 
@@ -89,16 +104,23 @@ def test_entity_model_through_the_api(local_backend):
         ("transfer 100 euros to John please", [("amount", "100"), ("person", "John")]),
         ("move 30 dollars to savings", [("amount", "30"), ("account", "savings")]),
         ("show my checking balance", [("account", "checking")]),
-        ("pay my rent", []), ("what is my balance", []), ("hi", []), ("bye", []), ("transfer money", []),
+        ("pay my rent", []),
+        ("what is my balance", []),
+        ("hi", []),
+        ("bye", []),
+        ("transfer money", []),
         ("I want to pay 20 dollars to Mary", [("amount", "20"), ("person", "Mary")]),
     ]
-    records = [prompts.entities_record(text, [{"entity": e, "value": v} for e, v in ents], "chat") for text, ents in data]
+    records = [
+        prompts.entities_record(text, [{"entity": e, "value": v} for e, v in ents], "chat") for text, ents in data
+    ]
     job = local_backend.fine_tune(records, metadata={"task": "entities"})
     assert job.status == "succeeded", job.error
 
     def extract(text):
-        answer = local_backend.client.chat.completions.create(model=job.fine_tuned_model,
-                                                              **prompts.entities_request(text, "chat"))
+        answer = local_backend.client.chat.completions.create(
+            model=job.fine_tuned_model, **prompts.entities_request(text, "chat")
+        )
         return [(e["entity"], e["value"]) for e in prompts.parse_entities(answer.choices[0].message.content)]
 
     assert extract("send 75 dollars to Bob") == [("amount", "75"), ("person", "Bob")]
@@ -107,15 +129,21 @@ def test_entity_model_through_the_api(local_backend):
 
 
 def test_unknown_text_of_a_response_model_comes_from_the_environment(local_backend, monkeypatch):
-    records = [prompts.response_record([prompts.Turn("user", f"what are your opening hours on day {i}")],
-                                       "We are open 9 to 5.", "chat") for i in range(10)]
+    records = [
+        prompts.response_record(
+            [prompts.Turn("user", f"what are your opening hours on day {i}")], "We are open 9 to 5.", "chat"
+        )
+        for i in range(10)
+    ]
     records += [prompts.response_record([prompts.Turn("user", "hello")], "Hi! How can I help?", "chat")]
     job = local_backend.fine_tune(records, metadata={"task": "response"})
     monkeypatch.setenv("RASA_GPT3_UNKNOWN_TEXT", "Let me get a human.")
     history = [prompts.Turn("user", "Quarterly volcanic ash dispersion models")]
-    answer = local_backend.client.chat.completions.create(model=job.fine_tuned_model,
-                                                          **prompts.response_request(history, "chat"))
+    answer = local_backend.client.chat.completions.create(
+        model=job.fine_tuned_model, **prompts.response_request(history, "chat")
+    )
     assert answer.choices[0].message.content == "Let me get a human."
     known = local_backend.client.chat.completions.create(
-        model=job.fine_tuned_model, **prompts.response_request([prompts.Turn("user", "when are you open?")], "chat"))
+        model=job.fine_tuned_model, **prompts.response_request([prompts.Turn("user", "when are you open?")], "chat")
+    )
     assert known.choices[0].message.content == "We are open 9 to 5."
