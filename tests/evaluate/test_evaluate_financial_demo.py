@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rasa_gpt3 import cli
-from rasa_gpt3.evaluate import BASELINE, FINE_TUNED, SYSTEMS
+from rasa_gpt3.evaluation.results import BASELINE, FINE_TUNED, SYSTEMS
 
 from tests.conftest import CORPORA
 FINANCIAL_DEMO = CORPORA / "financial-demo"
@@ -149,7 +149,9 @@ def test_summary_plots_and_registry_are_written_in_out(evaluation):
 
 def test_a_second_fine_tune_on_identical_data_is_reused(evaluation):
     from rasa_gpt3.data.project import load_project
-    from rasa_gpt3.evaluate import FineTunedSide, evaluation_settings, sample_shots, split_train_test
+    from rasa_gpt3.evaluation.finetuned import FineTunedSide
+    from rasa_gpt3.evaluation.runner import evaluation_settings
+    from rasa_gpt3.evaluation.samples import sample_shots, split_train_test
 
     out, results, _, _ = evaluation
     with pytest.MonkeyPatch.context() as patch:

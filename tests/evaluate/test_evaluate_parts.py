@@ -8,24 +8,21 @@ import yaml
 
 from rasa_gpt3 import cli
 from rasa_gpt3.errors import DataError, ProjectError
-from rasa_gpt3.evaluate import (
-    BASELINE,
-    FINE_TUNED,
-    EvaluationOptions,
-    FallbackRule,
-    Prediction,
-    find_out_of_scope_intent,
+from rasa_gpt3.evaluation.baseline import FallbackRule, resolve_baseline
+from rasa_gpt3.evaluation.metrics import (
     few_shot_curve,
-    full_intent,
     intent_report,
     latency_summary,
     out_of_scope_summary,
-    parse_shots,
-    plan_runs,
-    resolve_baseline,
+    summarize_predictions,
+)
+from rasa_gpt3.evaluation.results import BASELINE, FINE_TUNED, Prediction
+from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, plan_runs
+from rasa_gpt3.evaluation.samples import (
+    find_out_of_scope_intent,
+    full_intent,
     sample_shots,
     split_train_test,
-    summarize_predictions,
     text_examples,
 )
 
@@ -136,9 +133,9 @@ def test_financial_demo_pipeline_keeps_its_classifier_and_drops_what_cannot_run(
 
 
 def test_pipeline_needing_spacy_for_intents_falls_back_to_rasas_default(monkeypatch):
-    import rasa_gpt3.evaluate as evaluate
+    import rasa_gpt3.evaluation.baseline as baseline_module
 
-    monkeypatch.setattr(evaluate, "_package_missing", lambda package: package == "spacy")
+    monkeypatch.setattr(baseline_module, "_package_missing", lambda package: package == "spacy")
     config = {"language": "de", "pipeline": [{"name": "SpacyNLP", "model": "de_core_news_md"},
                                              {"name": "SpacyTokenizer"}, {"name": "SpacyFeaturizer"},
                                              {"name": "DIETClassifier"}]}
@@ -312,7 +309,7 @@ def test_billed_tokens_come_from_the_apis_usage_and_a_cache_hit_costs_nothing():
 
 def test_a_test_file_is_the_test_set_and_all_nlu_data_trains(tmp_path):
     from rasa_gpt3.data.project import load_project
-    from rasa_gpt3.evaluate import training_and_test_data
+    from rasa_gpt3.evaluation.runner import training_and_test_data
 
     project_dir = _tiny_project(tmp_path / "bot")
     test_file = tmp_path / "test_nlu.yml"

@@ -1,16 +1,32 @@
-"""What `rasa-gpt3 evaluate` shows: Markdown tables, the summary file, the few-shot curve and confusion-matrix PNGs.
+"""What `rasa-gpt3 evaluate` shows and writes: Markdown tables, summary.md, the PNGs, results.json, predictions.jsonl.
 
-Everything here reads the results document `rasa_gpt3.evaluate` builds (plain dicts) and the predictions; nothing
-here trains or calls a model. Plots use matplotlib's Agg backend (no display needed) and are written atomically.
+Everything here reads the results document `rasa_gpt3.evaluation.runner` builds (plain dicts) and the predictions;
+nothing here trains or calls a model. Plots use matplotlib's Agg backend (no display needed); every file is written
+atomically.
 """
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.atomic_files import write_atomic
-from rasa_gpt3.evaluate import ALL, BASELINE, FINE_TUNED, SYSTEMS
+from rasa_gpt3.evaluation.results import (
+    ALL,
+    BASELINE,
+    CONFUSION_PNG,
+    CURVE_PNG,
+    FINE_TUNED,
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    SYSTEMS,
+    Prediction,
+    intent_report_file,
+)
+
 # confusion-matrix cells get their count written in them up to this many labels
 ANNOTATE_UP_TO = 25
 
@@ -140,13 +156,13 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         "",
         curve_table(results),
         "",
-        "![few-shot curve](few_shot_curve.png)",
+        f"![few-shot curve]({CURVE_PNG})",
         "",
         "## Per intent",
         "",
         per_intent_table(results),
         "",
-        "![confusion matrices](confusion_matrix.png)",
+        f"![confusion matrices]({CONFUSION_PNG})",
         "",
         "## Totals",
         "",
@@ -156,8 +172,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         f"${totals['training_usd']:.4f} training + ${totals['serving_usd']:.4f} serving"
         + (" (the local backend itself is free)" if results["backend"] == "local" else "") + ".",
         "",
-        "Files: `results.json` (everything above), `predictions.jsonl` (one line per run, side and test message), "
-        "`baseline_intent_report.json` / `fine_tuned_intent_report.json` (Rasa's intent_report.json shape).",
+        f"Files: `{RESULTS_FILE}` (everything above), `{PREDICTIONS_FILE}` (one line per run, side and test message), "
+        f"`{intent_report_file(BASELINE)}` / `{intent_report_file(FINE_TUNED)}` (Rasa's intent_report.json shape).",
         "",
     ]
     return "\n".join(lines)
@@ -255,3 +271,39 @@ def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def prediction_rows(predictions: Dict[Tuple[str, int, str], List[Prediction]]) -> Iterator[Dict[str, Any]]:
+    """The lines of predictions.jsonl: one per run, side and test message."""
+    for (shots, repeat, system), items in predictions.items():
+        for p in items:
+            row = {"shots": shots, "repeat": repeat, "system": system}
+            row.update(asdict(p))
+            row["latency_ms"] = round(p.latency_ms, 3)
+            yield row
+
+
+def write_outputs(
+    out: Path, results: Dict[str, Any], predictions: Dict[Tuple[str, int, str], List[Prediction]]
+) -> Dict[str, Path]:
+    """Writes results.json, predictions.jsonl, the full run's intent reports, summary.md and the PNGs into `out`."""
+    files: Dict[str, Path] = {}
+    lines = [json.dumps(row, ensure_ascii=False) for row in prediction_rows(predictions)]
+    files["predictions"] = write_atomic(out / PREDICTIONS_FILE, "\n".join(lines) + "\n")
+    full = results["runs"][results["full_run"]]
+    for system in SYSTEMS:
+        report = json.dumps(full["systems"][system]["report"], indent=2) + "\n"
+        files[f"{system} report"] = write_atomic(out / intent_report_file(system), report)
+    files["curve plot"] = plot_curve(results, out / CURVE_PNG)
+    key = (full["shots"], full["repeat"])
+    files["confusion plot"] = plot_confusion(
+        {system: predictions[key + (system,)] for system in SYSTEMS}, out / CONFUSION_PNG,
+        title=("all training examples" if full["shots"] == ALL else f"{full['shots']} examples per intent")
+        + f" ({full['n_train']} training, {len(predictions[key + (BASELINE,)])} test messages)",
+    )
+    files["summary"] = write_atomic(out / SUMMARY_FILE, summary_markdown(results))
+    files["results"] = write_atomic(out / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return files
