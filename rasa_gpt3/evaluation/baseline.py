@@ -22,7 +22,6 @@ from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.errors import ProjectError
 from rasa_gpt3.evaluation.results import Prediction
 
-
 # ---------------------------------------------------------------------------------------------- fallback rule
 
 

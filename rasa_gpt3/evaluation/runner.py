@@ -14,20 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from rasa_gpt3.data.export import full_intent, text_examples
 from rasa_gpt3.errors import BudgetError, DataError
 from rasa_gpt3.evaluation.baseline import FallbackRule, RasaBaseline, resolve_baseline
 from rasa_gpt3.evaluation.finetuned import FineTunedModel, FineTunedSide
 from rasa_gpt3.evaluation.metrics import few_shot_curve, summarize_predictions
 from rasa_gpt3.evaluation.report import write_outputs
 from rasa_gpt3.evaluation.results import ALL, BASELINE, FINE_TUNED, RESULTS_VERSION, Prediction, shots_name
-from rasa_gpt3.evaluation.samples import (
-    find_out_of_scope_intent,
-    full_intent,
-    nlu_subset,
-    sample_shots,
-    split_train_test,
-    text_examples,
-)
+from rasa_gpt3.evaluation.samples import find_out_of_scope_intent, nlu_subset, sample_shots, split_train_test
 
 # ---------------------------------------------------------------------------------------------- options
 

@@ -4,19 +4,10 @@ from __future__ import annotations
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from rasa_gpt3.data.export import full_intent, stratified_split, text_examples
 from rasa_gpt3.errors import DataError
 
 OUT_OF_SCOPE_NAMES = ("out_of_scope", "outofscope", "out-of-scope", "oos")
-
-
-def full_intent(message: Any) -> str:
-    """The class an example belongs to: `faq/ask_x` for a retrieval intent, else its intent."""
-    return message.get("intent_response_key") or message.get("intent")
-
-
-def text_examples(nlu: Any) -> List[Any]:
-    """The NLU examples that have a text and an intent (examples from stories and the domain have no text)."""
-    return [m for m in nlu.intent_examples if (m.get("text") or "").strip()]
 
 
 def nlu_subset(examples: Sequence[Any], like: Any) -> Any:
@@ -41,8 +32,6 @@ def nlu_subset(examples: Sequence[Any], like: Any) -> Any:
 
 def split_train_test(nlu: Any, test_fraction: float, seed: int) -> Tuple[Any, Any]:
     """Stratified, seeded train/test split per full intent (export's `stratified_split`); returns two TrainingData."""
-    from rasa_gpt3.data.export import stratified_split
-
     examples = sorted(text_examples(nlu), key=lambda m: (full_intent(m), m.get("text")))
     train_idx, test_idx = stratified_split([full_intent(m) for m in examples], test_fraction, seed)
     train = [examples[i] for i in sorted(train_idx)]

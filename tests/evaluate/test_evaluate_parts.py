@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from rasa_gpt3 import cli
+from rasa_gpt3.data.export import full_intent, text_examples
 from rasa_gpt3.errors import DataError, ProjectError
 from rasa_gpt3.evaluation.baseline import FallbackRule, resolve_baseline
 from rasa_gpt3.evaluation.metrics import (
@@ -18,13 +19,7 @@ from rasa_gpt3.evaluation.metrics import (
 )
 from rasa_gpt3.evaluation.results import BASELINE, FINE_TUNED, Prediction
 from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, plan_runs
-from rasa_gpt3.evaluation.samples import (
-    find_out_of_scope_intent,
-    full_intent,
-    sample_shots,
-    split_train_test,
-    text_examples,
-)
+from rasa_gpt3.evaluation.samples import find_out_of_scope_intent, sample_shots, split_train_test
 
 FINANCIAL_DEMO = Path(__file__).resolve().parents[1].parent.parent / "shared" / "corpora" / "financial-demo"
 
