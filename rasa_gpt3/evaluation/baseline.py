@@ -18,6 +18,8 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence
 from urllib.parse import urlparse
 
+from rasa.core.constants import DEFAULT_NLU_FALLBACK_AMBIGUITY_THRESHOLD, DEFAULT_NLU_FALLBACK_THRESHOLD
+
 from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.errors import ProjectError
 from rasa_gpt3.evaluation.results import Prediction
@@ -27,29 +29,42 @@ from rasa_gpt3.evaluation.results import Prediction
 
 @dataclass(frozen=True)
 class FallbackRule:
-    """FallbackClassifier's decision: top confidence below `threshold`, or top two closer than `ambiguity_threshold`."""
+    """When the bot's FallbackClassifier would predict nlu_fallback: its threshold and ambiguity threshold."""
 
-    threshold: float
-    ambiguity_threshold: float = 0.1
+    threshold: float = DEFAULT_NLU_FALLBACK_THRESHOLD
+    ambiguity_threshold: float = DEFAULT_NLU_FALLBACK_AMBIGUITY_THRESHOLD
 
     def applies(self, confidence: float, ranking: Sequence[Dict[str, Any]]) -> bool:
-        """Whether the bot would predict nlu_fallback for this top confidence and ranking."""
-        if confidence < self.threshold:
-            return True
-        if len(ranking) >= 2:
-            first = float(ranking[0].get("confidence", 1.0))
-            second = float(ranking[1].get("confidence", 1.0))
-            return first - second < self.ambiguity_threshold
-        return False
+        """Whether the bot would predict nlu_fallback here; Rasa's own FallbackClassifier decides."""
+        from rasa.nlu.classifiers.fallback_classifier import (
+            AMBIGUITY_THRESHOLD_KEY,
+            THRESHOLD_KEY,
+            FallbackClassifier,
+            is_fallback_classifier_prediction,
+        )
+        from rasa.shared.nlu.constants import INTENT, INTENT_NAME_KEY, INTENT_RANKING_KEY, PREDICTED_CONFIDENCE_KEY
+        from rasa.shared.nlu.training_data.message import Message
+
+        config = {THRESHOLD_KEY: self.threshold, AMBIGUITY_THRESHOLD_KEY: self.ambiguity_threshold}
+        # no intent name, so only the classifier can make the prediction nlu_fallback; a copy of the ranking because
+        # the classifier puts its fallback intent in front of it
+        message = Message({INTENT: {INTENT_NAME_KEY: None, PREDICTED_CONFIDENCE_KEY: confidence},
+                           INTENT_RANKING_KEY: list(ranking)})
+        FallbackClassifier(config).process([message])
+        return is_fallback_classifier_prediction(message.data)
 
     @classmethod
     def from_pipeline(cls, pipeline: Sequence[Dict[str, Any]]) -> Optional["FallbackRule"]:
         """The rule of the pipeline's FallbackClassifier (Rasa's defaults for missing keys); None without one."""
+        from rasa.nlu.classifiers.fallback_classifier import AMBIGUITY_THRESHOLD_KEY, THRESHOLD_KEY
+
         for component in pipeline or []:
-            if isinstance(component, dict) and str(component.get("name", "")).split(".")[-1] == "FallbackClassifier":
+            if isinstance(component, dict) and _short_name(component) == "FallbackClassifier":
                 return cls(
-                    threshold=float(component.get("threshold", 0.3)),
-                    ambiguity_threshold=float(component.get("ambiguity_threshold", 0.1)),
+                    threshold=float(component.get(THRESHOLD_KEY, DEFAULT_NLU_FALLBACK_THRESHOLD)),
+                    ambiguity_threshold=float(
+                        component.get(AMBIGUITY_THRESHOLD_KEY, DEFAULT_NLU_FALLBACK_AMBIGUITY_THRESHOLD)
+                    ),
                 )
         return None
 
