@@ -193,7 +193,9 @@ def resolve_baseline(project_config: Optional[Dict[str, Any]], baseline: Optiona
         source = "the project's config.yml"
     language = str(config.get("language") or "en")
     if not config.get("pipeline"):
-        return BaselineConfig(rasa_default_config(language), "Rasa's default pipeline (the project's config.yml has none)")
+        return BaselineConfig(
+            rasa_default_config(language), "Rasa's default pipeline (the project's config.yml has none)"
+        )
 
     kept: List[Dict[str, Any]] = []
     dropped: List[Dict[str, str]] = []
@@ -216,7 +218,8 @@ def resolve_baseline(project_config: Optional[Dict[str, Any]], baseline: Optiona
     if blocking:
         return BaselineConfig(
             rasa_default_config(language),
-            f"Rasa's default pipeline, because the project's pipeline needs what is missing here: {', '.join(blocking)}",
+            "Rasa's default pipeline, because the project's pipeline needs what is missing here: "
+            + ", ".join(blocking),
         )
     if not any(_is_intent_classifier(c) for c in kept):
         if baseline is not None:
@@ -273,7 +276,7 @@ def _first_line(text: str) -> str:
 
 
 class RasaBaseline:
-    """Trains the baseline pipeline with Rasa's `train_nlu` and predicts through the loaded model, one message at a time."""
+    """Trains the baseline pipeline with Rasa's `train_nlu` and asks the loaded model one message at a time."""
 
     def __init__(self, baseline: BaselineConfig, domain: Any, work_dir: Path, fallback: Optional[FallbackRule]):
         self.baseline = baseline
@@ -302,7 +305,9 @@ class RasaBaseline:
                     domain=str(domain_path) if domain_path else None,
                 )
         except (RasaException, ValueError, KeyError) as error:
-            raise ProjectError(f"Rasa could not train the baseline ({self.baseline.source}): {_first_line(error)}") from None
+            raise ProjectError(
+                f"Rasa could not train the baseline ({self.baseline.source}): {_first_line(error)}"
+            ) from None
         if not model:
             raise ProjectError(f"Rasa trained no baseline model from {nlu_path}")
         return Path(model)

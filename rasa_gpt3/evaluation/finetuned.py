@@ -41,13 +41,16 @@ class FineTunedSide:
         self.fallback = fallback
         # a request's own timeout rather than the component's 2 s budget, so latency is measured, not cut off; no
         # cache (every message is a real call) and no breaker (five failures in a row stop the evaluation instead)
-        self.caller = BoundedCaller(settings, CallPolicy(timeout=settings.timeout, cache_size=0, breaker_failures=10**9))
+        policy = CallPolicy(timeout=settings.timeout, cache_size=0, breaker_failures=10**9)
+        self.caller = BoundedCaller(settings, policy)
 
     def export(self, train_data: Any, seed: int) -> Any:
         """The intent fine-tune records of `train_data`, all for training (ExportedTask)."""
         from rasa_gpt3.data.export import export_task
 
-        return export_task("intent", train_data, fmt=self.fmt, base_model=self.base_model, valid_fraction=0.0, seed=seed)
+        return export_task(
+            "intent", train_data, fmt=self.fmt, base_model=self.base_model, valid_fraction=0.0, seed=seed
+        )
 
     def estimate(self, exported: Any, test_texts: Sequence[str]) -> Tuple[float, float]:
         """(training USD, serving USD for classifying `test_texts`) at the base model's prices."""
@@ -102,16 +105,19 @@ class FineTunedSide:
             failures_in_a_row = failures_in_a_row + 1 if failed else 0
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
                 raise BackendError(
-                    f"{MAX_FAILURES_IN_A_ROW} calls to {model.model} failed in a row ({result.outcome}: {result.error}); "
-                    "evaluation stopped"
+                    f"{MAX_FAILURES_IN_A_ROW} calls to {model.model} failed in a row "
+                    f"({result.outcome}: {result.error}); evaluation stopped"
                 )
+            falls_back = (not result.decided) or bool(
+                self.fallback and self.fallback.applies(result.confidence, result.ranking)
+            )
             predictions.append(Prediction(
                 text=text,
                 intent=example.get("intent"),
                 predicted=str(result.intent),
                 confidence=float(result.confidence),
                 latency_ms=elapsed,
-                fallback=(not result.decided) or bool(self.fallback and self.fallback.applies(result.confidence, result.ranking)),
+                fallback=falls_back,
                 outcome=result.outcome,
                 # the API's usage; counted here only for a server that reports none
                 prompt_tokens=0 if failed else (result.prompt_tokens or tokens),

@@ -1,4 +1,4 @@
-"""The numbers of an evaluation: Rasa's intent report, latency percentiles, out-of-scope handling, the few-shot curve."""
+"""The numbers of an evaluation: Rasa's intent report, latency percentiles, out-of-scope handling, few-shot curve."""
 from __future__ import annotations
 
 import statistics
@@ -9,7 +9,7 @@ from rasa_gpt3.evaluation.results import SYSTEMS, Prediction
 
 
 def intent_report(targets: Sequence[str], predicted: Sequence[str]) -> Dict[str, Any]:
-    """Per-intent precision/recall/F1/support with `confused_with`, plus accuracy and averages: Rasa's intent_report.json."""
+    """Per-intent precision/recall/F1/support with `confused_with`, accuracy and averages: Rasa's intent_report.json."""
     # Rasa's own report code (sklearn's classification_report, completed and annotated the way `rasa test nlu` does)
     from rasa.nlu.test import _calculate_report
 
@@ -34,7 +34,7 @@ def latency_summary(latencies_ms: Sequence[float]) -> Dict[str, float]:
 
 
 def out_of_scope_summary(predictions: Sequence[Prediction], oos_intent: str) -> Dict[str, Any]:
-    """How well out-of-scope messages are rejected (predicted as `oos_intent` or falling back) and in-scope ones kept."""
+    """How well out-of-scope messages are rejected (predicted as `oos_intent` or fallen back) and in-scope ones kept."""
     def rejected(p: Prediction) -> bool:
         return p.predicted == oos_intent or p.fallback
 

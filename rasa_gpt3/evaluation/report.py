@@ -60,7 +60,9 @@ def curve_table(results: Dict[str, Any]) -> str:
         cells = [value, f"{first['n_train']:g}", str(first["repeats"])]
         for metric in ("accuracy", "macro_f1"):
             for row in (base, tuned):
-                cells.append("–" if row is None else _mean_std(row[f"{metric}_mean"], row[f"{metric}_std"], row["repeats"]))
+                cells.append(
+                    "–" if row is None else _mean_std(row[f"{metric}_mean"], row[f"{metric}_std"], row["repeats"])
+                )
         rows.append(cells)
     header = ["examples per intent", "training examples", "repeats", "baseline accuracy", "fine-tuned accuracy",
               "baseline macro-F1", "fine-tuned macro-F1"]
@@ -133,7 +135,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         f"# Evaluation of {results['project']['name']}: fine-tuned model vs. the bot's own pipeline",
         "",
         f"- command: `{results['command']}`" if results.get("command") else "- command: (library call)",
-        f"- fine-tuned side: {results['base_model']} ({results['format']} format) on the **{results['backend']}** backend",
+        f"- fine-tuned side: {results['base_model']} ({results['format']} format) "
+        f"on the **{results['backend']}** backend",
         f"- baseline: {results['baseline']['source']}",
     ]
     for dropped in results["baseline"]["dropped"]:
@@ -141,8 +144,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     lines += [
         f"- test set: {data['test']} messages ({data['test_source']}); training pool: {data['train_pool']} "
         f"examples of {data['intents']} intents",
-        *([f"- **{data['test_in_training']} test messages are also in the training pool**; their scores flatter both sides"]
-          if data.get("test_in_training") else []),
+        *([f"- **{data['test_in_training']} test messages are also in the training pool**; "
+           "their scores flatter both sides"] if data.get("test_in_training") else []),
         f"- out-of-scope intent: {data['out_of_scope_intent'] or 'none in the data'}",
         "- fallback rule (both sides): "
         + (f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
@@ -245,7 +248,9 @@ def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str
     labels = sorted({p.intent for items in predictions.values() for p in items}
                     | {p.predicted for items in predictions.values() for p in items})
     size = max(6.0, 0.17 * len(labels) + 2)
-    figure, axes = plt.subplots(1, len(predictions), figsize=(size * len(predictions) + 2, size), constrained_layout=True)
+    figure, axes = plt.subplots(
+        1, len(predictions), figsize=(size * len(predictions) + 2, size), constrained_layout=True
+    )
     if len(predictions) == 1:
         axes = [axes]
     for axis, (system, items) in zip(axes, predictions.items()):

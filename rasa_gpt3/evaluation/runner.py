@@ -181,7 +181,7 @@ class Evaluation:
 
 
 def evaluation_settings(out: Path) -> Any:
-    """Settings whose registry (`<out>/gpt3_models.yml`) and local backend state (`<out>/.rasa_gpt3/local`) are in `out`."""
+    """Settings that keep the registry and the local backend state in `out` (gpt3_models.yml, .rasa_gpt3/local)."""
     from rasa_gpt3.settings import Settings
 
     return Settings.from_env(out)
@@ -194,7 +194,7 @@ def _progress_bar(enabled: bool, **options: Any) -> Any:
 
 
 def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostPlan], bool]] = None) -> Evaluation:
-    """Runs the whole evaluation and writes results.json, predictions.jsonl, summary.md and the plots into `options.out`.
+    """Runs the whole evaluation and writes results.json, predictions.jsonl, summary.md and plots into `options.out`.
 
     `confirm` is asked before anything is spent on a remote API; without it (or when it says no) a remote run is
     refused with BudgetError. Raises ProjectError, DataError, BackendError or BudgetError with one line.
