@@ -3,6 +3,7 @@
 Here too: the pruning that makes the pipeline runnable on this machine, and the FallbackClassifier rule by which both
 sides are judged.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -48,13 +49,14 @@ class FallbackRule:
         config = {THRESHOLD_KEY: self.threshold, AMBIGUITY_THRESHOLD_KEY: self.ambiguity_threshold}
         # no intent name, so only the classifier can make the prediction nlu_fallback; a copy of the ranking because
         # the classifier puts its fallback intent in front of it
-        message = Message({INTENT: {INTENT_NAME_KEY: None, PREDICTED_CONFIDENCE_KEY: confidence},
-                           INTENT_RANKING_KEY: list(ranking)})
+        message = Message(
+            {INTENT: {INTENT_NAME_KEY: None, PREDICTED_CONFIDENCE_KEY: confidence}, INTENT_RANKING_KEY: list(ranking)}
+        )
         FallbackClassifier(config).process([message])
         return is_fallback_classifier_prediction(message.data)
 
     @classmethod
-    def from_pipeline(cls, pipeline: Sequence[Dict[str, Any]]) -> Optional["FallbackRule"]:
+    def from_pipeline(cls, pipeline: Sequence[Dict[str, Any]]) -> Optional[FallbackRule]:
         """The rule of the pipeline's FallbackClassifier (Rasa's defaults for missing keys); None without one."""
         from rasa.nlu.classifiers.fallback_classifier import AMBIGUITY_THRESHOLD_KEY, THRESHOLD_KEY
 
@@ -73,17 +75,34 @@ class FallbackRule:
 
 
 _ENTITY_ONLY = {
-    "DucklingEntityExtractor", "SpacyEntityExtractor", "MitieEntityExtractor", "CRFEntityExtractor",
-    "RegexEntityExtractor", "EntitySynonymMapper", "SpacyNLP", "MitieNLP",
+    "DucklingEntityExtractor",
+    "SpacyEntityExtractor",
+    "MitieEntityExtractor",
+    "CRFEntityExtractor",
+    "RegexEntityExtractor",
+    "EntitySynonymMapper",
+    "SpacyNLP",
+    "MitieNLP",
 }
 # components that need a Python package Rasa does not install by default
 _NEEDS_PACKAGE = {
-    "SpacyNLP": "spacy", "SpacyTokenizer": "spacy", "SpacyFeaturizer": "spacy", "SpacyEntityExtractor": "spacy",
-    "MitieNLP": "mitie", "MitieTokenizer": "mitie", "MitieFeaturizer": "mitie", "MitieEntityExtractor": "mitie",
-    "MitieIntentClassifier": "mitie", "JiebaTokenizer": "jieba", "LanguageModelFeaturizer": "transformers",
+    "SpacyNLP": "spacy",
+    "SpacyTokenizer": "spacy",
+    "SpacyFeaturizer": "spacy",
+    "SpacyEntityExtractor": "spacy",
+    "MitieNLP": "mitie",
+    "MitieTokenizer": "mitie",
+    "MitieFeaturizer": "mitie",
+    "MitieEntityExtractor": "mitie",
+    "MitieIntentClassifier": "mitie",
+    "JiebaTokenizer": "jieba",
+    "LanguageModelFeaturizer": "transformers",
 }
 _INTENT_CLASSIFIERS = {
-    "DIETClassifier", "LogisticRegressionClassifier", "SklearnIntentClassifier", "KeywordIntentClassifier",
+    "DIETClassifier",
+    "LogisticRegressionClassifier",
+    "SklearnIntentClassifier",
+    "KeywordIntentClassifier",
     "MitieIntentClassifier",
 }
 
@@ -301,7 +320,10 @@ class RasaBaseline:
         try:
             with quiet_rasa(self.work_dir):
                 model = train_nlu(
-                    str(config_path), str(nlu_path), str(run_dir / "models"), fixed_model_name="baseline",
+                    str(config_path),
+                    str(nlu_path),
+                    str(run_dir / "models"),
+                    fixed_model_name="baseline",
                     domain=str(domain_path) if domain_path else None,
                 )
         except (RasaException, ValueError, KeyError) as error:
@@ -334,13 +356,15 @@ class RasaBaseline:
             intent = result.get("intent") or {}
             ranking = result.get("intent_ranking") or []
             confidence = float(intent.get("confidence") or 0.0)
-            predictions.append(Prediction(
-                text=text,
-                intent=example.get("intent"),
-                predicted=str(intent.get("name")),
-                confidence=confidence,
-                latency_ms=elapsed,
-                fallback=bool(self.fallback and self.fallback.applies(confidence, ranking)),
-            ))
+            predictions.append(
+                Prediction(
+                    text=text,
+                    intent=example.get("intent"),
+                    predicted=str(intent.get("name")),
+                    confidence=confidence,
+                    latency_ms=elapsed,
+                    fallback=bool(self.fallback and self.fallback.applies(confidence, ranking)),
+                )
+            )
             bar.update(1)
         return predictions

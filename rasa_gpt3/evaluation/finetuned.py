@@ -1,4 +1,5 @@
 """The fine-tuned side: export the k-shot data, fine-tune (or reuse) a model on it, and ask it about each message."""
+
 from __future__ import annotations
 
 import time
@@ -29,8 +30,15 @@ class FineTunedModel:
 class FineTunedSide:
     """Exports the k-shot data, fine-tunes (or reuses) a model on it, and asks it about each test message."""
 
-    def __init__(self, settings: Any, project_name: str, base_model: Optional[str], fmt: Optional[str],
-                 epochs: Optional[int], fallback: Optional[FallbackRule]):
+    def __init__(
+        self,
+        settings: Any,
+        project_name: str,
+        base_model: Optional[str],
+        fmt: Optional[str],
+        epochs: Optional[int],
+        fallback: Optional[FallbackRule],
+    ):
         from rasa_gpt3.inference import BoundedCaller, CallPolicy
 
         self.settings = settings
@@ -68,17 +76,26 @@ class FineTunedSide:
 
         started = time.perf_counter()
         outcome = ensure_fine_tuned(
-            self.settings, exported, project_name=self.project_name, epochs=self.epochs, seed=seed,
+            self.settings,
+            exported,
+            project_name=self.project_name,
+            epochs=self.epochs,
+            seed=seed,
             suffix=default_suffix(f"eval-{self.project_name}"),
         )
-        intent_model = IntentModel(model=outcome.model, fmt=exported.fmt, labels=dict(exported.codec.labels),
-                                   fallback_intent=NLU_FALLBACK)
+        intent_model = IntentModel(
+            model=outcome.model, fmt=exported.fmt, labels=dict(exported.codec.labels), fallback_intent=NLU_FALLBACK
+        )
         if self.settings.uses_local_backend:
             # the local backend loads a model on its first request; that is not a serving latency
             self.caller.warm_up(outcome.model, intent_model.request_body("hello"))
         return FineTunedModel(
-            model=outcome.model, intent_model=intent_model, job_id=outcome.job_id, reused=outcome.reused,
-            trained_tokens=outcome.estimate.trained_tokens, training_usd=outcome.estimate.usd,
+            model=outcome.model,
+            intent_model=intent_model,
+            job_id=outcome.job_id,
+            reused=outcome.reused,
+            trained_tokens=outcome.estimate.trained_tokens,
+            training_usd=outcome.estimate.usd,
             seconds=time.perf_counter() - started,
         )
 
@@ -111,17 +128,19 @@ class FineTunedSide:
             falls_back = (not result.decided) or bool(
                 self.fallback and self.fallback.applies(result.confidence, result.ranking)
             )
-            predictions.append(Prediction(
-                text=text,
-                intent=example.get("intent"),
-                predicted=str(result.intent),
-                confidence=float(result.confidence),
-                latency_ms=elapsed,
-                fallback=falls_back,
-                outcome=result.outcome,
-                # the API's usage; counted here only for a server that reports none
-                prompt_tokens=0 if failed else (result.prompt_tokens or tokens),
-                completion_tokens=0 if failed else (result.completion_tokens or 1),
-            ))
+            predictions.append(
+                Prediction(
+                    text=text,
+                    intent=example.get("intent"),
+                    predicted=str(result.intent),
+                    confidence=float(result.confidence),
+                    latency_ms=elapsed,
+                    fallback=falls_back,
+                    outcome=result.outcome,
+                    # the API's usage; counted here only for a server that reports none
+                    prompt_tokens=0 if failed else (result.prompt_tokens or tokens),
+                    completion_tokens=0 if failed else (result.completion_tokens or 1),
+                )
+            )
             bar.update(1)
         return predictions

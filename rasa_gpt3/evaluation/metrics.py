@@ -1,4 +1,5 @@
 """The numbers of an evaluation: Rasa's intent report, latency percentiles, out-of-scope handling, few-shot curve."""
+
 from __future__ import annotations
 
 import statistics
@@ -35,6 +36,7 @@ def latency_summary(latencies_ms: Sequence[float]) -> Dict[str, float]:
 
 def out_of_scope_summary(predictions: Sequence[Prediction], oos_intent: str) -> Dict[str, Any]:
     """How well out-of-scope messages are rejected (predicted as `oos_intent` or fallen back) and in-scope ones kept."""
+
     def rejected(p: Prediction) -> bool:
         return p.predicted == oos_intent or p.fallback
 
@@ -108,9 +110,16 @@ def few_shot_curve(runs: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
                 continue
             accuracy = mean_and_std([m["accuracy"] for m in metrics])
             macro_f1 = mean_and_std([m["macro_f1"] for m in metrics])
-            rows.append({
-                "shots": shots, "system": system, "repeats": len(metrics), "n_train": round(n_train, 1),
-                "accuracy_mean": round(accuracy[0], 6), "accuracy_std": round(accuracy[1], 6),
-                "macro_f1_mean": round(macro_f1[0], 6), "macro_f1_std": round(macro_f1[1], 6),
-            })
+            rows.append(
+                {
+                    "shots": shots,
+                    "system": system,
+                    "repeats": len(metrics),
+                    "n_train": round(n_train, 1),
+                    "accuracy_mean": round(accuracy[0], 6),
+                    "accuracy_std": round(accuracy[1], 6),
+                    "macro_f1_mean": round(macro_f1[0], 6),
+                    "macro_f1_std": round(macro_f1[1], 6),
+                }
+            )
     return rows

@@ -4,6 +4,7 @@ Everything here reads the results document `rasa_gpt3.evaluation.runner` builds 
 nothing here trains or calls a model. Plots use matplotlib's Agg backend (no display needed); every file is written
 atomically.
 """
+
 from __future__ import annotations
 
 import io
@@ -64,8 +65,15 @@ def curve_table(results: Dict[str, Any]) -> str:
                     "–" if row is None else _mean_std(row[f"{metric}_mean"], row[f"{metric}_std"], row["repeats"])
                 )
         rows.append(cells)
-    header = ["examples per intent", "training examples", "repeats", "baseline accuracy", "fine-tuned accuracy",
-              "baseline macro-F1", "fine-tuned macro-F1"]
+    header = [
+        "examples per intent",
+        "training examples",
+        "repeats",
+        "baseline accuracy",
+        "fine-tuned accuracy",
+        "baseline macro-F1",
+        "fine-tuned macro-F1",
+    ]
     return _table(header, rows)
 
 
@@ -101,8 +109,11 @@ def full_run_table(results: Dict[str, Any]) -> str:
     ]
     shots = run["shots"]
     title = "all training examples" if shots == ALL else f"{shots} examples per intent"
-    header = [f"{title} ({run['n_train']} training, {base['n_test']} test)", BASELINE,
-              f"{FINE_TUNED} ({results['base_model']})"]
+    header = [
+        f"{title} ({run['n_train']} training, {base['n_test']} test)",
+        BASELINE,
+        f"{FINE_TUNED} ({results['base_model']})",
+    ]
     return _table(header, rows, ["---", "---:", "---:"])
 
 
@@ -114,8 +125,11 @@ def per_intent_table(results: Dict[str, Any]) -> str:
     """Per-intent support and precision/recall/F1 of both sides in the run with the most data."""
     run = results["runs"][results["full_run"]]
     reports = {system: run["systems"][system]["report"] for system in SYSTEMS}
-    intents = sorted(name for name, row in reports[BASELINE].items() if isinstance(row, dict) and "support" in row
-                     and name not in ("macro avg", "weighted avg", "micro avg"))
+    intents = sorted(
+        name
+        for name, row in reports[BASELINE].items()
+        if isinstance(row, dict) and "support" in row and name not in ("macro avg", "weighted avg", "micro avg")
+    )
     rows = []
     for intent in intents:
         cells = [intent, str(int(reports[BASELINE][intent]["support"]))]
@@ -144,12 +158,21 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     lines += [
         f"- test set: {data['test']} messages ({data['test_source']}); training pool: {data['train_pool']} "
         f"examples of {data['intents']} intents",
-        *([f"- **{data['test_in_training']} test messages are also in the training pool**; "
-           "their scores flatter both sides"] if data.get("test_in_training") else []),
+        *(
+            [
+                f"- **{data['test_in_training']} test messages are also in the training pool**; "
+                "their scores flatter both sides"
+            ]
+            if data.get("test_in_training")
+            else []
+        ),
         f"- out-of-scope intent: {data['out_of_scope_intent'] or 'none in the data'}",
         "- fallback rule (both sides): "
-        + (f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
-           if fallback else "none (no FallbackClassifier configured)"),
+        + (
+            f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
+            if fallback
+            else "none (no FallbackClassifier configured)"
+        ),
         "",
         "## Side by side",
         "",
@@ -173,7 +196,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens, "
         f"{totals['trained_tokens']:,} trained tokens; at {results['base_model']} prices: "
         f"${totals['training_usd']:.4f} training + ${totals['serving_usd']:.4f} serving"
-        + (" (the local backend itself is free)" if results["backend"] == "local" else "") + ".",
+        + (" (the local backend itself is free)" if results["backend"] == "local" else "")
+        + ".",
         "",
         f"Files: `{RESULTS_FILE}` (everything above), `{PREDICTIONS_FILE}` (one line per run, side and test message), "
         f"`{intent_report_file(BASELINE)}` / `{intent_report_file(FINE_TUNED)}` (Rasa's intent_report.json shape).",
@@ -245,8 +269,10 @@ def confusion_counts(targets: Sequence[str], predicted: Sequence[str], labels: S
 def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str = "") -> Path:
     """Both sides' confusion matrices (true intent by row, predicted by column) next to each other."""
     plt = _pyplot()
-    labels = sorted({p.intent for items in predictions.values() for p in items}
-                    | {p.predicted for items in predictions.values() for p in items})
+    labels = sorted(
+        {p.intent for items in predictions.values() for p in items}
+        | {p.predicted for items in predictions.values() for p in items}
+    )
     size = max(6.0, 0.17 * len(labels) + 2)
     figure, axes = plt.subplots(
         1, len(predictions), figsize=(size * len(predictions) + 2, size), constrained_layout=True
@@ -271,8 +297,15 @@ def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str
             for i, row in enumerate(matrix):
                 for j, count in enumerate(row):
                     if count:
-                        axis.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                                  color="white" if shares[i][j] > 0.5 else "black")
+                        axis.text(
+                            j,
+                            i,
+                            str(count),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if shares[i][j] > 0.5 else "black",
+                        )
     if title:
         figure.suptitle(title)
     return _save(figure, path)
@@ -305,7 +338,8 @@ def write_outputs(
     files["curve plot"] = plot_curve(results, out / CURVE_PNG)
     key = (full["shots"], full["repeat"])
     files["confusion plot"] = plot_confusion(
-        {system: predictions[key + (system,)] for system in SYSTEMS}, out / CONFUSION_PNG,
+        {system: predictions[key + (system,)] for system in SYSTEMS},
+        out / CONFUSION_PNG,
         title=("all training examples" if full["shots"] == ALL else f"{full['shots']} examples per intent")
         + f" ({full['n_train']} training, {len(predictions[key + (BASELINE,)])} test messages)",
     )

@@ -1,4 +1,5 @@
 """The vocabulary every part of `rasa-gpt3 evaluate` shares: the two sides, `all`, the file names, a `Prediction`."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

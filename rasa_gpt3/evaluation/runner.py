@@ -1,4 +1,5 @@
 """Runs `rasa-gpt3 evaluate`: the options, the plan of runs and what it would cost, both sides per run, the results."""
+
 from __future__ import annotations
 
 import contextlib
@@ -80,8 +81,12 @@ class EvaluationOptions:
             parts += ["--test-fraction", f"{self.test_fraction:g}"]
         if self.seed != 42:
             parts += ["--seed", str(self.seed)]
-        for flag, value in (("--base-model", self.base_model), ("--format", self.fmt), ("--epochs", self.epochs),
-                            ("--out-of-scope-intent", self.out_of_scope_intent)):
+        for flag, value in (
+            ("--base-model", self.base_model),
+            ("--format", self.fmt),
+            ("--epochs", self.epochs),
+            ("--out-of-scope-intent", self.out_of_scope_intent),
+        ):
             if value is not None:
                 parts += [flag, str(value)]
         parts += ["--out", str(self.out)]
@@ -107,8 +112,9 @@ def training_and_test_data(project: Any, options: EvaluationOptions) -> Tuple[An
 
     if options.test_file is not None:
         test_project = load_project(options.project, data=options.test_file)
-        train_pool = nlu_subset(sorted(text_examples(project.nlu), key=lambda m: (full_intent(m), m.get("text"))),
-                                project.nlu)
+        train_pool = nlu_subset(
+            sorted(text_examples(project.nlu), key=lambda m: (full_intent(m), m.get("text"))), project.nlu
+        )
         test_examples = text_examples(test_project.nlu)
         test_source = f"--test-file {options.test_file}"
     else:
@@ -222,8 +228,9 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     oos_intent = find_out_of_scope_intent(intents, options.out_of_scope_intent)
 
     baseline = resolve_baseline(project.config if options.baseline is None else None, options.baseline)
-    fallback = (FallbackRule.from_pipeline(baseline.config.get("pipeline"))
-                or FallbackRule.from_pipeline((project.config or {}).get("pipeline")))
+    fallback = FallbackRule.from_pipeline(baseline.config.get("pipeline")) or FallbackRule.from_pipeline(
+        (project.config or {}).get("pipeline")
+    )
 
     runs = plan_runs(options.shots, options.repeats, options.seed)
     fine_tuned = FineTunedSide(settings, project.name, options.base_model, options.fmt, options.epochs, fallback)
@@ -248,23 +255,46 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
                 started = time.perf_counter()
                 model_path = rasa_side.train(sample, run.name)
                 baseline_seconds = time.perf_counter() - started
-                with _progress_bar(options.progress, total=len(test_examples), desc=f"{run.name} {BASELINE}",
-                                   unit="msg", leave=False, position=1) as bar:
+                with _progress_bar(
+                    options.progress,
+                    total=len(test_examples),
+                    desc=f"{run.name} {BASELINE}",
+                    unit="msg",
+                    leave=False,
+                    position=1,
+                ) as bar:
                     baseline_predictions = rasa_side.predict(model_path, test_examples, bar)
                 shutil.rmtree(work_dir / run.name, ignore_errors=True)
 
                 overall.set_description(f"{run.name}: fine-tuning")
                 model = fine_tuned.train(exports[run], run.seed)
                 calls_before = fine_tuned.caller.calls_sent
-                with _progress_bar(options.progress, total=len(test_examples), desc=f"{run.name} {FINE_TUNED}",
-                                   unit="msg", leave=False, position=1) as bar:
+                with _progress_bar(
+                    options.progress,
+                    total=len(test_examples),
+                    desc=f"{run.name} {FINE_TUNED}",
+                    unit="msg",
+                    leave=False,
+                    position=1,
+                ) as bar:
                     tuned_predictions = fine_tuned.predict(model, exports[run], test_examples, bar)
                 api_calls = fine_tuned.caller.calls_sent - calls_before
 
                 predictions[(shots_name(run.shots), run.repeat, BASELINE)] = baseline_predictions
                 predictions[(shots_name(run.shots), run.repeat, FINE_TUNED)] = tuned_predictions
-                results_runs.append(_run_result(run, n_train, baseline_predictions, baseline_seconds,
-                                                tuned_predictions, model, api_calls, exports[run], oos_intent))
+                results_runs.append(
+                    _run_result(
+                        run,
+                        n_train,
+                        baseline_predictions,
+                        baseline_seconds,
+                        tuned_predictions,
+                        model,
+                        api_calls,
+                        exports[run],
+                        oos_intent,
+                    )
+                )
                 overall.update(1)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
@@ -308,43 +338,68 @@ def _cost_plan(settings: Any, side: FineTunedSide, exports: Dict[RunSpec, Any], 
         serving += cost[1]
     first = next(iter(exports.values()))
     return CostPlan(
-        backend=settings.backend_name, base_model=first.base_model.name, fine_tunes=len(exports),
-        training_usd=round(training, 6), classifications=len(test_texts) * len(exports), serving_usd=round(serving, 6),
+        backend=settings.backend_name,
+        base_model=first.base_model.name,
+        fine_tunes=len(exports),
+        training_usd=round(training, 6),
+        classifications=len(test_texts) * len(exports),
+        serving_usd=round(serving, 6),
     )
 
 
-def _run_result(run: RunSpec, n_train: int, baseline_predictions: List[Prediction], baseline_seconds: float,
-                tuned_predictions: List[Prediction], model: FineTunedModel, api_calls: int, exported: Any,
-                oos_intent: Optional[str]) -> Dict[str, Any]:
+def _run_result(
+    run: RunSpec,
+    n_train: int,
+    baseline_predictions: List[Prediction],
+    baseline_seconds: float,
+    tuned_predictions: List[Prediction],
+    model: FineTunedModel,
+    api_calls: int,
+    exported: Any,
+    oos_intent: Optional[str],
+) -> Dict[str, Any]:
     from rasa_gpt3.inference import CallPolicy
 
     base = summarize_predictions(baseline_predictions, oos_intent)
-    base.update({"train_seconds": round(baseline_seconds, 3), "api_calls": 0,
-                 "cost_usd": {"training": 0.0, "serving": 0.0, "per_1000_messages": 0.0}})
+    base.update(
+        {
+            "train_seconds": round(baseline_seconds, 3),
+            "api_calls": 0,
+            "cost_usd": {"training": 0.0, "serving": 0.0, "per_1000_messages": 0.0},
+        }
+    )
     tuned = summarize_predictions(tuned_predictions, oos_intent)
     # calls slower than the NLU component's default budget would have fallen back inside the bot
     budget_ms = CallPolicy().timeout * 1000
     tuned["latency_ms"]["over_nlu_budget"] = sum(1 for p in tuned_predictions if p.latency_ms > budget_ms)
     serving = exported.base_model.usage_cost(tuned["prompt_tokens"], tuned["completion_tokens"])
-    tuned.update({
-        "train_seconds": round(model.seconds, 3),
-        "model": model.model,
-        "job": model.job_id,
-        "reused": model.reused,
-        "api_calls": api_calls,
-        "trained_tokens": model.trained_tokens,
-        "cost_usd": {
-            "training": round(model.training_usd, 6),
-            "serving": round(serving, 6),
-            "per_1000_messages": round(serving / len(tuned_predictions) * 1000, 6) if tuned_predictions else 0.0,
-        },
-    })
-    return {"shots": shots_name(run.shots), "repeat": run.repeat, "seed": run.seed, "n_train": n_train,
-            "systems": {BASELINE: base, FINE_TUNED: tuned}}
+    tuned.update(
+        {
+            "train_seconds": round(model.seconds, 3),
+            "model": model.model,
+            "job": model.job_id,
+            "reused": model.reused,
+            "api_calls": api_calls,
+            "trained_tokens": model.trained_tokens,
+            "cost_usd": {
+                "training": round(model.training_usd, 6),
+                "serving": round(serving, 6),
+                "per_1000_messages": round(serving / len(tuned_predictions) * 1000, 6) if tuned_predictions else 0.0,
+            },
+        }
+    )
+    return {
+        "shots": shots_name(run.shots),
+        "repeat": run.repeat,
+        "seed": run.seed,
+        "n_train": n_train,
+        "systems": {BASELINE: base, FINE_TUNED: tuned},
+    }
 
 
 def _full_run_index(runs: Sequence[Dict[str, Any]]) -> int:
     """The run with the most training data (the first repeat of the largest shot count)."""
+
     def size(item: Tuple[int, Dict[str, Any]]) -> Tuple[float, int]:
         index, run = item
         return (math.inf if run["shots"] == ALL else float(run["shots"]), -run["repeat"])

@@ -1,4 +1,5 @@
 """What both sides train and test on: a stratified test split, nested k-shot samples, the out-of-scope intent."""
+
 from __future__ import annotations
 
 import random
