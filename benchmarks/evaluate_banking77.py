@@ -99,8 +99,8 @@ def main(argv: List[str] = None) -> int:
     sys.path.insert(0, str(REPO))
     from rasa_gpt3.cli.evaluate import confirm_spending
     from rasa_gpt3.errors import RasaGPT3Error
-    from rasa_gpt3.evaluate import EvaluationOptions, parse_shots, run_evaluation
-    from rasa_gpt3.evaluation_report import curve_table, full_run_table
+    from rasa_gpt3.evaluation.report import curve_table, full_run_table
+    from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, run_evaluation
 
     if not CORPUS.is_dir():
         print(f"error: banking77 not found at {CORPUS}", file=sys.stderr)

@@ -68,8 +68,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     """Runs the evaluation, asking before a remote API spends money, and prints the tables and where the files are."""
     from pathlib import Path
 
-    from rasa_gpt3.evaluate import EvaluationOptions, parse_shots, run_evaluation
-    from rasa_gpt3.evaluation_report import curve_table, full_run_table
+    from rasa_gpt3.evaluation.report import curve_table, full_run_table
+    from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, run_evaluation
 
     options = EvaluationOptions(
         project=Path(args.project),

@@ -88,11 +88,13 @@ def resolve_format_and_model(fmt: Optional[str], base_model: Optional[str]) -> T
 # ---------------------------------------------------------------- examples per task
 
 
-def _text_examples(nlu: Any) -> List[Any]:
+def text_examples(nlu: Any) -> List[Any]:
+    """The NLU examples that have a text and an intent (examples from stories and the domain have no text)."""
     return [m for m in nlu.intent_examples if (m.get("text") or "").strip()]
 
 
-def _full_intent(message: Any) -> str:
+def full_intent(message: Any) -> str:
+    """The class an example belongs to: `faq/ask_x` for a retrieval intent, else its intent."""
     return message.get("intent_response_key") or message.get("intent")
 
 
@@ -134,7 +136,7 @@ def _stable_rank(seed: int, text: str) -> str:
 def _entity_examples(nlu: Any, fmt: str, seed: int) -> List[Tuple[str, str, Dict[str, Any]]]:
     with_entities: Dict[Tuple[str, str], Tuple[str, str, Dict[str, Any]]] = {}
     without: Dict[str, str] = {}
-    for message in _text_examples(nlu):
+    for message in text_examples(nlu):
         text = message.get("text")
         normalized = prompts.normalize_text(text)
         items = _entity_items(message, text)
@@ -173,9 +175,9 @@ def _response_text(name: str, domain: Any, nlu: Any) -> Optional[str]:
 def _typical_examples(nlu: Any) -> Dict[str, str]:
     """One fixed user text per intent (and per full retrieval intent): the example of median length."""
     texts: Dict[str, set] = {}
-    for message in _text_examples(nlu):
+    for message in text_examples(nlu):
         normalized = prompts.normalize_text(message.get("text"))
-        for name in {message.get("intent"), _full_intent(message)}:
+        for name in {message.get("intent"), full_intent(message)}:
             if name:
                 texts.setdefault(name, set()).add(normalized)
     typical = {}
@@ -223,7 +225,7 @@ def _response_examples(nlu: Any, domain: Any, stories: Any, fmt: str, history: i
                     add(label, window, response)
                 turns.append(prompts.Turn("bot", response))
 
-    for message in _text_examples(nlu):
+    for message in text_examples(nlu):
         full = message.get("intent_response_key")
         if not full:
             continue

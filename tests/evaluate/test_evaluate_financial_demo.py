@@ -1,5 +1,6 @@
 """`rasa-gpt3 evaluate` end to end on financial-demo with the local backend: real `train_nlu`, real fine-tunes over
 HTTP on 127.0.0.1, and a report whose numbers must agree with its own predictions file."""
+
 from __future__ import annotations
 
 import contextlib
@@ -11,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from rasa_gpt3 import cli
-from rasa_gpt3.evaluate import BASELINE, FINE_TUNED, SYSTEMS
-
+from rasa_gpt3.evaluation.results import BASELINE, FINE_TUNED, SYSTEMS
 from tests.conftest import CORPORA
+
 FINANCIAL_DEMO = CORPORA / "financial-demo"
 FAST_BASELINE = Path(__file__).with_name("baseline_fast.yml")
 SHOTS = ("2", "all")
@@ -30,10 +31,22 @@ def evaluation(tmp_path_factory):
         patch.delenv("RASA_GPT3_STATE_DIR", raising=False)
         printed = io.StringIO()
         with contextlib.redirect_stdout(printed):
-            code = cli.main([
-                "evaluate", "--project", str(FINANCIAL_DEMO), "--baseline", str(FAST_BASELINE),
-                "--shots", ",".join(SHOTS), "--repeats", "1", "--out", str(out), "--no-progress",
-            ])
+            code = cli.main(
+                [
+                    "evaluate",
+                    "--project",
+                    str(FINANCIAL_DEMO),
+                    "--baseline",
+                    str(FAST_BASELINE),
+                    "--shots",
+                    ",".join(SHOTS),
+                    "--repeats",
+                    "1",
+                    "--out",
+                    str(out),
+                    "--no-progress",
+                ]
+            )
     assert code == 0
     results = json.loads((out / "results.json").read_text())
     predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
@@ -149,7 +162,9 @@ def test_summary_plots_and_registry_are_written_in_out(evaluation):
 
 def test_a_second_fine_tune_on_identical_data_is_reused(evaluation):
     from rasa_gpt3.data.project import load_project
-    from rasa_gpt3.evaluate import FineTunedSide, evaluation_settings, sample_shots, split_train_test
+    from rasa_gpt3.evaluation.finetuned import FineTunedSide
+    from rasa_gpt3.evaluation.runner import evaluation_settings
+    from rasa_gpt3.evaluation.samples import sample_shots, split_train_test
 
     out, results, _, _ = evaluation
     with pytest.MonkeyPatch.context() as patch:

@@ -1,4 +1,5 @@
-"""The pure parts of `rasa-gpt3 evaluate`: shots, split, k-shot samples, baseline pruning, metrics, curve, CLI errors."""
+"""The pure parts of `rasa-gpt3 evaluate`: shots, split, k-shot samples, baseline, metrics, curve, CLI errors."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,27 +8,19 @@ import pytest
 import yaml
 
 from rasa_gpt3 import cli
+from rasa_gpt3.data.export import full_intent, text_examples
 from rasa_gpt3.errors import DataError, ProjectError
-from rasa_gpt3.evaluate import (
-    BASELINE,
-    FINE_TUNED,
-    EvaluationOptions,
-    FallbackRule,
-    Prediction,
-    find_out_of_scope_intent,
+from rasa_gpt3.evaluation.baseline import FallbackRule, resolve_baseline
+from rasa_gpt3.evaluation.metrics import (
     few_shot_curve,
-    full_intent,
     intent_report,
     latency_summary,
     out_of_scope_summary,
-    parse_shots,
-    plan_runs,
-    resolve_baseline,
-    sample_shots,
-    split_train_test,
     summarize_predictions,
-    text_examples,
 )
+from rasa_gpt3.evaluation.results import BASELINE, FINE_TUNED, Prediction
+from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, plan_runs
+from rasa_gpt3.evaluation.samples import find_out_of_scope_intent, sample_shots, split_train_test
 
 FINANCIAL_DEMO = Path(__file__).resolve().parents[1].parent.parent / "shared" / "corpora" / "financial-demo"
 
@@ -37,10 +30,14 @@ def _nlu(counts):
     from rasa.shared.nlu.training_data.message import Message
     from rasa.shared.nlu.training_data.training_data import TrainingData
 
-    examples = [Message.build(text=f"{intent} example number {i}", intent=intent)
-                for intent, n in counts.items() for i in range(n)]
-    return TrainingData(examples, entity_synonyms={"cc": "credit card"},
-                        regex_features=[{"name": "account", "pattern": r"\d{6}"}])
+    examples = [
+        Message.build(text=f"{intent} example number {i}", intent=intent)
+        for intent, n in counts.items()
+        for i in range(n)
+    ]
+    return TrainingData(
+        examples, entity_synonyms={"cc": "credit card"}, regex_features=[{"name": "account", "pattern": r"\d{6}"}]
+    )
 
 
 def _by_intent(data):
@@ -67,7 +64,14 @@ def test_parse_shots_rejects_bad_values(text):
 def test_plan_runs_repeats_each_k_but_all_once():
     runs = plan_runs([2, 5, None], repeats=3, seed=7)
     assert [(r.shots, r.repeat, r.seed) for r in runs] == [
-        (2, 0, 7), (2, 1, 8), (2, 2, 9), (5, 0, 7), (5, 1, 8), (5, 2, 9), (None, 0, 7)]
+        (2, 0, 7),
+        (2, 1, 8),
+        (2, 2, 9),
+        (5, 0, 7),
+        (5, 1, 8),
+        (5, 2, 9),
+        (None, 0, 7),
+    ]
     assert runs[0].name == "2-shot-r0" and runs[-1].name == "all-r0"
 
 
@@ -136,27 +140,53 @@ def test_financial_demo_pipeline_keeps_its_classifier_and_drops_what_cannot_run(
 
 
 def test_pipeline_needing_spacy_for_intents_falls_back_to_rasas_default(monkeypatch):
-    import rasa_gpt3.evaluate as evaluate
+    import rasa_gpt3.evaluation.baseline as baseline_module
 
-    monkeypatch.setattr(evaluate, "_package_missing", lambda package: package == "spacy")
-    config = {"language": "de", "pipeline": [{"name": "SpacyNLP", "model": "de_core_news_md"},
-                                             {"name": "SpacyTokenizer"}, {"name": "SpacyFeaturizer"},
-                                             {"name": "DIETClassifier"}]}
+    monkeypatch.setattr(baseline_module, "_package_missing", lambda package: package == "spacy")
+    config = {
+        "language": "de",
+        "pipeline": [
+            {"name": "SpacyNLP", "model": "de_core_news_md"},
+            {"name": "SpacyTokenizer"},
+            {"name": "SpacyFeaturizer"},
+            {"name": "DIETClassifier"},
+        ],
+    }
     baseline = resolve_baseline(config)
-    assert baseline.source.startswith("Rasa's default pipeline") and "SpacyTokenizer (spacy is not installed)" in baseline.source
+    assert (
+        baseline.source.startswith("Rasa's default pipeline")
+        and "SpacyTokenizer (spacy is not installed)" in baseline.source
+    )
     assert baseline.config["language"] == "de"
     assert [c["name"] for c in baseline.config["pipeline"]][0] == "WhitespaceTokenizer"
 
 
 def test_rasa_gpt3_components_are_the_other_side():
-    config = {"pipeline": [{"name": "WhitespaceTokenizer"}, {"name": "rasa_gpt3.GPT3IntentClassifier"},
-                           {"name": "FallbackClassifier", "threshold": 0.6}]}
+    config = {
+        "pipeline": [
+            {"name": "WhitespaceTokenizer"},
+            {"name": "rasa_gpt3.GPT3IntentClassifier"},
+            {"name": "FallbackClassifier", "threshold": 0.6},
+        ]
+    }
     baseline = resolve_baseline(config)
     assert "no intent classifier besides rasa_gpt3's" in baseline.source
     assert baseline.dropped == [{"component": "GPT3IntentClassifier", "reason": "it is the fine-tuned side"}]
-    with_diet = resolve_baseline({"pipeline": [{"name": "WhitespaceTokenizer"}, {"name": "CountVectorsFeaturizer"},
-                                               {"name": "DIETClassifier"}, {"name": "rasa_gpt3.GPT3IntentClassifier"}]})
-    assert [c["name"] for c in with_diet.config["pipeline"]] == ["WhitespaceTokenizer", "CountVectorsFeaturizer", "DIETClassifier"]
+    with_diet = resolve_baseline(
+        {
+            "pipeline": [
+                {"name": "WhitespaceTokenizer"},
+                {"name": "CountVectorsFeaturizer"},
+                {"name": "DIETClassifier"},
+                {"name": "rasa_gpt3.GPT3IntentClassifier"},
+            ]
+        }
+    )
+    assert [c["name"] for c in with_diet.config["pipeline"]] == [
+        "WhitespaceTokenizer",
+        "CountVectorsFeaturizer",
+        "DIETClassifier",
+    ]
 
 
 def test_no_pipeline_means_rasas_default():
@@ -190,8 +220,14 @@ def test_fallback_rule_reads_the_pipeline_and_decides_like_fallback_classifier()
 
 
 def _p(intent, predicted, fallback=False, latency=10.0):
-    return Prediction(text=f"{intent}->{predicted}", intent=intent, predicted=predicted, confidence=0.9,
-                      latency_ms=latency, fallback=fallback)
+    return Prediction(
+        text=f"{intent}->{predicted}",
+        intent=intent,
+        predicted=predicted,
+        confidence=0.9,
+        latency_ms=latency,
+        fallback=fallback,
+    )
 
 
 def test_intent_report_has_rasas_shape_and_counts():
@@ -208,8 +244,13 @@ def test_intent_report_has_rasas_shape_and_counts():
 
 def test_out_of_scope_counts_rejections_by_intent_or_fallback():
     predictions = [
-        _p("oos", "oos"), _p("oos", "greet", fallback=True), _p("oos", "greet"),  # 2 of 3 caught
-        _p("greet", "greet"), _p("greet", "oos"), _p("bye", "bye", fallback=True), _p("bye", "bye"),
+        _p("oos", "oos"),
+        _p("oos", "greet", fallback=True),
+        _p("oos", "greet"),  # 2 of 3 caught
+        _p("greet", "greet"),
+        _p("greet", "oos"),
+        _p("bye", "bye", fallback=True),
+        _p("bye", "bye"),
     ]
     summary = out_of_scope_summary(predictions, "oos")
     assert summary["out_of_scope_messages"] == 3 and summary["in_scope_messages"] == 4
@@ -231,13 +272,21 @@ def test_summary_of_a_run_adds_up():
 
 def test_few_shot_curve_gives_mean_and_spread_over_repeats():
     def run(shots, repeat, base, tuned, n):
-        return {"shots": shots, "repeat": repeat, "n_train": n,
-                "systems": {BASELINE: {"accuracy": base, "macro_f1": base / 2},
-                            FINE_TUNED: {"accuracy": tuned, "macro_f1": tuned / 2}}}
+        return {
+            "shots": shots,
+            "repeat": repeat,
+            "n_train": n,
+            "systems": {
+                BASELINE: {"accuracy": base, "macro_f1": base / 2},
+                FINE_TUNED: {"accuracy": tuned, "macro_f1": tuned / 2},
+            },
+        }
 
     rows = few_shot_curve([run("2", 0, 0.4, 0.6, 10), run("2", 1, 0.6, 0.8, 10), run("all", 0, 0.9, 0.95, 50)])
     two_base = next(r for r in rows if r["shots"] == "2" and r["system"] == BASELINE)
-    assert two_base["accuracy_mean"] == pytest.approx(0.5) and two_base["accuracy_std"] == pytest.approx(0.141421, abs=1e-5)
+    assert two_base["accuracy_mean"] == pytest.approx(0.5) and two_base["accuracy_std"] == pytest.approx(
+        0.141421, abs=1e-5
+    )
     assert two_base["repeats"] == 2 and two_base["n_train"] == 10
     all_tuned = next(r for r in rows if r["shots"] == "all" and r["system"] == FINE_TUNED)
     assert all_tuned["accuracy_std"] == 0.0 and all_tuned["macro_f1_mean"] == pytest.approx(0.475)
@@ -258,14 +307,17 @@ def _tiny_project(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--shots", "0"], "--shots values must be at least 1"),
-    (["--shots", "two"], "--shots takes whole numbers"),
-    (["--repeats", "0"], "--repeats must be at least 1"),
-    (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
-    (["--baseline", "missing.yml"], "baseline config 'missing.yml' does not exist"),
-    (["--test-file", "missing.yml"], "test file 'missing.yml' does not exist"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--shots", "0"], "--shots values must be at least 1"),
+        (["--shots", "two"], "--shots takes whole numbers"),
+        (["--repeats", "0"], "--repeats must be at least 1"),
+        (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
+        (["--baseline", "missing.yml"], "baseline config 'missing.yml' does not exist"),
+        (["--test-file", "missing.yml"], "test file 'missing.yml' does not exist"),
+    ],
+)
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
     project = _tiny_project(tmp_path / "bot")
     code = cli.main(["evaluate", "--project", str(project), "--out", str(tmp_path / "out"), *extra])
@@ -286,7 +338,9 @@ def test_remote_api_without_yes_and_without_a_terminal_is_refused_before_spendin
     # nothing listens here: a request would fail loudly instead of being refused up front
     monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
     monkeypatch.delenv("RASA_GPT3_LOCAL", raising=False)
-    code = cli.main(["evaluate", "--project", str(project), "--out", str(tmp_path / "out"), "--shots", "2", "--no-progress"])
+    code = cli.main(
+        ["evaluate", "--project", str(project), "--out", str(tmp_path / "out"), "--shots", "2", "--no-progress"]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1 and len(err) == 1
     assert err[0].startswith("error: evaluate would spend about $") and "pass --yes" in err[0]
@@ -299,9 +353,15 @@ def test_billed_tokens_come_from_the_apis_usage_and_a_cache_hit_costs_nothing():
 
     from rasa_gpt3.inference import IntentModel, parse_completion_body, rank_intents
 
-    body = {"choices": [{"message": {"content": "greet"},
-                         "logprobs": {"content": [{"token": "greet", "logprob": -0.1, "top_logprobs": []}]}}],
-            "usage": {"prompt_tokens": 31, "completion_tokens": 1, "total_tokens": 32}}
+    body = {
+        "choices": [
+            {
+                "message": {"content": "greet"},
+                "logprobs": {"content": [{"token": "greet", "logprob": -0.1, "top_logprobs": []}]},
+            }
+        ],
+        "usage": {"prompt_tokens": 31, "completion_tokens": 1, "total_tokens": 32},
+    }
     completion = parse_completion_body(body, chat=True)
     assert (completion.prompt_tokens, completion.completion_tokens) == (31, 1)
     model = IntentModel(model="ft:x", fmt="chat", labels={"greet": "greet", "bye": "bye"})
@@ -312,12 +372,14 @@ def test_billed_tokens_come_from_the_apis_usage_and_a_cache_hit_costs_nothing():
 
 def test_a_test_file_is_the_test_set_and_all_nlu_data_trains(tmp_path):
     from rasa_gpt3.data.project import load_project
-    from rasa_gpt3.evaluate import training_and_test_data
+    from rasa_gpt3.evaluation.runner import training_and_test_data
 
     project_dir = _tiny_project(tmp_path / "bot")
     test_file = tmp_path / "test_nlu.yml"
-    test_file.write_text("version: '3.1'\nnlu:\n- intent: greet\n  examples: |\n    - hello there\n    - greet sentence 0\n"
-                         "- intent: goodbye\n  examples: |\n    - see you\n")
+    test_file.write_text(
+        "version: '3.1'\nnlu:\n- intent: greet\n  examples: |\n    - hello there\n    - greet sentence 0\n"
+        "- intent: goodbye\n  examples: |\n    - see you\n"
+    )
     options = EvaluationOptions(project=project_dir, out=tmp_path / "out", test_file=test_file)
     train_pool, test_examples, source = training_and_test_data(load_project(project_dir), options)
     assert len(text_examples(train_pool)) == 15

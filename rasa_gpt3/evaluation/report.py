@@ -1,16 +1,33 @@
-"""What `rasa-gpt3 evaluate` shows: Markdown tables, the summary file, the few-shot curve and confusion-matrix PNGs.
+"""What `rasa-gpt3 evaluate` shows and writes: Markdown tables, summary.md, the PNGs, results.json, predictions.jsonl.
 
-Everything here reads the results document `rasa_gpt3.evaluate` builds (plain dicts) and the predictions; nothing
-here trains or calls a model. Plots use matplotlib's Agg backend (no display needed) and are written atomically.
+Everything here reads the results document `rasa_gpt3.evaluation.runner` builds (plain dicts) and the predictions;
+nothing here trains or calls a model. Plots use matplotlib's Agg backend (no display needed); every file is written
+atomically.
 """
+
 from __future__ import annotations
 
 import io
+import json
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.atomic_files import write_atomic
-from rasa_gpt3.evaluate import ALL, BASELINE, FINE_TUNED, SYSTEMS
+from rasa_gpt3.evaluation.results import (
+    ALL,
+    BASELINE,
+    CONFUSION_PNG,
+    CURVE_PNG,
+    FINE_TUNED,
+    PREDICTIONS_FILE,
+    RESULTS_FILE,
+    SUMMARY_FILE,
+    SYSTEMS,
+    Prediction,
+    intent_report_file,
+)
+
 # confusion-matrix cells get their count written in them up to this many labels
 ANNOTATE_UP_TO = 25
 
@@ -44,10 +61,19 @@ def curve_table(results: Dict[str, Any]) -> str:
         cells = [value, f"{first['n_train']:g}", str(first["repeats"])]
         for metric in ("accuracy", "macro_f1"):
             for row in (base, tuned):
-                cells.append("–" if row is None else _mean_std(row[f"{metric}_mean"], row[f"{metric}_std"], row["repeats"]))
+                cells.append(
+                    "–" if row is None else _mean_std(row[f"{metric}_mean"], row[f"{metric}_std"], row["repeats"])
+                )
         rows.append(cells)
-    header = ["examples per intent", "training examples", "repeats", "baseline accuracy", "fine-tuned accuracy",
-              "baseline macro-F1", "fine-tuned macro-F1"]
+    header = [
+        "examples per intent",
+        "training examples",
+        "repeats",
+        "baseline accuracy",
+        "fine-tuned accuracy",
+        "baseline macro-F1",
+        "fine-tuned macro-F1",
+    ]
     return _table(header, rows)
 
 
@@ -83,8 +109,11 @@ def full_run_table(results: Dict[str, Any]) -> str:
     ]
     shots = run["shots"]
     title = "all training examples" if shots == ALL else f"{shots} examples per intent"
-    header = [f"{title} ({run['n_train']} training, {base['n_test']} test)", BASELINE,
-              f"{FINE_TUNED} ({results['base_model']})"]
+    header = [
+        f"{title} ({run['n_train']} training, {base['n_test']} test)",
+        BASELINE,
+        f"{FINE_TUNED} ({results['base_model']})",
+    ]
     return _table(header, rows, ["---", "---:", "---:"])
 
 
@@ -96,8 +125,11 @@ def per_intent_table(results: Dict[str, Any]) -> str:
     """Per-intent support and precision/recall/F1 of both sides in the run with the most data."""
     run = results["runs"][results["full_run"]]
     reports = {system: run["systems"][system]["report"] for system in SYSTEMS}
-    intents = sorted(name for name, row in reports[BASELINE].items() if isinstance(row, dict) and "support" in row
-                     and name not in ("macro avg", "weighted avg", "micro avg"))
+    intents = sorted(
+        name
+        for name, row in reports[BASELINE].items()
+        if isinstance(row, dict) and "support" in row and name not in ("macro avg", "weighted avg", "micro avg")
+    )
     rows = []
     for intent in intents:
         cells = [intent, str(int(reports[BASELINE][intent]["support"]))]
@@ -117,7 +149,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         f"# Evaluation of {results['project']['name']}: fine-tuned model vs. the bot's own pipeline",
         "",
         f"- command: `{results['command']}`" if results.get("command") else "- command: (library call)",
-        f"- fine-tuned side: {results['base_model']} ({results['format']} format) on the **{results['backend']}** backend",
+        f"- fine-tuned side: {results['base_model']} ({results['format']} format) "
+        f"on the **{results['backend']}** backend",
         f"- baseline: {results['baseline']['source']}",
     ]
     for dropped in results["baseline"]["dropped"]:
@@ -125,12 +158,21 @@ def summary_markdown(results: Dict[str, Any]) -> str:
     lines += [
         f"- test set: {data['test']} messages ({data['test_source']}); training pool: {data['train_pool']} "
         f"examples of {data['intents']} intents",
-        *([f"- **{data['test_in_training']} test messages are also in the training pool**; their scores flatter both sides"]
-          if data.get("test_in_training") else []),
+        *(
+            [
+                f"- **{data['test_in_training']} test messages are also in the training pool**; "
+                "their scores flatter both sides"
+            ]
+            if data.get("test_in_training")
+            else []
+        ),
         f"- out-of-scope intent: {data['out_of_scope_intent'] or 'none in the data'}",
         "- fallback rule (both sides): "
-        + (f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
-           if fallback else "none (no FallbackClassifier configured)"),
+        + (
+            f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
+            if fallback
+            else "none (no FallbackClassifier configured)"
+        ),
         "",
         "## Side by side",
         "",
@@ -140,13 +182,13 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         "",
         curve_table(results),
         "",
-        "![few-shot curve](few_shot_curve.png)",
+        f"![few-shot curve]({CURVE_PNG})",
         "",
         "## Per intent",
         "",
         per_intent_table(results),
         "",
-        "![confusion matrices](confusion_matrix.png)",
+        f"![confusion matrices]({CONFUSION_PNG})",
         "",
         "## Totals",
         "",
@@ -154,10 +196,11 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         f"{totals['prompt_tokens']:,} prompt + {totals['completion_tokens']:,} completion tokens, "
         f"{totals['trained_tokens']:,} trained tokens; at {results['base_model']} prices: "
         f"${totals['training_usd']:.4f} training + ${totals['serving_usd']:.4f} serving"
-        + (" (the local backend itself is free)" if results["backend"] == "local" else "") + ".",
+        + (" (the local backend itself is free)" if results["backend"] == "local" else "")
+        + ".",
         "",
-        "Files: `results.json` (everything above), `predictions.jsonl` (one line per run, side and test message), "
-        "`baseline_intent_report.json` / `fine_tuned_intent_report.json` (Rasa's intent_report.json shape).",
+        f"Files: `{RESULTS_FILE}` (everything above), `{PREDICTIONS_FILE}` (one line per run, side and test message), "
+        f"`{intent_report_file(BASELINE)}` / `{intent_report_file(FINE_TUNED)}` (Rasa's intent_report.json shape).",
         "",
     ]
     return "\n".join(lines)
@@ -226,10 +269,14 @@ def confusion_counts(targets: Sequence[str], predicted: Sequence[str], labels: S
 def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str = "") -> Path:
     """Both sides' confusion matrices (true intent by row, predicted by column) next to each other."""
     plt = _pyplot()
-    labels = sorted({p.intent for items in predictions.values() for p in items}
-                    | {p.predicted for items in predictions.values() for p in items})
+    labels = sorted(
+        {p.intent for items in predictions.values() for p in items}
+        | {p.predicted for items in predictions.values() for p in items}
+    )
     size = max(6.0, 0.17 * len(labels) + 2)
-    figure, axes = plt.subplots(1, len(predictions), figsize=(size * len(predictions) + 2, size), constrained_layout=True)
+    figure, axes = plt.subplots(
+        1, len(predictions), figsize=(size * len(predictions) + 2, size), constrained_layout=True
+    )
     if len(predictions) == 1:
         axes = [axes]
     for axis, (system, items) in zip(axes, predictions.items()):
@@ -250,8 +297,52 @@ def plot_confusion(predictions: Dict[str, Sequence[Any]], path: Path, title: str
             for i, row in enumerate(matrix):
                 for j, count in enumerate(row):
                     if count:
-                        axis.text(j, i, str(count), ha="center", va="center", fontsize=7,
-                                  color="white" if shares[i][j] > 0.5 else "black")
+                        axis.text(
+                            j,
+                            i,
+                            str(count),
+                            ha="center",
+                            va="center",
+                            fontsize=7,
+                            color="white" if shares[i][j] > 0.5 else "black",
+                        )
     if title:
         figure.suptitle(title)
     return _save(figure, path)
+
+
+# ---------------------------------------------------------------------------------------------- files
+
+
+def prediction_rows(predictions: Dict[Tuple[str, int, str], List[Prediction]]) -> Iterator[Dict[str, Any]]:
+    """The lines of predictions.jsonl: one per run, side and test message."""
+    for (shots, repeat, system), items in predictions.items():
+        for p in items:
+            row = {"shots": shots, "repeat": repeat, "system": system}
+            row.update(asdict(p))
+            row["latency_ms"] = round(p.latency_ms, 3)
+            yield row
+
+
+def write_outputs(
+    out: Path, results: Dict[str, Any], predictions: Dict[Tuple[str, int, str], List[Prediction]]
+) -> Dict[str, Path]:
+    """Writes results.json, predictions.jsonl, the full run's intent reports, summary.md and the PNGs into `out`."""
+    files: Dict[str, Path] = {}
+    lines = [json.dumps(row, ensure_ascii=False) for row in prediction_rows(predictions)]
+    files["predictions"] = write_atomic(out / PREDICTIONS_FILE, "\n".join(lines) + "\n")
+    full = results["runs"][results["full_run"]]
+    for system in SYSTEMS:
+        report = json.dumps(full["systems"][system]["report"], indent=2) + "\n"
+        files[f"{system} report"] = write_atomic(out / intent_report_file(system), report)
+    files["curve plot"] = plot_curve(results, out / CURVE_PNG)
+    key = (full["shots"], full["repeat"])
+    files["confusion plot"] = plot_confusion(
+        {system: predictions[key + (system,)] for system in SYSTEMS},
+        out / CONFUSION_PNG,
+        title=("all training examples" if full["shots"] == ALL else f"{full['shots']} examples per intent")
+        + f" ({full['n_train']} training, {len(predictions[key + (BASELINE,)])} test messages)",
+    )
+    files["summary"] = write_atomic(out / SUMMARY_FILE, summary_markdown(results))
+    files["results"] = write_atomic(out / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
+    return files
