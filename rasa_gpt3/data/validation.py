@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model, default_base_model
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
@@ -915,3 +916,15 @@ def jsonl_text(records: Sequence[Any]) -> str:
     """Records as JSONL text, one compact-spaced JSON object per line, UTF-8 as is."""
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     return "".join(dumps(record) + "\n" for record in records)
+
+
+def write_jsonl(path: Union[str, Path], records: Sequence[Any]) -> Path:
+    """Writes records as a JSONL file, atomically (what `--fix` writes); DataError when `path` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; name the file to write")
+    try:
+        return write_atomic(path, jsonl_text(records))
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+        raise DataError(f"cannot write {path}: {error.strerror or error}{where}") from None
