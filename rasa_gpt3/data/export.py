@@ -31,8 +31,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
-from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
+from rasa_gpt3.data.export_files import check_output_dir, write_export
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.labels import LabelCodec
 from rasa_gpt3.data.tokens import count_record_tokens, count_suffixed_text_tokens, count_text_tokens, get_encoding
@@ -528,26 +528,6 @@ def _fingerprint(task: str, fmt: str, train_lines: Iterable[str], valid_lines: I
     return digest.hexdigest()
 
 
-def write_export(exported: ExportedTask, out_dir: Union[str, Path], command: Optional[str] = None) -> Path:
-    """Writes train.jsonl, valid.jsonl, labels.json (intent task) and manifest.json into out_dir/<task>/, atomically.
-
-    The manifest is written last, so a directory with a manifest holds a complete export.
-    """
-    task_dir = Path(out_dir) / exported.task
-    write_atomic(task_dir / "train.jsonl", exported.jsonl("train"))
-    write_atomic(task_dir / "valid.jsonl", exported.jsonl("valid"))
-    if exported.codec is not None:
-        write_atomic(task_dir / "labels.json", _json_text(exported.codec.to_json()))
-    manifest = dict(exported.manifest)
-    manifest["command"] = command
-    write_atomic(task_dir / "manifest.json", _json_text(manifest))
-    return task_dir
-
-
-def _json_text(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
-
-
 # ---------------------------------------------------------------- a whole project (what `rasa-gpt3 export` runs)
 
 
@@ -582,13 +562,15 @@ def export_project(
     """Loads the project, exports `task` (or every task with `all`), then writes the files of each task.
 
     Every task is computed and checked before the first file is written, so bad input leaves no partial
-    output. With `all`, a task the bot has no data for (no entity annotations, no bot texts) is skipped.
+    output; each task's directory is then replaced as a whole (see export_files). With `all`, a task the bot has
+    no data for (no entity annotations, no bot texts) is skipped.
     """
     from rasa_gpt3.data.project import load_project
 
     fmt, model = resolve_format_and_model(fmt, base_model)
-    project = load_project(project_dir)
     tasks = list(prompts.TASKS) if task == "all" else [task]
+    check_output_dir(out_dir, tasks)
+    project = load_project(project_dir)
     exported: List[ExportedTask] = []
     skipped: Dict[str, str] = {}
     for name in tasks:
