@@ -2,8 +2,8 @@
 
 Each check is a small named function that looks at the parsed records and returns findings (error or warning,
 a message, a suggested fix, the line numbers). `validate_records` runs them all; `validate_file` first parses a
-JSONL file (a line that is not JSON or not UTF-8 is a DataError naming file:line); `repair_records` is what
-`--fix` does. Rasa-aware checks apply to classification data (labels): the same text with different labels,
+JSONL file (a line that is not JSON or not UTF-8 is kept as an `UnparsedLine` and reported with the rest);
+`repair_records` is what `--fix` does. Rasa-aware checks apply to classification data (labels): the same text with different labels,
 examples per label against Rasa's minimum of 2 and the ~100-per-class guidance, class imbalance, and labels that
 are not one token of the base model's tokenizer (the classifier reads one token's logprobs).
 
@@ -102,7 +102,10 @@ class ValidationReport:
     def render(self) -> str:
         """The human report: what the data is, tokens and cost, then each finding with its fix and lines."""
         s = self.stats
-        out = [f"{self.source}: {s.get('records', 0):,} records, {s.get('format') or 'unknown'} format"
+        out = [f"{self.source}: {s.get('records', 0):,} records"
+               + (f" and {s['unparsed_lines']:,} unreadable line{'s' if s['unparsed_lines'] != 1 else ''}"
+                  if s.get("unparsed_lines") else "")
+               + f", {s.get('format') or 'unknown'} format"
                + (f", classification with {s['labels']} labels" if s.get("classification") else "")]
         tokens, estimate = s.get("tokens"), s.get("estimate")
         if tokens and estimate:
@@ -125,6 +128,13 @@ class ValidationReport:
 
 
 # ---------------------------------------------------------------- the data the checks look at
+
+
+@dataclass(frozen=True)
+class UnparsedLine:
+    """A line of a JSONL file that is not UTF-8 or not JSON, kept in place of its record; `problem` says why."""
+
+    problem: str
 
 
 # Structural problems of one record, found in a single pass over the records (bit flags).
@@ -262,10 +272,28 @@ def _lines_of(data: CheckData, indices: Sequence[int]) -> List[int]:
 # ---------------------------------------------------------------- the checks
 
 
+def _unparsed(data: CheckData) -> List[int]:
+    if "unparsed" not in data._cache:
+        data._cache["unparsed"] = [] if None not in data.kinds else [
+            i for i, kind in enumerate(data.kinds) if kind is None and type(data.records[i]) is UnparsedLine]
+    return data._cache["unparsed"]
+
+
+def check_json_lines(data: CheckData) -> List[Finding]:
+    """Every line of the file is UTF-8 text holding one JSON value (the other checks still look at the rest)."""
+    bad = _unparsed(data)
+    if not bad:
+        return []
+    shown = "; ".join(f"line {data.lines[i]}: {data.records[i].problem}" for i in bad[:3])
+    return [Finding("json_lines", "error", f"lines that cannot be read as JSON: {len(bad)} ({shown})",
+                    "correct these lines, or drop them (--fix does)", _lines_of(data, bad))]
+
+
 def check_format(data: CheckData) -> List[Finding]:
     """Every record is a JSON object in one format (chat `messages` or `prompt`/`completion`), the one expected."""
     findings = []
-    unknown = [i for i, kind in enumerate(data.kinds) if kind is None]
+    unparsed = set(_unparsed(data))
+    unknown = [i for i, kind in enumerate(data.kinds) if kind is None and i not in unparsed]
     if unknown:
         findings.append(Finding("format", "error",
                                 f"records that are neither chat (`messages`) nor prompt/completion objects: {len(unknown)}",
@@ -608,6 +636,7 @@ def check_single_token_labels(data: CheckData) -> List[Finding]:
 
 
 CHECKS: List[Callable[[CheckData], List[Finding]]] = [
+    check_json_lines,
     check_format,
     check_missing_keys,
     check_extra_keys,
@@ -701,6 +730,7 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
         else:
             append((kind, bits, None, None))
     kinds: List[Optional[str]] = [part[0] for part in parts]
+    unparsed = sum(1 for record in records if type(record) is UnparsedLine) if None in kinds else 0
     flags: List[int] = [part[1] for part in parts]
     prompt_texts: List[Optional[str]] = [part[2] for part in parts]
     answers: List[Optional[str]] = [part[3] for part in parts]
@@ -708,7 +738,7 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
     model = _resolve_model(fmt or detected, base_model)
     encoding = get_encoding(model.encoding)
     if keys is None:
-        keys = [json.dumps(record, ensure_ascii=False, sort_keys=True) for record in records]
+        keys = [json.dumps(record, ensure_ascii=False, sort_keys=True, default=repr) for record in records]
     if token_counts is None:
         good = [i for i, text in enumerate(prompt_texts) if text is not None]
         counted = _count_tokens([records[i] for i in good], encoding)
@@ -734,7 +764,7 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
         keys=keys,
         token_counts=token_counts,
         classification=bool(classification),
-        training_count=len(records) if training_count is None else training_count,
+        training_count=len(records) - unparsed if training_count is None else training_count,
         codec=codec,
     )
     report = ValidationReport(source=source)
@@ -743,7 +773,8 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
     total = sum(token_counts)
     epochs = default_epochs(data.training_count)
     report.stats = {
-        "records": len(records),
+        "records": len(records) - unparsed,
+        **({"unparsed_lines": unparsed} if unparsed else {}),
         "format": data.fmt,
         "classification": data.classification,
         "labels": distinct if data.classification else None,
@@ -782,7 +813,11 @@ class JsonlFile:
 
 
 def read_jsonl(path: Union[str, Path]) -> JsonlFile:
-    """Parses a JSONL file; raises DataError naming file:line for a line that is not UTF-8 or not JSON."""
+    """Parses a JSONL file; raises DataError only when the file cannot be read.
+
+    A line that is not UTF-8 or not JSON stays in `records` as an `UnparsedLine`, so every line is checked and
+    the `json_lines` check reports the broken ones by line number with the rest.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -797,26 +832,35 @@ def read_jsonl(path: Union[str, Path]) -> JsonlFile:
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {error.start + 1} of the line "
-                            "(save the file as UTF-8)") from None
-        text = text.strip()
-        if not text:
-            continue
-        if number == 1 and text.startswith("\ufeff"):
-            text = text[1:]
-        try:
-            records.append(json.loads(text))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not JSON ({error.msg} at column {error.colno}); "
-                            "each line must be one JSON object") from None
+            text = chunk.decode("utf-8", "replace").strip()
+            record: Any = UnparsedLine(f"invalid UTF-8 at byte {error.start + 1} of the line")
+        else:
+            text = text.strip()
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            if not text:
+                continue
+            record = _parse_line(text)
+        records.append(record)
         lines.append(number)
         texts.append(text)
     return JsonlFile(path, records, lines, texts)
 
 
+def _parse_line(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return UnparsedLine(f"not JSON ({error.msg} at column {error.colno})")
+    except ValueError as error:  # e.g. an integer with more digits than Python converts
+        return UnparsedLine(f"not JSON ({error})")
+    except RecursionError:
+        return UnparsedLine("not JSON (nested too deeply)")
+
+
 def validate_file(path: Union[str, Path], *, fmt: Optional[str] = None,
                   base_model: Union[None, str, BaseModel] = None) -> ValidationReport:
-    """Reads a JSONL file and runs every check on it; raises DataError for an unreadable file or line."""
+    """Reads a JSONL file and runs every check on it; raises DataError when the file cannot be read."""
     parsed = read_jsonl(path)
     return validate_records(parsed.records, fmt=fmt, base_model=base_model, lines=parsed.lines,
                             keys=parsed.texts, source=str(path))
@@ -848,6 +892,9 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
         return text
 
     for record, kind, line in zip(records, kinds, lines):
+        if type(record) is UnparsedLine:
+            actions["dropped lines that are not JSON"].append(line)
+            continue
         if kind is None or kind != target:
             actions["dropped records not in the " + str(target) + " format"].append(line)
             continue

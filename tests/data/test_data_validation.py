@@ -7,7 +7,7 @@ import pytest
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.cli import main
-from rasa_gpt3.data.validation import CHECKS, read_jsonl, repair_records, validate_file, validate_records
+from rasa_gpt3.data.validation import CHECKS, UnparsedLine, read_jsonl, repair_records, validate_file, validate_records
 from rasa_gpt3.errors import DataError
 
 
@@ -37,6 +37,7 @@ def _raw_comp(prompt, completion):
 
 # check name -> (records that trip it, records that do not, options for validate_records, severity)
 CASES = {
+    "json_lines": (_with(GOOD_CHAT, 3, UnparsedLine("not JSON (Expecting value at column 1)")), GOOD_CHAT, {}, "error"),
     "format": (GOOD_CHAT[:150] + GOOD_COMP[150:], GOOD_CHAT, {}, "error"),
     "missing_keys": (_with(GOOD_COMP, 3, {"prompt": "only a prompt\n\n###\n\n"}), GOOD_COMP, {}, "error"),
     "extra_keys": (_with(GOOD_CHAT, 0, {**GOOD_CHAT[0], "id": 7}), GOOD_CHAT, {}, "warning"),
@@ -143,16 +144,51 @@ def test_repair_drops_unusable_chat_records():
     assert any("malformed" in a for a in actions) and any("UTF-8" in a for a in actions)
 
 
-def test_read_jsonl_errors_name_file_and_line(tmp_path):
+def test_read_jsonl_keeps_unreadable_lines_in_place_and_fails_only_for_a_missing_file(tmp_path):
     path = tmp_path / "x.jsonl"
-    path.write_text('{"prompt": "a", "completion": " b"}\n\n[1, 2\n')
-    with pytest.raises(DataError, match=r"x.jsonl:3: not JSON"):
-        read_jsonl(path)
+    path.write_bytes(b'{"prompt": "a", "completion": " b"}\n\n[1, 2\n{"prompt": "caf\xe9"}\n' + b"[" * 100000 + b"\n")
+    parsed = read_jsonl(path)
+    assert parsed.lines == [1, 3, 4, 5]
+    assert parsed.records[0] == {"prompt": "a", "completion": " b"}
+    assert [type(r) for r in parsed.records[1:]] == [UnparsedLine] * 3
+    assert parsed.records[1].problem.startswith("not JSON (")
+    assert parsed.records[2].problem == "invalid UTF-8 at byte 16 of the line"
+    assert parsed.records[3].problem == "not JSON (nested too deeply)"
     with pytest.raises(DataError, match="file not found"):
         read_jsonl(tmp_path / "missing.jsonl")
     path.write_text('\n{"prompt": "a", "completion": " b"}\n\n')
     parsed = read_jsonl(path)
     assert parsed.lines == [2] and len(parsed.records) == 1
+
+
+def test_cli_validate_reports_every_problem_with_unreadable_lines_among_them(tmp_path, run_cli_many):
+    """Lines that are not JSON or not UTF-8 do not stop the check: every finding is reported, also with --json."""
+    lines = [json.dumps(r).encode() for r in GOOD_COMP[:40]]
+    lines[2] = b'{"prompt": "c", "completion"'  # line 3: cut short
+    lines[6] = b'{"prompt": "caf\xe9", "completion": " yes END"}'  # line 7: Latin-1, not UTF-8
+    lines[9] = json.dumps({"prompt": "no answer\n\n###\n\n"}).encode()  # line 10: parses, but no completion
+    path = tmp_path / "broken.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    fixed = tmp_path / "fixed.jsonl"
+    as_json, as_text, fixing = run_cli_many([["validate", str(path), "--json"], ["validate", str(path)],
+                                             ["validate", str(path), "--json", "--fix", str(fixed)]], tmp_path)
+    for result in (as_json, as_text, fixing):
+        assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
+    assert as_json.returncode == as_text.returncode == 1
+    report = json.loads(as_json.stdout)
+    found = {f["check"]: f for f in report["findings"]}
+    assert found["json_lines"]["lines"] == [3, 7] and found["json_lines"]["severity"] == "error"
+    assert "line 3: not JSON" in found["json_lines"]["message"] and "line 7: invalid UTF-8" in found["json_lines"]["message"]
+    assert found["missing_keys"]["lines"] == [10]
+    assert "format" not in found  # an unreadable line is reported once, as what it is
+    assert report["records"] == 38 and report["unparsed_lines"] == 2 and report["errors"] == 2
+    assert "error [json_lines]" in as_text.stdout and "(lines 3, 7)" in as_text.stdout
+    assert "error [missing_keys]" in as_text.stdout and "(lines 10)" in as_text.stdout
+    assert fixing.returncode == 0, fixing.stdout  # the repaired copy has no errors
+    fix = json.loads(fixing.stdout)["fix"]
+    assert fix["records"] == 37 and any(a.startswith("dropped lines that are not JSON: 2 (lines 3, 7)")
+                                        for a in fix["actions"])
+    assert validate_file(fixed).ok
 
 
 def test_exported_files_validate_clean(travel_project, tmp_path):
