@@ -10,6 +10,8 @@ from typing import Any, Dict, Iterable, List
 
 import tiktoken
 
+from rasa_gpt3.data.tool_calls import definitions_text, message_text
+
 # The SHA-256 tiktoken itself checks after downloading these files; we check the shipped copies against it.
 _EXPECTED_SHA256 = {
     "cl100k_base": "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
@@ -155,7 +157,11 @@ def count_suffixed_text_tokens(texts: Iterable[str], suffix: str, encoding: tikt
 
 
 def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encoding) -> List[int]:
-    """Tokens per fine-tune record, chat (cookbook accounting) or prompt/completion, counted in one batch."""
+    """Tokens per fine-tune record, chat (cookbook accounting) or prompt/completion, counted in one batch.
+
+    Tool calls count as their function names and arguments, tool definitions as their JSON: an estimate, as
+    OpenAI does not publish how it counts them.
+    """
     pieces: List[str] = []
     overhead: List[int] = []
     spans: List[int] = []
@@ -163,6 +169,11 @@ def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encodi
         if "messages" in record:
             messages = record["messages"]
             texts = [str(value or "") for m in messages for value in (m.get("role"), m.get("content"))]
+            if len(record) > 1 or "" in texts:  # perhaps tool definitions, or calls in place of content
+                texts = [text for m in messages for text in (str(m.get("role") or ""), message_text(m))]
+                definitions = definitions_text(record)
+                if definitions:
+                    texts.append(definitions)
             extra = TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY_PRIMING
         else:
             texts = [str(record.get("prompt", "")), str(record.get("completion", ""))]

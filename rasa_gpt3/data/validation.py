@@ -26,6 +26,7 @@ from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model, default_base_model
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+from rasa_gpt3.data.tool_calls import TOOL_KEYS, makes_a_call, message_text, tool_use_problems
 from rasa_gpt3.errors import DataError
 
 MIN_EXAMPLES = 10  # the fine-tuning API refuses fewer
@@ -37,6 +38,8 @@ CHAT_TOP_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
 CHAT_MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
 CHAT_ROLES = {"system", "user", "assistant", "tool", "function"}
 COMPLETION_KEYS = {"prompt", "completion"}
+_TOOL_TOP_KEYS = set(TOOL_KEYS)
+_TOOL_MESSAGE_KEYS = {"tool_calls", "function_call", "tool_call_id"}
 _UPPER = bytes(range(ord("A"), ord("Z") + 1))
 _LETTERS = _UPPER + bytes(range(ord("a"), ord("z") + 1))
 
@@ -145,7 +148,8 @@ MESSAGE_NOT_OBJECT = 8
 BAD_ROLE = 16
 BAD_CONTENT = 32
 NO_ASSISTANT = 64
-_MALFORMED = MISSING_KEYS | MESSAGE_NOT_OBJECT | BAD_ROLE | BAD_CONTENT | NO_ASSISTANT
+BAD_TOOL_USE = 128
+_MALFORMED = MISSING_KEYS | MESSAGE_NOT_OBJECT | BAD_ROLE | BAD_CONTENT | NO_ASSISTANT | BAD_TOOL_USE
 
 
 @dataclass
@@ -240,6 +244,7 @@ def _analyse(record: Any) -> Tuple[Optional[str], int]:
         flags = TOP_EXTRA if len(record) > 1 and set(record) - CHAT_TOP_KEYS else 0
         if type(messages) is not list or not messages:
             return "chat", flags | MISSING_KEYS
+        uses_tools = len(record) > 1 and not _TOOL_TOP_KEYS.isdisjoint(record)
         for message in messages:
             if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
                     and message.get("role") in CHAT_ROLES:
@@ -249,12 +254,17 @@ def _analyse(record: Any) -> Tuple[Optional[str], int]:
                 continue
             if (len(message) != 2 or "content" not in message) and set(message) - CHAT_MESSAGE_KEYS:
                 flags |= MESSAGE_EXTRA
-            if message.get("role") not in CHAT_ROLES:
+            role = message.get("role")
+            if role not in CHAT_ROLES:
                 flags |= BAD_ROLE
-            if type(message.get("content")) is not str and not (message.get("function_call") or message.get("tool_calls")):
+            if type(message.get("content")) is not str and not makes_a_call(message):
                 flags |= BAD_CONTENT
+            uses_tools = uses_tools or role == "tool" or not _TOOL_MESSAGE_KEYS.isdisjoint(message)
+        if uses_tools and tool_use_problems(record):
+            flags |= BAD_TOOL_USE
         last = messages[-1]
-        if type(last) is not dict or last.get("role") != "assistant" or type(last.get("content")) is not str:
+        if type(last) is not dict or last.get("role") != "assistant" \
+                or (type(last.get("content")) is not str and not makes_a_call(last)):
             flags |= NO_ASSISTANT
         return "chat", flags
     if "prompt" in record or "completion" in record:
@@ -363,6 +373,17 @@ def check_message_structure(data: CheckData) -> List[Finding]:
         findings.append(Finding("message_structure", "error", f"records with a message without text content: {len(bad_content)}",
                                 "give every message a \"content\" string", _lines_of(data, bad_content)))
     return findings
+
+
+def check_tool_calls(data: CheckData) -> List[Finding]:
+    """Tool definitions, the assistant's tool calls and the tool messages answering them are as OpenAI documents."""
+    bad = data.flagged(BAD_TOOL_USE)
+    if not bad:
+        return []
+    example = tool_use_problems(data.records[bad[0]])[0]
+    return [Finding("tool_calls", "error", f"records with malformed tool calls: {len(bad)} (line {data.lines[bad[0]]}: "
+                    f"{example})", "give each call an id, type \"function\", a function name and arguments as JSON "
+                    "text, and answer it with a tool message carrying its tool_call_id", _lines_of(data, bad))]
 
 
 def check_assistant_message(data: CheckData) -> List[Finding]:
@@ -641,6 +662,7 @@ CHECKS: List[Callable[[CheckData], List[Finding]]] = [
     check_missing_keys,
     check_extra_keys,
     check_message_structure,
+    check_tool_calls,
     check_assistant_message,
     check_empty_completions,
     check_duplicates,
@@ -726,6 +748,8 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
             pass  # not that shape: _analyse says what is wrong, if anything
         kind, bits = _analyse(record)
         if kind is not None and not bits & _MALFORMED:
+            if kind == "chat" and not all(type(m.get("content")) is str for m in record["messages"]):
+                record = {"messages": [{"role": m["role"], "content": message_text(m)} for m in record["messages"]]}
             append((kind, bits, prompt_text(record), answer_of(record)))
         else:
             append((kind, bits, None, None))
@@ -942,7 +966,7 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
             for message in record["messages"]:
                 if isinstance(message.get("content"), str):
                     message["content"] = strip_specials(message["content"], line)
-            if not record["messages"][-1]["content"].strip():
+            if not message_text(record["messages"][-1]).strip():
                 actions["dropped records with an empty answer"].append(line)
                 continue
         key = json.dumps(record, ensure_ascii=False, sort_keys=True)

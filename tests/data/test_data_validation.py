@@ -35,6 +35,56 @@ def _raw_comp(prompt, completion):
     return {"prompt": prompt, "completion": completion}
 
 
+WEATHER_TOOL = {"type": "function", "function": {
+    "name": "get_current_weather", "description": "Get the current weather",
+    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+
+
+def weather_call(i, call_id="call_1"):
+    return {"id": call_id, "type": "function",
+            "function": {"name": "get_current_weather", "arguments": json.dumps({"location": f"City {i}"})}}
+
+
+def tool_records(n):
+    """Tool-calling records as OpenAI's fine-tuning guide shows them: a call to learn, or a call, its result and
+    the answer; parallel calls; and the older `functions` / `function_call` form."""
+    records = []
+    for i in range(n):
+        if i % 4 == 0:  # the call is what the model learns (content null)
+            records.append({"messages": [{"role": "user", "content": f"What is the weather in City {i}?"},
+                                         {"role": "assistant", "content": None, "tool_calls": [weather_call(i)]}],
+                            "tools": [WEATHER_TOOL], "parallel_tool_calls": False})
+        elif i % 4 == 1:  # call, result, answer; the call without a content key at all, and weight 0
+            records.append({"messages": [
+                {"role": "system", "content": "You are a weather bot."},
+                {"role": "user", "content": f"Weather in City {i}?"},
+                {"role": "assistant", "tool_calls": [weather_call(i)], "weight": 0},
+                {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"celsius": i})},
+                {"role": "assistant", "content": f"It is {i} degrees in City {i}."}], "tools": [WEATHER_TOOL]})
+        elif i % 4 == 2:  # two calls at once
+            records.append({"messages": [
+                {"role": "user", "content": f"Weather in City {i} and City {i + 1}?"},
+                {"role": "assistant", "content": None,
+                 "tool_calls": [weather_call(i, "call_a"), weather_call(i + 1, "call_b")]}],
+                "tools": [WEATHER_TOOL], "parallel_tool_calls": True})
+        else:  # the older function calling form
+            records.append({"messages": [
+                {"role": "user", "content": f"How warm is City {i}?"},
+                {"role": "assistant", "function_call": {"name": "get_current_weather",
+                                                        "arguments": json.dumps({"location": f"City {i}"})}}],
+                "functions": [WEATHER_TOOL["function"]]})
+    return records
+
+
+TOOLS = tool_records(40)
+
+
+def _unanswered_tool_message(record):
+    messages = [dict(m) for m in record["messages"]]
+    messages[3] = {**messages[3], "tool_call_id": "call_nobody_made"}
+    return {**record, "messages": messages}
+
+
 # check name -> (records that trip it, records that do not, options for validate_records, severity)
 CASES = {
     "json_lines": (_with(GOOD_CHAT, 3, UnparsedLine("not JSON (Expecting value at column 1)")), GOOD_CHAT, {}, "error"),
@@ -44,6 +94,7 @@ CASES = {
     "message_structure": (_with(GOOD_CHAT, 1, {"messages": [{"role": "robot", "content": "hi"},
                                                              {"role": "assistant", "content": "yes"}]}),
                           GOOD_CHAT, {}, "error"),
+    "tool_calls": (_with(TOOLS, 5, _unanswered_tool_message(TOOLS[5])), TOOLS, {}, "error"),
     "assistant_message": (_with(GOOD_CHAT, 2, {"messages": [{"role": "user", "content": "hi"}]}), GOOD_CHAT, {},
                           "error"),
     "empty_completions": (_with(GOOD_COMP, 4, _raw_comp("empty answer\n\n###\n\n", " END")), GOOD_COMP, {}, "error"),
@@ -82,6 +133,40 @@ def test_check_trips_on_bad_data_and_not_on_good(name):
     assert all(f.message and f.fix for f in tripped if f.severity == "error")
     clean = validate_records(good, **options)
     assert not [f for f in clean.findings if f.check == name], clean.findings
+
+
+def test_tool_calling_records_as_openai_documents_them_are_accepted(tmp_path):
+    report = validate_file(_write(tmp_path / "tools.jsonl", TOOLS))
+    assert report.ok, report.render()
+    assert report.stats["format"] == "chat" and report.stats["records"] == 40
+    assert not [f for f in report.findings if f.check in ("extra_keys", "message_structure", "duplicates")]
+    # calls and tool definitions count towards the tokens, so the context limit and the cost see them
+    without_tools = [{"messages": [m for m in r["messages"] if m.get("content")]} for r in TOOLS]
+    assert report.stats["tokens"]["total"] > validate_records(without_tools).stats["tokens"]["total"] + 40 * 20
+    repaired, actions = repair_records(TOOLS)
+    assert repaired == TOOLS and actions == []
+
+
+@pytest.mark.parametrize("broken, problem", [
+    (lambda r: {**r, "tools": [{"type": "function"}]}, "`tools` is not a list"),
+    (lambda r: {**r, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+    (lambda r: {**r, "messages": [r["messages"][0], {**r["messages"][1], "tool_calls": [
+        {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": {"x": 1}}}]}]},
+     "tool_calls is not a list"),
+    (lambda r: {**r, "messages": [{**r["messages"][0], "tool_calls": [weather_call(0)]}, r["messages"][1]]},
+     "a user message has tool_calls"),
+    (lambda r: {**r, "messages": r["messages"] + [{"role": "tool", "content": "12"}]}, "no tool_call_id"),
+])
+def test_malformed_tool_calls_are_errors_naming_the_problem(broken, problem):
+    records = _with(TOOLS, 4, broken(TOOLS[4]))
+    found = [f for f in validate_records(records).findings if f.check == "tool_calls"]
+    assert len(found) == 1 and found[0].lines == [5] and problem in found[0].message, found
+
+
+def test_a_record_that_ends_with_a_tool_message_has_nothing_to_learn():
+    record = {**TOOLS[1], "messages": TOOLS[1]["messages"][:4]}
+    found = [f for f in validate_records(_with(TOOLS, 1, record)).findings if f.check == "assistant_message"]
+    assert found and found[0].lines == [2]
 
 
 def test_findings_carry_line_numbers_and_the_report_counts():
