@@ -284,3 +284,66 @@ def test_exported_files_validate_clean(travel_project, tmp_path):
     report = validate_file(task_dir / "train.jsonl")
     assert report.ok and report.stats["format"] == "completion"
     assert not [f for f in report.findings if f.check == "single_token_labels"]
+
+
+def _near_intent_shape(i):
+    """Records that look like export's intent records but differ in one place the fast path must notice."""
+    good = chat(f"near miss {i}", "yes")
+    system, user, assistant = good["messages"]
+    return [
+        {"messages": [system, user, {**assistant, "name": "bot"}]},
+        {"messages": [system, user, {**assistant, "content": None}]},
+        {"messages": [system, user, {"role": "assistant", "tool_calls": [weather_call(i)], "content": None}],
+         "tools": [WEATHER_TOOL]},
+        {"messages": [user, system, assistant]},
+        {"messages": [{**system, "content": 7}, user, assistant]},
+        {"messages": [system, user, assistant], "id": i},
+        {"messages": [system, {"role": "user", "text": "no content key"}, assistant]},
+        {"messages": [system, user]},
+        {"messages": [system, user, assistant, assistant]},
+        {"messages": [system, "a string message", assistant]},
+        {"messages": "not a list"},
+        [system, user, assistant],
+        "a string",
+    ]
+
+
+def test_validations_fast_path_and_full_analysis_agree_on_every_record_of_a_file(travel_project, tmp_path):
+    from rasa_gpt3.data.export import export_task
+    from rasa_gpt3.data.validation import _intent_shape_parts, _record_parts
+
+    records = []
+    for task in ("intent", "entities"):
+        exported = export_task(task, travel_project.nlu, fmt="chat")
+        records += exported.train + exported.valid
+    records += GOOD_CHAT[:20] + GOOD_COMP[:20] + TOOLS + [r for i in range(3) for r in _near_intent_shape(i)]
+    records += [r for bad, _, _, _ in CASES.values() for r in bad[:3] if type(r) is not UnparsedLine]
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))  # ASCII escapes keep the lone surrogate
+    parsed = read_jsonl(path)
+    assert len(parsed.records) == len(records)
+    fast_hits = 0
+    for line, record in zip(parsed.lines, parsed.records):
+        fast = _intent_shape_parts(record)
+        if fast is not None:
+            fast_hits += 1
+            assert fast == _record_parts(record), (line, record)
+    assert fast_hits >= 40  # export's records and GOOD_CHAT took the fast path
+    assert validate_file(path).findings  # and the file as a whole is checked (it has errors)
+
+
+@pytest.mark.parametrize("task, fmt", [("intent", "chat"), ("intent", "completion"), ("entities", "chat")])
+def test_exports_own_check_agrees_with_checking_its_written_file(travel_project, tmp_path, task, fmt):
+    """Export checks its records with its own keys and token counts; read back from disk they give the same report."""
+    from rasa_gpt3.data.export import export_task
+
+    exported = export_task(task, travel_project.nlu, fmt=fmt)
+    path = tmp_path / "both.jsonl"
+    path.write_text(exported.jsonl("train") + exported.jsonl("valid"), encoding="utf-8")
+    parsed = read_jsonl(path)
+    from_file = validate_records(parsed.records, fmt=fmt, base_model=exported.base_model, lines=parsed.lines,
+                                 keys=parsed.texts, classification=task == "intent",
+                                 training_count=len(exported.train), codec=exported.codec,
+                                 source=exported.report.source)
+    assert [f.to_json() for f in from_file.findings] == [f.to_json() for f in exported.report.findings]
+    assert from_file.stats == exported.report.stats
