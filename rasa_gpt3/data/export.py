@@ -398,10 +398,7 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
         pairs = intent_examples(nlu)
         if not pairs:
             raise DataError("the NLU data has no examples with text and intent")
-        try:
-            codec = LabelCodec.build({intent for intent, _ in pairs}, encoding, fmt)
-        except ValueError as error:
-            raise DataError(str(error)) from None
+        codec = LabelCodec.build({intent for intent, _ in pairs}, encoding, fmt)
         labels_of = codec.labels
         make = prompts.intent_record
         labels = [intent for intent, _ in pairs]
