@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import errno
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -105,14 +106,13 @@ def _siblings(path: Path) -> List[Path]:
         names = os.listdir(path.parent)
     except FileNotFoundError:
         return []
-    start = f".{path.name}."
-    return [path.parent / name for name in sorted(names)
-            if name.startswith(start) and name.endswith((_NEW, _OLD)) and _writer_pid(path, path.parent / name)]
+    return [path.parent / name for name in sorted(names) if _writer_pid(path, path.parent / name)]
 
 
 def _writer_pid(path: Path, sibling: Path) -> int:
-    pid = sibling.name[len(path.name) + 2:].split(".", 1)[0]
-    return int(pid) if pid.isdigit() else 0
+    """The process id in the name of a temporary sibling of `path` (`.NAME.PID.RANDOM.new|old`), else 0."""
+    found = re.fullmatch(re.escape(f".{path.name}.") + r"(\d+)\.[^.]+(?:\.new|\.old)", sibling.name)
+    return int(found.group(1)) if found else 0
 
 
 def _process_alive(pid: int) -> bool:
@@ -158,7 +158,7 @@ def _exchange(first: Path, second: Path) -> bool:
     """Swaps two paths atomically with Linux's renameat2; False where that is not available."""
     try:
         renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
-    except (AttributeError, OSError):
+    except (AttributeError, OSError, TypeError):  # no such call in this C library, or no C library to ask
         return False
     renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
     renameat2.restype = ctypes.c_int

@@ -115,6 +115,16 @@ def test_siblings_of_dead_writers_are_removed_and_live_ones_kept(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted(["intent", live.name])
 
 
+def test_siblings_of_a_directory_with_a_longer_name_are_not_its_own(tmp_path):
+    """`.intent.5.<pid>.x.new` belongs to `intent.5`, not to `intent` with a writer whose id is 5."""
+    other = tmp_path / f".intent.5.{_dead_pid()}.abc.new"
+    other.mkdir()
+    remove_abandoned_siblings(tmp_path / "intent")
+    assert other.exists()
+    remove_abandoned_siblings(tmp_path / "intent.5")
+    assert not other.exists()
+
+
 def test_a_missing_directory_comes_back_from_the_set_aside_copy(tmp_path):
     """A writer killed between its two renames left the old directory aside and none in place."""
     pid = _dead_pid()
