@@ -5,6 +5,7 @@ directory: the caller fills a temporary sibling, which then takes the old direct
 renameat2 exchange; elsewhere the old one is renamed aside first). Temporary siblings carry the writer's process id,
 so the next writer can tell an abandoned one (its process is gone) from one still being written, and removes it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -200,7 +201,7 @@ class _SignalGuard:
         self._holding = False
         self._pending: List[int] = []
 
-    def __enter__(self) -> "_SignalGuard":
+    def __enter__(self) -> _SignalGuard:
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
             self._previous = signal.signal(signal.SIGTERM, self._on_signal)
         return self

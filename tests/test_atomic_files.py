@@ -1,4 +1,5 @@
 """Atomic writes of files and whole directories keep readable permissions and leave no temporary files behind."""
+
 import os
 import stat
 import subprocess
@@ -168,8 +169,13 @@ def test_sigterm_leaves_the_old_or_the_new_directory_and_no_temporary(tmp_path, 
     (target / "old.txt").write_text("old")
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, PYTHONPATH=repo)
-    done = subprocess.run([sys.executable, "-c", _SIGNALLED_WRITER, str(target), when], env=env,
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_WRITER, str(target), when],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == -15, done.stderr  # it still ends as SIGTERM ends a process
     assert "finished" not in done.stdout
     expected = {"old.txt": "old"} if when == "fill" else {"new.txt": "new"}

@@ -5,6 +5,7 @@ A task's files (train.jsonl, valid.jsonl, labels.json, manifest.json) are writte
 half-way, never leaves new training data next to an old manifest. Other files a user keeps in the task directory
 are carried over into the new one.
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,13 @@ def check_output_dir(out_dir: Union[str, Path], tasks: Iterable[str]) -> None:
     for task in tasks:
         task_dir = out / task
         if os.path.lexists(task_dir) and not task_dir.is_dir():
-            raise DataError(f"{task_dir} is a file, but the {task} export goes into a directory of that name "
-                            "(move the file or choose another --out)")
+            raise DataError(
+                f"{task_dir} is a file, but the {task} export goes into a directory of that name "
+                "(move the file or choose another --out)"
+            )
 
 
-def write_export(exported: "ExportedTask", out_dir: Union[str, Path], command: Optional[str] = None) -> Path:
+def write_export(exported: ExportedTask, out_dir: Union[str, Path], command: Optional[str] = None) -> Path:
     """Writes train.jsonl, valid.jsonl, labels.json (intent task) and manifest.json as out_dir/<task>/, as a whole.
 
     Raises DataError when the directory cannot be written; the old directory is then left as it was.

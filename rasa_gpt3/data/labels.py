@@ -18,6 +18,7 @@ a predicate on the emitted label text for another model's tokenizer (an open-wei
 There are about 1,650 one-token codes in chat form and 630 in completion form; more intents than names and codes
 can label is a DataError that says how many fit and what to do.
 """
+
 from __future__ import annotations
 
 import itertools
@@ -75,16 +76,19 @@ def _code_count(is_one_token: OneToken, fmt: str) -> int:
     return sum(1 for code in _codes() if single(code))
 
 
-def _too_many_intents(count: int, unlabelled: int, labels: Dict[str, str], fmt: str, tokenizer: str,
-                      is_one_token: OneToken) -> str:
+def _too_many_intents(
+    count: int, unlabelled: int, labels: Dict[str, str], fmt: str, tokenizer: str, is_one_token: OneToken
+) -> str:
     """The error for more intents than one-token labels: how many, the limit of this format and tokenizer, advice."""
     code_set = set(_codes())
     named = sum(1 for label in labels.values() if label not in code_set)
     codes = _code_count(is_one_token, fmt)
-    message = (f"{count:,} intents are too many for one-token labels in the {fmt} format with {tokenizer}: "
-               f"{named:,} have a name (or a part of one) that is one token, and the others share {codes:,} "
-               f"one-token codes, so {unlabelled:,} are left without a label (at most {count - unlabelled:,} of "
-               f"these intents fit); merge or remove at least {unlabelled:,} intents the bot need not tell apart")
+    message = (
+        f"{count:,} intents are too many for one-token labels in the {fmt} format with {tokenizer}: "
+        f"{named:,} have a name (or a part of one) that is one token, and the others share {codes:,} "
+        f"one-token codes, so {unlabelled:,} are left without a label (at most {count - unlabelled:,} of "
+        f"these intents fit); merge or remove at least {unlabelled:,} intents the bot need not tell apart"
+    )
     for other in FORMATS:
         other_codes = _code_count(is_one_token, other) if other != fmt else 0
         if other_codes > codes:
@@ -114,8 +118,9 @@ class LabelCodec:
             raise ValueError("label codec maps two intents to the same label")
 
     @classmethod
-    def build(cls, intents: Iterable[str], encoding: Any, fmt: str, *,
-              is_one_token: Optional[OneToken] = None) -> "LabelCodec":
+    def build(
+        cls, intents: Iterable[str], encoding: Any, fmt: str, *, is_one_token: Optional[OneToken] = None
+    ) -> LabelCodec:
         """Builds the codec for `intents` in record format `fmt`, each label one token as the model emits it.
 
         `encoding` is the tiktoken encoding (or its name); with `is_one_token` it is only the name of the
@@ -166,7 +171,7 @@ class LabelCodec:
         return {"version": CODEC_VERSION, "format": self.fmt, "encoding": self.encoding, "labels": dict(self.labels)}
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "LabelCodec":
+    def from_json(cls, data: Dict[str, Any]) -> LabelCodec:
         """Reads a codec back from `to_json()` output; raises ValueError when it is not one."""
         if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
             raise ValueError("not a label codec (expected an object with 'labels')")

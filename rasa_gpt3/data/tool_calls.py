@@ -6,6 +6,7 @@ or the older `functions`) and `parallel_tool_calls`; an assistant message may ca
 the older `function_call`; a `tool` message answers one call by its `tool_call_id`. The last assistant message may
 be a tool call: that is what the model learns to make.
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,9 @@ def tool_use_problems(record: Dict[str, Any]) -> List[str]:
     if "tools" in record and not (type(tools) is list and tools and all(_is_function_tool(t) for t in tools)):
         problems.append('`tools` is not a list of {"type": "function", "function": {"name": ...}}')
     functions = record.get("functions")
-    if "functions" in record and not (type(functions) is list and functions
-                                      and all(type(f) is dict and _is_name(f.get("name")) for f in functions)):
+    if "functions" in record and not (
+        type(functions) is list and functions and all(type(f) is dict and _is_name(f.get("name")) for f in functions)
+    ):
         problems.append('`functions` is not a list of {"name": ...}')
     if "parallel_tool_calls" in record and type(record["parallel_tool_calls"]) is not bool:
         problems.append("`parallel_tool_calls` is not true or false")
@@ -41,8 +43,10 @@ def tool_use_problems(record: Dict[str, Any]) -> List[str]:
             if role != "assistant":
                 problems.append(f"a {role} message has tool_calls (only assistant messages make calls)")
             elif not (type(calls) is list and calls and all(_is_call(call) for call in calls)):
-                problems.append('tool_calls is not a list of {"id", "type": "function", '
-                                '"function": {"name", "arguments": "<JSON text>"}}')
+                problems.append(
+                    'tool_calls is not a list of {"id", "type": "function", '
+                    '"function": {"name", "arguments": "<JSON text>"}}'
+                )
             else:
                 call_ids.update(call["id"] for call in calls)
         if "function_call" in message and message["function_call"] is not None:
@@ -98,10 +102,18 @@ def _is_function(function: Any) -> bool:
 
 
 def _is_call(call: Any) -> bool:
-    return (type(call) is dict and _is_name(call.get("id")) and call.get("type") == "function"
-            and _is_function(call.get("function")))
+    return (
+        type(call) is dict
+        and _is_name(call.get("id"))
+        and call.get("type") == "function"
+        and _is_function(call.get("function"))
+    )
 
 
 def _is_function_tool(tool: Any) -> bool:
-    return (type(tool) is dict and tool.get("type") == "function" and type(tool.get("function")) is dict
-            and _is_name(tool["function"].get("name")))
+    return (
+        type(tool) is dict
+        and tool.get("type") == "function"
+        and type(tool.get("function")) is dict
+        and _is_name(tool["function"].get("name"))
+    )

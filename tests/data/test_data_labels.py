@@ -1,4 +1,5 @@
 """The label codec: one token per label in the emitted form, distinct, deterministic, JSON round trip."""
+
 from __future__ import annotations
 
 import json
@@ -12,9 +13,23 @@ from rasa_gpt3.errors import DataError
 from rasa_gpt3.prompts import STOP, label_token
 
 INTENTS = [
-    "greet", "goodbye", "affirm", "deny", "check_balance", "check_earnings", "check_human", "check_recipients",
-    "transfer_money", "faq/ask_name", "faq/ask_weather", "chitchat/ask_name", "out_of_scope", "xqzv_jjkw",
-    "qqqq_zzzz_wwww", "END", "bookFlightNow",
+    "greet",
+    "goodbye",
+    "affirm",
+    "deny",
+    "check_balance",
+    "check_earnings",
+    "check_human",
+    "check_recipients",
+    "transfer_money",
+    "faq/ask_name",
+    "faq/ask_weather",
+    "chitchat/ask_name",
+    "out_of_scope",
+    "xqzv_jjkw",
+    "qqqq_zzzz_wwww",
+    "END",
+    "bookFlightNow",
 ]
 
 
@@ -81,8 +96,10 @@ def test_a_tokenizer_predicate_decides_what_one_token_is():
     assert all(_at_most_two_characters(codec.token_of(intent)) for intent in INTENTS)
     assert codec.labels != LabelCodec.build(INTENTS, get_encoding("o200k_base"), "completion").labels
     # without a predicate a tiktoken encoding's name is enough, and gives what the encoding itself gives
-    assert (LabelCodec.build(INTENTS, "o200k_base", "chat").labels
-            == LabelCodec.build(INTENTS, get_encoding("o200k_base"), "chat").labels)
+    assert (
+        LabelCodec.build(INTENTS, "o200k_base", "chat").labels
+        == LabelCodec.build(INTENTS, get_encoding("o200k_base"), "chat").labels
+    )
 
 
 def test_too_many_intents_says_how_many_fit_and_what_to_do():

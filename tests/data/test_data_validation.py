@@ -1,4 +1,5 @@
 """`validate`: one test per check (data that trips it, data that doesn't), the report, --json and --fix."""
+
 from __future__ import annotations
 
 import json
@@ -35,14 +36,22 @@ def _raw_comp(prompt, completion):
     return {"prompt": prompt, "completion": completion}
 
 
-WEATHER_TOOL = {"type": "function", "function": {
-    "name": "get_current_weather", "description": "Get the current weather",
-    "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}}
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_current_weather",
+        "description": "Get the current weather",
+        "parameters": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]},
+    },
+}
 
 
 def weather_call(i, call_id="call_1"):
-    return {"id": call_id, "type": "function",
-            "function": {"name": "get_current_weather", "arguments": json.dumps({"location": f"City {i}"})}}
+    return {
+        "id": call_id,
+        "type": "function",
+        "function": {"name": "get_current_weather", "arguments": json.dumps({"location": f"City {i}"})},
+    }
 
 
 def tool_records(n):
@@ -51,28 +60,60 @@ def tool_records(n):
     records = []
     for i in range(n):
         if i % 4 == 0:  # the call is what the model learns (content null)
-            records.append({"messages": [{"role": "user", "content": f"What is the weather in City {i}?"},
-                                         {"role": "assistant", "content": None, "tool_calls": [weather_call(i)]}],
-                            "tools": [WEATHER_TOOL], "parallel_tool_calls": False})
+            records.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"What is the weather in City {i}?"},
+                        {"role": "assistant", "content": None, "tool_calls": [weather_call(i)]},
+                    ],
+                    "tools": [WEATHER_TOOL],
+                    "parallel_tool_calls": False,
+                }
+            )
         elif i % 4 == 1:  # call, result, answer; the call without a content key at all, and weight 0
-            records.append({"messages": [
-                {"role": "system", "content": "You are a weather bot."},
-                {"role": "user", "content": f"Weather in City {i}?"},
-                {"role": "assistant", "tool_calls": [weather_call(i)], "weight": 0},
-                {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"celsius": i})},
-                {"role": "assistant", "content": f"It is {i} degrees in City {i}."}], "tools": [WEATHER_TOOL]})
+            records.append(
+                {
+                    "messages": [
+                        {"role": "system", "content": "You are a weather bot."},
+                        {"role": "user", "content": f"Weather in City {i}?"},
+                        {"role": "assistant", "tool_calls": [weather_call(i)], "weight": 0},
+                        {"role": "tool", "tool_call_id": "call_1", "content": json.dumps({"celsius": i})},
+                        {"role": "assistant", "content": f"It is {i} degrees in City {i}."},
+                    ],
+                    "tools": [WEATHER_TOOL],
+                }
+            )
         elif i % 4 == 2:  # two calls at once
-            records.append({"messages": [
-                {"role": "user", "content": f"Weather in City {i} and City {i + 1}?"},
-                {"role": "assistant", "content": None,
-                 "tool_calls": [weather_call(i, "call_a"), weather_call(i + 1, "call_b")]}],
-                "tools": [WEATHER_TOOL], "parallel_tool_calls": True})
+            records.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"Weather in City {i} and City {i + 1}?"},
+                        {
+                            "role": "assistant",
+                            "content": None,
+                            "tool_calls": [weather_call(i, "call_a"), weather_call(i + 1, "call_b")],
+                        },
+                    ],
+                    "tools": [WEATHER_TOOL],
+                    "parallel_tool_calls": True,
+                }
+            )
         else:  # the older function calling form
-            records.append({"messages": [
-                {"role": "user", "content": f"How warm is City {i}?"},
-                {"role": "assistant", "function_call": {"name": "get_current_weather",
-                                                        "arguments": json.dumps({"location": f"City {i}"})}}],
-                "functions": [WEATHER_TOOL["function"]]})
+            records.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": f"How warm is City {i}?"},
+                        {
+                            "role": "assistant",
+                            "function_call": {
+                                "name": "get_current_weather",
+                                "arguments": json.dumps({"location": f"City {i}"}),
+                            },
+                        },
+                    ],
+                    "functions": [WEATHER_TOOL["function"]],
+                }
+            )
     return records
 
 
@@ -91,37 +132,70 @@ CASES = {
     "format": (GOOD_CHAT[:150] + GOOD_COMP[150:], GOOD_CHAT, {}, "error"),
     "missing_keys": (_with(GOOD_COMP, 3, {"prompt": "only a prompt\n\n###\n\n"}), GOOD_COMP, {}, "error"),
     "extra_keys": (_with(GOOD_CHAT, 0, {**GOOD_CHAT[0], "id": 7}), GOOD_CHAT, {}, "warning"),
-    "message_structure": (_with(GOOD_CHAT, 1, {"messages": [{"role": "robot", "content": "hi"},
-                                                             {"role": "assistant", "content": "yes"}]}),
-                          GOOD_CHAT, {}, "error"),
+    "message_structure": (
+        _with(
+            GOOD_CHAT, 1, {"messages": [{"role": "robot", "content": "hi"}, {"role": "assistant", "content": "yes"}]}
+        ),
+        GOOD_CHAT,
+        {},
+        "error",
+    ),
     "tool_calls": (_with(TOOLS, 5, _unanswered_tool_message(TOOLS[5])), TOOLS, {}, "error"),
-    "assistant_message": (_with(GOOD_CHAT, 2, {"messages": [{"role": "user", "content": "hi"}]}), GOOD_CHAT, {},
-                          "error"),
+    "assistant_message": (
+        _with(GOOD_CHAT, 2, {"messages": [{"role": "user", "content": "hi"}]}),
+        GOOD_CHAT,
+        {},
+        "error",
+    ),
     "empty_completions": (_with(GOOD_COMP, 4, _raw_comp("empty answer\n\n###\n\n", " END")), GOOD_COMP, {}, "error"),
     "duplicates": (GOOD_CHAT + [GOOD_CHAT[5]], GOOD_CHAT, {}, "warning"),
     "example_count": (GOOD_CHAT[:5], GOOD_CHAT, {}, "error"),
-    "token_limit": (_with(GOOD_COMP, 0, comp("word " * 17000, "yes")), GOOD_COMP, {"base_model": "babbage-002"},
-                    "error"),
+    "token_limit": (
+        _with(GOOD_COMP, 0, comp("word " * 17000, "yes")),
+        GOOD_COMP,
+        {"base_model": "babbage-002"},
+        "error",
+    ),
     "special_tokens": (_with(GOOD_CHAT, 0, chat("hi <|endoftext|> there", "yes")), GOOD_CHAT, {}, "error"),
     "unicode": (_with(GOOD_CHAT, 0, chat("broken \ud800 text", "yes")), GOOD_CHAT, {}, "error"),
-    "prompt_separator": ([_raw_comp(f"question {i}", r["completion"]) for i, r in enumerate(GENERATION)],
-                         GENERATION, {}, "warning"),
-    "completion_leading_space": (_with(GENERATION, 0, _raw_comp("question 0\n\n###\n\n", "answer END")), GENERATION,
-                                 {}, "warning"),
-    "completion_stop": ([_raw_comp(r["prompt"], f" answer {i}") for i, r in enumerate(GENERATION)], GENERATION, {},
-                        "warning"),
-    "capitalisation": ([chat(f"MESSAGE NUMBER {i} IN CAPITALS", r["messages"][-1]["content"])
-                        for i, r in enumerate(GOOD_CHAT)], GOOD_CHAT, {}, "warning"),
+    "prompt_separator": (
+        [_raw_comp(f"question {i}", r["completion"]) for i, r in enumerate(GENERATION)],
+        GENERATION,
+        {},
+        "warning",
+    ),
+    "completion_leading_space": (
+        _with(GENERATION, 0, _raw_comp("question 0\n\n###\n\n", "answer END")),
+        GENERATION,
+        {},
+        "warning",
+    ),
+    "completion_stop": (
+        [_raw_comp(r["prompt"], f" answer {i}") for i, r in enumerate(GENERATION)],
+        GENERATION,
+        {},
+        "warning",
+    ),
+    "capitalisation": (
+        [chat(f"MESSAGE NUMBER {i} IN CAPITALS", r["messages"][-1]["content"]) for i, r in enumerate(GOOD_CHAT)],
+        GOOD_CHAT,
+        {},
+        "warning",
+    ),
     "label_conflicts": (GOOD_CHAT + [chat("message number 0", "yes")], GOOD_CHAT, {}, "warning"),
     "examples_per_label": (GOOD_CHAT + [chat("a lonely example", "maybe")], GOOD_CHAT, {}, "warning"),
     "class_imbalance": (GOOD_CHAT + [chat(f"one of a few {i}", "maybe") for i in range(8)], GOOD_CHAT, {}, "warning"),
-    "single_token_labels": ([chat(r["messages"][1]["content"], r["messages"][-1]["content"] + "_check_recipients_now")
-                             for r in GOOD_CHAT], GOOD_CHAT, {}, "warning"),
+    "single_token_labels": (
+        [chat(r["messages"][1]["content"], r["messages"][-1]["content"] + "_check_recipients_now") for r in GOOD_CHAT],
+        GOOD_CHAT,
+        {},
+        "warning",
+    ),
 }
 
 
 def test_every_check_has_a_case():
-    assert {check.__name__[len("check_"):] for check in CHECKS} == set(CASES)
+    assert {check.__name__[len("check_") :] for check in CHECKS} == set(CASES)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
@@ -147,16 +221,37 @@ def test_tool_calling_records_as_openai_documents_them_are_accepted(tmp_path):
     assert repaired == TOOLS and actions == []
 
 
-@pytest.mark.parametrize("broken, problem", [
-    (lambda r: {**r, "tools": [{"type": "function"}]}, "`tools` is not a list"),
-    (lambda r: {**r, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
-    (lambda r: {**r, "messages": [r["messages"][0], {**r["messages"][1], "tool_calls": [
-        {"id": "call_1", "type": "function", "function": {"name": "get_current_weather", "arguments": {"x": 1}}}]}]},
-     "tool_calls is not a list"),
-    (lambda r: {**r, "messages": [{**r["messages"][0], "tool_calls": [weather_call(0)]}, r["messages"][1]]},
-     "a user message has tool_calls"),
-    (lambda r: {**r, "messages": r["messages"] + [{"role": "tool", "content": "12"}]}, "no tool_call_id"),
-])
+@pytest.mark.parametrize(
+    "broken, problem",
+    [
+        (lambda r: {**r, "tools": [{"type": "function"}]}, "`tools` is not a list"),
+        (lambda r: {**r, "parallel_tool_calls": "yes"}, "parallel_tool_calls"),
+        (
+            lambda r: {
+                **r,
+                "messages": [
+                    r["messages"][0],
+                    {
+                        **r["messages"][1],
+                        "tool_calls": [
+                            {
+                                "id": "call_1",
+                                "type": "function",
+                                "function": {"name": "get_current_weather", "arguments": {"x": 1}},
+                            }
+                        ],
+                    },
+                ],
+            },
+            "tool_calls is not a list",
+        ),
+        (
+            lambda r: {**r, "messages": [{**r["messages"][0], "tool_calls": [weather_call(0)]}, r["messages"][1]]},
+            "a user message has tool_calls",
+        ),
+        (lambda r: {**r, "messages": r["messages"] + [{"role": "tool", "content": "12"}]}, "no tool_call_id"),
+    ],
+)
 def test_malformed_tool_calls_are_errors_naming_the_problem(broken, problem):
     records = _with(TOOLS, 4, broken(TOOLS[4]))
     found = [f for f in validate_records(records).findings if f.check == "tool_calls"]
@@ -205,8 +300,12 @@ def test_cli_validate_errors_exit_one(tmp_path, capsys):
 
 def test_cli_fix_writes_a_repaired_copy(tmp_path, capsys):
     records = [_raw_comp(f"question {i}", f"answer {i}") for i in range(30)]
-    records += [records[0], _raw_comp("nothing here", "   "), {**records[1], "note": "x"},
-                _raw_comp("a <|endoftext|> b", "answer x")]
+    records += [
+        records[0],
+        _raw_comp("nothing here", "   "),
+        {**records[1], "note": "x"},
+        _raw_comp("a <|endoftext|> b", "answer x"),
+    ]
     path = _write(tmp_path / "raw.jsonl", records)
     fixed = tmp_path / "fixed.jsonl"
     assert main(["validate", str(path), "--fix", str(fixed)]) == 0  # the repaired copy has no errors
@@ -255,15 +354,24 @@ def test_cli_validate_reports_every_problem_with_unreadable_lines_among_them(tmp
     path = tmp_path / "broken.jsonl"
     path.write_bytes(b"\n".join(lines) + b"\n")
     fixed = tmp_path / "fixed.jsonl"
-    as_json, as_text, fixing = run_cli_many([["validate", str(path), "--json"], ["validate", str(path)],
-                                             ["validate", str(path), "--json", "--fix", str(fixed)]], tmp_path)
+    as_json, as_text, fixing = run_cli_many(
+        [
+            ["validate", str(path), "--json"],
+            ["validate", str(path)],
+            ["validate", str(path), "--json", "--fix", str(fixed)],
+        ],
+        tmp_path,
+    )
     for result in (as_json, as_text, fixing):
         assert "Traceback" not in result.stderr and "error:" not in result.stderr, result.stderr
     assert as_json.returncode == as_text.returncode == 1
     report = json.loads(as_json.stdout)
     found = {f["check"]: f for f in report["findings"]}
     assert found["json_lines"]["lines"] == [3, 7] and found["json_lines"]["severity"] == "error"
-    assert "line 3: not JSON" in found["json_lines"]["message"] and "line 7: invalid UTF-8" in found["json_lines"]["message"]
+    assert (
+        "line 3: not JSON" in found["json_lines"]["message"]
+        and "line 7: invalid UTF-8" in found["json_lines"]["message"]
+    )
     assert found["missing_keys"]["lines"] == [10]
     assert "format" not in found  # an unreadable line is reported once, as what it is
     assert report["records"] == 38 and report["unparsed_lines"] == 2 and report["errors"] == 2
@@ -271,8 +379,9 @@ def test_cli_validate_reports_every_problem_with_unreadable_lines_among_them(tmp
     assert "error [missing_keys]" in as_text.stdout and "(lines 10)" in as_text.stdout
     assert fixing.returncode == 0, fixing.stdout  # the repaired copy has no errors
     fix = json.loads(fixing.stdout)["fix"]
-    assert fix["records"] == 37 and any(a.startswith("dropped lines that are not JSON: 2 (lines 3, 7)")
-                                        for a in fix["actions"])
+    assert fix["records"] == 37 and any(
+        a.startswith("dropped lines that are not JSON: 2 (lines 3, 7)") for a in fix["actions"]
+    )
     assert validate_file(fixed).ok
 
 
@@ -293,8 +402,10 @@ def _near_intent_shape(i):
     return [
         {"messages": [system, user, {**assistant, "name": "bot"}]},
         {"messages": [system, user, {**assistant, "content": None}]},
-        {"messages": [system, user, {"role": "assistant", "tool_calls": [weather_call(i)], "content": None}],
-         "tools": [WEATHER_TOOL]},
+        {
+            "messages": [system, user, {"role": "assistant", "tool_calls": [weather_call(i)], "content": None}],
+            "tools": [WEATHER_TOOL],
+        },
         {"messages": [user, system, assistant]},
         {"messages": [{**system, "content": 7}, user, assistant]},
         {"messages": [system, user, assistant], "id": i},
@@ -341,9 +452,16 @@ def test_exports_own_check_agrees_with_checking_its_written_file(travel_project,
     path = tmp_path / "both.jsonl"
     path.write_text(exported.jsonl("train") + exported.jsonl("valid"), encoding="utf-8")
     parsed = read_jsonl(path)
-    from_file = validate_records(parsed.records, fmt=fmt, base_model=exported.base_model, lines=parsed.lines,
-                                 keys=parsed.texts, classification=task == "intent",
-                                 training_count=len(exported.train), codec=exported.codec,
-                                 source=exported.report.source)
+    from_file = validate_records(
+        parsed.records,
+        fmt=fmt,
+        base_model=exported.base_model,
+        lines=parsed.lines,
+        keys=parsed.texts,
+        classification=task == "intent",
+        training_count=len(exported.train),
+        codec=exported.codec,
+        source=exported.report.source,
+    )
     assert [f.to_json() for f in from_file.findings] == [f.to_json() for f in exported.report.findings]
     assert from_file.stats == exported.report.stats
