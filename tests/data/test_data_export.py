@@ -379,6 +379,7 @@ def _stopped_exports(tmp_path, export_args, old_dir, kill_points, sig, name="run
     return results
 
 
+@pytest.mark.slow  # a dozen export processes
 def test_an_interrupted_re_export_leaves_the_old_or_the_new_export_whole(tmp_path, travel_bot_dir, run_cli_many):
     export = ["export", "--project", str(travel_bot_dir), "--format", "completion"]
     old_run, new_run = run_cli_many(
