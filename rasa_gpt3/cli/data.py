@@ -99,8 +99,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     """
     import json
 
-    from rasa_gpt3.atomic_files import write_atomic
-    from rasa_gpt3.data.validation import jsonl_text, read_jsonl, repair_records, validate_records
+    from rasa_gpt3.data.validation import read_jsonl, repair_records, validate_records, write_jsonl
 
     parsed = read_jsonl(args.file)
     report = validate_records(
@@ -117,7 +116,7 @@ def _run_validate(args: argparse.Namespace) -> int:
     if args.fix:
         fmt = args.format or report.stats["format"]
         repaired, actions = repair_records(parsed.records, fmt=fmt, base_model=args.base_model, lines=parsed.lines)
-        write_atomic(args.fix, jsonl_text(repaired))
+        write_jsonl(args.fix, repaired)
         fixed_report = validate_records(repaired, fmt=fmt, base_model=args.base_model, source=args.fix)
         result["fix"] = {
             "file": args.fix,

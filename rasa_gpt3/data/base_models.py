@@ -1,4 +1,5 @@
 """What is known about each fine-tunable base model: record format, tokenizer, context size and prices."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -21,21 +21,22 @@ Decisions (see also the README section "Export and validate"):
 - the fingerprint is a SHA-256 over the prompt-format version, task, format and the exact JSONL lines of both
   files; no timestamps anywhere, so re-runs on unchanged data write byte-identical files.
 """
+
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
-from rasa_gpt3.atomic_files import write_atomic
 from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
+from rasa_gpt3.data.export_files import check_output_dir, write_export
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
+from rasa_gpt3.data.intent_fast_path import in_background, intent_line_writer, intent_token_counter
 from rasa_gpt3.data.labels import LabelCodec
-from rasa_gpt3.data.tokens import count_record_tokens, count_suffixed_text_tokens, count_text_tokens, get_encoding
+from rasa_gpt3.data.tokens import count_record_tokens, count_text_tokens, get_encoding
 from rasa_gpt3.errors import DataError
 
 NO_ENTITIES = "(none)"
@@ -130,7 +131,7 @@ def _entity_items(message: Any, text: str) -> List[Dict[str, Any]]:
 
 
 def _stable_rank(seed: int, text: str) -> str:
-    return hashlib.sha256(f"{seed}\n{text}".encode("utf-8")).hexdigest()
+    return hashlib.sha256(f"{seed}\n{text}".encode()).hexdigest()
 
 
 def _entity_examples(nlu: Any, fmt: str, seed: int) -> List[Tuple[str, str, Dict[str, Any]]]:
@@ -187,7 +188,9 @@ def _typical_examples(nlu: Any) -> Dict[str, str]:
     return typical
 
 
-def _response_examples(nlu: Any, domain: Any, stories: Any, fmt: str, history: int) -> List[Tuple[str, str, Dict[str, Any]]]:
+def _response_examples(
+    nlu: Any, domain: Any, stories: Any, fmt: str, history: int
+) -> List[Tuple[str, str, Dict[str, Any]]]:
     from rasa.shared.core.events import ActionExecuted, UserUttered
 
     if history < 1:
@@ -240,86 +243,6 @@ def _response_examples(nlu: Any, domain: Any, stories: Any, fmt: str, history: i
             "utter_* responses in the domain or response data)"
         )
     return sorted(found.values(), key=lambda example: (example[0], example[1]))
-
-
-# ---------------------------------------------------------------- the intent task's fast path
-# 100,000 examples must export in under 2 s on a 2-core machine; json.dumps and the generic per-piece token
-# count of every record cost more than all the rest, and every intent record has the same shape.
-
-_TEXT_MARK, _LABEL_MARK = "\ue000text\ue000", "\ue000label\ue000"
-
-
-def _intent_line_writer(fmt: str, records: List[Dict[str, Any]], pairs: List[Tuple[str, str]]):
-    """A function index → JSONL line equal to json.dumps(record), from a template of prompts.intent_record.
-
-    The template is the record of two marker strings, serialised once and cut at the markers; each line is the
-    template with the JSON-escaped text and label put back. Checked against json.dumps on a sample; on any
-    difference (a prompt format that transforms the text) it returns None and the generic path is used.
-    """
-    dumps = json.JSONEncoder(ensure_ascii=False).encode
-    fallback = lambda i: dumps(records[i])  # noqa: E731
-    template = dumps(prompts.intent_record(_TEXT_MARK, _LABEL_MARK, fmt))
-    if template.count(_TEXT_MARK) != 1 or template.count(_LABEL_MARK) != 1:
-        return None
-    head, rest = template.split(_TEXT_MARK)
-    middle, tail = rest.split(_LABEL_MARK)
-    escape = json.encoder.encode_basestring  # the escaping json.dumps(ensure_ascii=False) does
-
-    def line(i: int) -> str:
-        text, label = pairs[i]
-        return head + escape(text)[1:-1] + middle + escape(label)[1:-1] + tail
-
-    sample = range(0, len(records), max(1, len(records) // 50))
-    if all(line(i) == fallback(i) for i in sample) and (not records or line(len(records) - 1) == fallback(len(records) - 1)):
-        return line
-    return None
-
-
-def _intent_token_counter(fmt: str, encoding: Any, records: List[Dict[str, Any]], pairs: List[Tuple[str, str]],
-                          text_counts: Optional[Future] = None):
-    """A function indices → exact token counts of the intent records (what count_record_tokens gives).
-
-    The counting runs on a worker thread (`text_counts`, started by the caller as soon as the texts are known):
-    tiktoken releases the GIL while it encodes, so it overlaps the rest of the export on a second core.
-    """
-    if fmt == "chat":
-        # chat accounting counts each message's content on its own: the rest of the record is a constant
-        constant = count_record_tokens([prompts.intent_record("", "", fmt)], encoding)[0]
-        labels = sorted({label for _, label in pairs})
-        label_counts = dict(zip(labels, count_text_tokens(labels, encoding)))
-        if text_counts is None:
-            text_counts = _in_background(count_text_tokens, [text for text, _ in pairs], encoding)
-
-        def count(indices: List[int]) -> List[int]:
-            per_text = text_counts.result()
-            return [constant + per_text[i] + label_counts[pairs[i][1]] for i in indices]
-
-        return count
-
-    template = prompts.intent_record(_TEXT_MARK, _LABEL_MARK, fmt)
-    prefix, _, suffix = template["prompt"].partition(_TEXT_MARK)
-    if prefix or _TEXT_MARK in template["completion"]:
-        per_record = _in_background(count_record_tokens, records, encoding)
-        return lambda indices: [per_record.result()[i] for i in indices]
-    # completion records: count(prompt = text + separator) + count(completion, one per label)
-    prompt_counts = _in_background(count_suffixed_text_tokens, [text for text, _ in pairs], suffix, encoding)
-    completions = {label: prompts.intent_record("", label, fmt)["completion"] for label in {l for _, l in pairs}}
-    completion_counts = dict(zip(completions, count_text_tokens(list(completions.values()), encoding)))
-
-    def count_completion(indices: List[int]) -> List[int]:
-        per_prompt = prompt_counts.result()
-        return [per_prompt[i] + completion_counts[pairs[i][1]] for i in indices]
-
-    return count_completion
-
-
-def _in_background(function: Callable[..., Any], *args: Any) -> Future:
-    """Runs `function(*args)` on a worker thread and returns its future."""
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rasa-gpt3-tokens")
-    try:
-        return executor.submit(function, *args)
-    finally:
-        executor.shutdown(wait=False)
 
 
 # ---------------------------------------------------------------- split
@@ -382,12 +305,33 @@ def export_task(
 ) -> ExportedTask:
     """Turns Rasa training data into the split fine-tune records of `task` (intent, entities or response)."""
     with paused_garbage_collection():
-        return _export_task(task, nlu, domain, stories, fmt=fmt, base_model=base_model,
-                            valid_fraction=valid_fraction, seed=seed, history=history, validate=validate)
+        return _export_task(
+            task,
+            nlu,
+            domain,
+            stories,
+            fmt=fmt,
+            base_model=base_model,
+            valid_fraction=valid_fraction,
+            seed=seed,
+            history=history,
+            validate=validate,
+        )
 
 
-def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optional[str], base_model: Optional[str],
-                 valid_fraction: float, seed: int, history: int, validate: bool) -> ExportedTask:
+def _export_task(
+    task: str,
+    nlu: Any,
+    domain: Any,
+    stories: Any,
+    *,
+    fmt: Optional[str],
+    base_model: Optional[str],
+    valid_fraction: float,
+    seed: int,
+    history: int,
+    validate: bool,
+) -> ExportedTask:
     if task not in prompts.TASKS:
         raise DataError(f"unknown task '{task}' (choose {', '.join(prompts.TASKS)})")
     fmt, model = resolve_format_and_model(fmt, base_model)
@@ -398,25 +342,22 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
         pairs = intent_examples(nlu)
         if not pairs:
             raise DataError("the NLU data has no examples with text and intent")
-        try:
-            codec = LabelCodec.build({intent for intent, _ in pairs}, encoding, fmt)
-        except ValueError as error:
-            raise DataError(str(error)) from None
+        codec = LabelCodec.build({intent for intent, _ in pairs}, encoding, fmt)
         labels_of = codec.labels
         make = prompts.intent_record
         labels = [intent for intent, _ in pairs]
         texts_and_labels = [(text, labels_of[intent]) for intent, text in pairs]
         text_counts = None
         if fmt == "chat":  # start counting now; the records are built meanwhile
-            text_counts = _in_background(count_text_tokens, [text for _, text in pairs], encoding)
+            text_counts = in_background(count_text_tokens, [text for _, text in pairs], encoding)
         records = prompts.intent_records(texts_and_labels, fmt)
         step = max(1, len(records) // 50)
         if any(records[i] != make(*texts_and_labels[i], fmt) for i in range(0, len(records), step)):
             records = [make(text, label, fmt) for text, label in texts_and_labels]  # the batch builder drifted
-        serialize = _intent_line_writer(fmt, records, texts_and_labels)
+        serialize = intent_line_writer(fmt, records, texts_and_labels)
         token_counter = None
         if serialize is not None:  # records are exactly the template with text and label put in
-            token_counter = _intent_token_counter(fmt, encoding, records, texts_and_labels, text_counts)
+            token_counter = intent_token_counter(fmt, encoding, records, texts_and_labels, text_counts)
     elif task == "entities":
         examples = _entity_examples(nlu, fmt, seed)
         labels = [label for label, _, _ in examples]
@@ -447,7 +388,7 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
     else:
         token_counts = token_counter(train_idx + valid_idx)
     train_tokens = sum(token_counts[: len(train)])
-    valid_tokens = sum(token_counts[len(train):])
+    valid_tokens = sum(token_counts[len(train) :])
     epochs = default_epochs(len(train))
 
     exported = ExportedTask(
@@ -521,31 +462,11 @@ def _export_task(task: str, nlu: Any, domain: Any, stories: Any, *, fmt: Optiona
 
 def _fingerprint(task: str, fmt: str, train_lines: Iterable[str], valid_lines: Iterable[str]) -> str:
     digest = hashlib.sha256()
-    digest.update(f"rasa_gpt3 prompt format {prompts.PROMPT_FORMAT_VERSION}\n{task}\n{fmt}\n".encode("utf-8"))
+    digest.update(f"rasa_gpt3 prompt format {prompts.PROMPT_FORMAT_VERSION}\n{task}\n{fmt}\n".encode())
     for part, lines in (("train", train_lines), ("valid", valid_lines)):
-        digest.update(f"--- {part}\n".encode("utf-8"))
+        digest.update(f"--- {part}\n".encode())
         digest.update("".join(line + "\n" for line in lines).encode("utf-8"))
     return digest.hexdigest()
-
-
-def write_export(exported: ExportedTask, out_dir: Union[str, Path], command: Optional[str] = None) -> Path:
-    """Writes train.jsonl, valid.jsonl, labels.json (intent task) and manifest.json into out_dir/<task>/, atomically.
-
-    The manifest is written last, so a directory with a manifest holds a complete export.
-    """
-    task_dir = Path(out_dir) / exported.task
-    write_atomic(task_dir / "train.jsonl", exported.jsonl("train"))
-    write_atomic(task_dir / "valid.jsonl", exported.jsonl("valid"))
-    if exported.codec is not None:
-        write_atomic(task_dir / "labels.json", _json_text(exported.codec.to_json()))
-    manifest = dict(exported.manifest)
-    manifest["command"] = command
-    write_atomic(task_dir / "manifest.json", _json_text(manifest))
-    return task_dir
-
-
-def _json_text(data: Any) -> str:
-    return json.dumps(data, ensure_ascii=False, indent=2) + "\n"
 
 
 # ---------------------------------------------------------------- a whole project (what `rasa-gpt3 export` runs)
@@ -582,21 +503,30 @@ def export_project(
     """Loads the project, exports `task` (or every task with `all`), then writes the files of each task.
 
     Every task is computed and checked before the first file is written, so bad input leaves no partial
-    output. With `all`, a task the bot has no data for (no entity annotations, no bot texts) is skipped.
+    output; each task's directory is then replaced as a whole (see export_files). With `all`, a task the bot has
+    no data for (no entity annotations, no bot texts) is skipped.
     """
     from rasa_gpt3.data.project import load_project
 
     fmt, model = resolve_format_and_model(fmt, base_model)
-    project = load_project(project_dir)
     tasks = list(prompts.TASKS) if task == "all" else [task]
+    check_output_dir(out_dir, tasks)
+    project = load_project(project_dir)
     exported: List[ExportedTask] = []
     skipped: Dict[str, str] = {}
     for name in tasks:
         try:
             exported.append(
                 export_task(
-                    name, project.nlu, project.domain, project.stories, fmt=fmt, base_model=model.name,
-                    valid_fraction=valid_fraction, seed=seed, history=history,
+                    name,
+                    project.nlu,
+                    project.domain,
+                    project.stories,
+                    fmt=fmt,
+                    base_model=model.name,
+                    valid_fraction=valid_fraction,
+                    seed=seed,
+                    history=history,
                 )
             )
         except DataError as error:
@@ -618,7 +548,8 @@ def format_export_summary(result: ProjectExport) -> str:
             f"{len(manifest['labels'])} labels, {item.fmt} format -> {path}"
         )
         lines.append(
-            f"  tokens: {tokens['train']:,} train + {tokens['valid']:,} valid (max {tokens['max_per_record']:,} per record); "
+            f"  tokens: {tokens['train']:,} train + {tokens['valid']:,} valid "
+            f"(max {tokens['max_per_record']:,} per record); "
             f"{item.base_model.name}: {estimate['epochs']} epochs, {estimate['trained_tokens']:,} trained tokens, "
             f"est. ${estimate['training_cost_usd']:.4f}"
         )

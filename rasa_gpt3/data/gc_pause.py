@@ -1,4 +1,5 @@
 """Pausing Python's cyclic garbage collector around allocation-heavy batch work."""
+
 from __future__ import annotations
 
 import contextlib

@@ -12,23 +12,35 @@ Choice per intent, deterministic (intents are handled in sorted order):
 3. else a short code: a number (`0`..`999`, one token in chat form) or, when numbers are not single tokens
    (completion form: " 12" is two tokens), one or two lowercase letters.
 Names that are single tokens are reserved first, so a shortening never takes another intent's own name.
+
+"One token" is decided by tiktoken's encoding of an OpenAI base model unless the caller passes `is_one_token`,
+a predicate on the emitted label text for another model's tokenizer (an open-weights model's, for example).
+There are about 1,650 one-token codes in chat form and 630 in completion form; more intents than names and codes
+can label is a DataError that says how many fit and what to do.
 """
+
 from __future__ import annotations
 
 import itertools
 import re
 import string
 from dataclasses import dataclass, field
-from typing import Any, Dict, Iterable, Iterator, List, Optional
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
-from rasa_gpt3.prompts import STOP, label_token
+from rasa_gpt3.data.tokens import get_encoding, is_single_token
+from rasa_gpt3.errors import DataError
+from rasa_gpt3.prompts import FORMATS, STOP, label_token
 
 CODEC_VERSION = 1
 _RESERVED = {STOP.strip()}
 
+OneToken = Callable[[str], bool]
+"""Whether a label's emitted text (`prompts.label_token`: "label" in chat, " label" in completion) is one token."""
 
-def _is_single_token(text: str, encoding: Any) -> bool:
-    return len(encoding.encode_ordinary(text)) == 1
+
+def tiktoken_one_token(encoding: Any) -> OneToken:
+    """The `OneToken` predicate of a tiktoken encoding (what the OpenAI base models use)."""
+    return lambda text: is_single_token(text, encoding)
 
 
 def _usable(label: str) -> bool:
@@ -54,6 +66,36 @@ def _shortenings(intent: str) -> Iterator[str]:
         yield intent[:end]
 
 
+def _one_token_label(is_one_token: OneToken, fmt: str) -> Callable[[str], bool]:
+    """Whether a label can be used in format `fmt`: no spaces, not the stop word, one token as emitted."""
+    return lambda label: _usable(label) and is_one_token(label_token(label, fmt))
+
+
+def _code_count(is_one_token: OneToken, fmt: str) -> int:
+    single = _one_token_label(is_one_token, fmt)
+    return sum(1 for code in _codes() if single(code))
+
+
+def _too_many_intents(
+    count: int, unlabelled: int, labels: Dict[str, str], fmt: str, tokenizer: str, is_one_token: OneToken
+) -> str:
+    """The error for more intents than one-token labels: how many, the limit of this format and tokenizer, advice."""
+    code_set = set(_codes())
+    named = sum(1 for label in labels.values() if label not in code_set)
+    codes = _code_count(is_one_token, fmt)
+    message = (
+        f"{count:,} intents are too many for one-token labels in the {fmt} format with {tokenizer}: "
+        f"{named:,} have a name (or a part of one) that is one token, and the others share {codes:,} "
+        f"one-token codes, so {unlabelled:,} are left without a label (at most {count - unlabelled:,} of "
+        f"these intents fit); merge or remove at least {unlabelled:,} intents the bot need not tell apart"
+    )
+    for other in FORMATS:
+        other_codes = _code_count(is_one_token, other) if other != fmt else 0
+        if other_codes > codes:
+            message += f", or export in the {other} format, which has {other_codes:,} one-token codes"
+    return message
+
+
 def _codes() -> Iterator[str]:
     yield from (str(n) for n in range(1000))
     letters = string.ascii_lowercase
@@ -76,13 +118,23 @@ class LabelCodec:
             raise ValueError("label codec maps two intents to the same label")
 
     @classmethod
-    def build(cls, intents: Iterable[str], encoding: Any, fmt: str) -> "LabelCodec":
-        """Builds the codec for `intents` under the tiktoken `encoding` and record format `fmt`."""
+    def build(
+        cls, intents: Iterable[str], encoding: Any, fmt: str, *, is_one_token: Optional[OneToken] = None
+    ) -> LabelCodec:
+        """Builds the codec for `intents` in record format `fmt`, each label one token as the model emits it.
+
+        `encoding` is the tiktoken encoding (or its name); with `is_one_token` it is only the name of the
+        tokenizer that predicate stands for. Raises DataError when there are more intents than one-token labels.
+        """
+        name = encoding if isinstance(encoding, str) else getattr(encoding, "name", str(encoding))
+        if is_one_token is None:
+            is_one_token = tiktoken_one_token(get_encoding(encoding) if isinstance(encoding, str) else encoding)
+        single = _one_token_label(is_one_token, fmt)
         ordered = sorted(set(intents))
-        single = lambda label: _usable(label) and _is_single_token(label_token(label, fmt), encoding)  # noqa: E731
         labels: Dict[str, str] = {intent: intent for intent in ordered if single(intent)}
         used = set(labels.values())
         codes = None
+        unlabelled: List[str] = []
         for intent in ordered:
             if intent in labels:
                 continue
@@ -90,11 +142,14 @@ class LabelCodec:
             if choice is None:
                 codes = codes or _codes()
                 choice = next((c for c in codes if c not in used and single(c)), None)
-                if choice is None:
-                    raise ValueError("more intents than single-token codes available")
+            if choice is None:
+                unlabelled.append(intent)
+                continue
             labels[intent] = choice
             used.add(choice)
-        return cls(labels=dict(sorted(labels.items())), fmt=fmt, encoding=getattr(encoding, "name", str(encoding)))
+        if unlabelled:
+            raise DataError(_too_many_intents(len(ordered), len(unlabelled), labels, fmt, name, is_one_token))
+        return cls(labels=dict(sorted(labels.items())), fmt=fmt, encoding=name)
 
     def label_of(self, intent: str) -> str:
         """The label of `intent`; raises KeyError for an intent the codec does not know."""
@@ -116,7 +171,7 @@ class LabelCodec:
         return {"version": CODEC_VERSION, "format": self.fmt, "encoding": self.encoding, "labels": dict(self.labels)}
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "LabelCodec":
+    def from_json(cls, data: Dict[str, Any]) -> LabelCodec:
         """Reads a codec back from `to_json()` output; raises ValueError when it is not one."""
         if not isinstance(data, dict) or not isinstance(data.get("labels"), dict):
             raise ValueError("not a label codec (expected an object with 'labels')")

@@ -5,6 +5,7 @@ InvalidDomain, StoryParseError, ...), each with a multi-line message. `load_proj
 stages (config, domain, NLU data, stories) so that every failure names the file it came from, and turns it into
 a `ProjectError` with one line. Rasa's warnings are collected in `BotProject.warnings` instead of being printed.
 """
+
 from __future__ import annotations
 
 import os
@@ -76,8 +77,8 @@ def load_project(
     collected: List[str] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from rasa.shared.importers.importer import TrainingDataImporter
         import rasa.shared.utils.io
+        from rasa.shared.importers.importer import TrainingDataImporter
 
         config_dict: dict = {}
         if config_path.is_file():
@@ -92,12 +93,14 @@ def load_project(
             _stage(domain_path, lambda: Domain.load(str(domain_path)))
         # from here on the domain is known to be good: a failure comes from the training data
         data_stage = _DataStage(data_paths)
-        importer = data_stage.run(lambda: TrainingDataImporter.load_from_dict(
-            config=config_dict,
-            config_path=str(config_path) if config_path.is_file() else None,
-            domain_path=str(domain_path) if domain_path is not None else None,
-            training_data_paths=[str(p) for p in data_paths],
-        ))
+        importer = data_stage.run(
+            lambda: TrainingDataImporter.load_from_dict(
+                config=config_dict,
+                config_path=str(config_path) if config_path.is_file() else None,
+                domain_path=str(domain_path) if domain_path is not None else None,
+                training_data_paths=[str(p) for p in data_paths],
+            )
+        )
         language = config_dict.get("language") or "en"
         nlu = data_stage.run(lambda: importer.get_nlu_data(language))
         domain_obj = data_stage.run(importer.get_domain)  # the domain merged with responses from data files
@@ -158,9 +161,9 @@ class _DataStage:
 
     def _culprit(self) -> Optional[ProjectError]:
         """The error of the first data file that fails on its own (Rasa's message often names no file)."""
+        import rasa.shared.data
         from rasa.shared.core.training_data.story_reader.yaml_story_reader import YAMLStoryReader
         from rasa.shared.nlu.training_data.loading import load_data
-        import rasa.shared.data
 
         files: List[Path] = []
         for data_path in self.data_paths:
@@ -169,7 +172,7 @@ class _DataStage:
             if path.suffix.lower() not in (".yml", ".yaml", ".json"):
                 continue
 
-            def read_one() -> None:
+            def read_one(path: Path = path) -> None:
                 if rasa.shared.data.is_likely_yaml_file(path) and YAMLStoryReader.is_stories_file(path):
                     YAMLStoryReader().read_from_file(str(path))
                 else:

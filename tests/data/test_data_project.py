@@ -1,4 +1,5 @@
 """Bad projects and bad files: one clear line naming the file, a non-zero exit, no traceback, no partial output."""
+
 from __future__ import annotations
 
 import json
@@ -9,27 +10,48 @@ import pytest
 from rasa_gpt3.data.project import load_project
 from rasa_gpt3.errors import ProjectError
 
-
 NLU_OK = 'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n    - hello\n'
 DOMAIN_OK = 'version: "3.1"\nintents:\n  - greet\n'
 
 BAD_PROJECTS = {
     # name: (domain.yml, data/nlu.yml, what the one line must say)
-    "malformed_nlu_yaml": (DOMAIN_OK, 'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n   - x: [\n',
-                           ["malformed YAML", "nlu.yml", "line 6"]),
+    "malformed_nlu_yaml": (
+        DOMAIN_OK,
+        'version: "3.1"\nnlu:\n- intent: greet\n  examples: |\n    - hi\n   - x: [\n',
+        ["malformed YAML", "nlu.yml", "line 6"],
+    ),
     "malformed_domain_yaml": ('version: "3.1"\nintents:\n  - greet: [\n', NLU_OK, ["malformed YAML", "domain.yml"]),
-    "domain_schema_rejected": ('version: "3.1"\nintents:\n  - greet\nslots:\n  s:\n    type: text\n', NLU_OK,
-                               ["domain.yml", "line 6", "mappings"]),
-    "domain_invalid": ('version: "3.1"\nintents:\n  - greet\nentities:\n  - city:\n', NLU_OK,
-                       ["Rasa rejected", "domain.yml", "entity 'city'"]),
-    "nlu_schema_rejected": (DOMAIN_OK, 'version: "3.1"\nnlu:\n- intent: greet\n  exmples: |\n    - hi\n',
-                            ["nlu.yml", "line 3", "exmples"]),
+    "domain_schema_rejected": (
+        'version: "3.1"\nintents:\n  - greet\nslots:\n  s:\n    type: text\n',
+        NLU_OK,
+        ["domain.yml", "line 6", "mappings"],
+    ),
+    "domain_invalid": (
+        'version: "3.1"\nintents:\n  - greet\nentities:\n  - city:\n',
+        NLU_OK,
+        ["Rasa rejected", "domain.yml", "entity 'city'"],
+    ),
+    "nlu_schema_rejected": (
+        DOMAIN_OK,
+        'version: "3.1"\nnlu:\n- intent: greet\n  exmples: |\n    - hi\n',
+        ["nlu.yml", "line 3", "exmples"],
+    ),
     "empty_nlu": (DOMAIN_OK, 'version: "3.1"\nnlu: []\n', ["no NLU training examples", "data"]),
-    "bad_json_nlu": (DOMAIN_OK, {"nlu.json": '{"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": '},
-                     ["malformed JSON", "nlu.json", "line 1"]),
-    "json_nlu_schema_rejected": (DOMAIN_OK, {"nlu.yml": NLU_OK, "more.json": json.dumps(
-        {"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": "greet", "entities": [{"start": 0}]}]}})},
-                                 ["Rasa rejected", "more.json", "'end' is a required property"]),
+    "bad_json_nlu": (
+        DOMAIN_OK,
+        {"nlu.json": '{"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": '},
+        ["malformed JSON", "nlu.json", "line 1"],
+    ),
+    "json_nlu_schema_rejected": (
+        DOMAIN_OK,
+        {
+            "nlu.yml": NLU_OK,
+            "more.json": json.dumps(
+                {"rasa_nlu_data": {"common_examples": [{"text": "hi", "intent": "greet", "entities": [{"start": 0}]}]}}
+            ),
+        },
+        ["Rasa rejected", "more.json", "'end' is a required property"],
+    ),
     "nlu_not_utf8": (DOMAIN_OK, {"nlu.yml": NLU_OK.encode() + b"    - caf\xe9\n"}, ["nlu.yml", "not UTF-8"]),
 }
 
@@ -76,15 +98,25 @@ def test_cli_bad_inputs_give_one_line_and_no_output(tmp_path, travel_bot_dir, ru
     cases = {}
     for name in ("malformed_nlu_yaml", "domain_invalid", "empty_nlu"):
         cases[name] = ["export", "--project", str(_make(tmp_path, name)), "--out", str(tmp_path / f"out_{name}")]
-    cases["missing_project"] = ["export", "--project", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out_missing")]
-    cases["format_model_conflict"] = ["export", "--project", str(travel_bot_dir), "--format", "chat", "--base-model",
-                                      "babbage-002", "--out", str(tmp_path / "out_conflict")]
-    not_json = tmp_path / "broken.jsonl"
-    not_json.write_text('{"prompt": "a", "completion": " b"}\n{"prompt": "c", "completion"\n')
-    cases["jsonl_not_json"] = ["validate", str(not_json)]
-    not_utf8 = tmp_path / "latin1.jsonl"
-    not_utf8.write_bytes(b'{"prompt": "a", "completion": " b"}\n{"prompt": "caf\xe9", "completion": " x"}\n')
-    cases["jsonl_not_utf8"] = ["validate", str(not_utf8), "--fix", str(tmp_path / "out_fixed.jsonl")]
+    cases["missing_project"] = [
+        "export",
+        "--project",
+        str(tmp_path / "nowhere"),
+        "--out",
+        str(tmp_path / "out_missing"),
+    ]
+    cases["format_model_conflict"] = [
+        "export",
+        "--project",
+        str(travel_bot_dir),
+        "--format",
+        "chat",
+        "--base-model",
+        "babbage-002",
+        "--out",
+        str(tmp_path / "out_conflict"),
+    ]
+    # (a JSONL line that is not JSON or not UTF-8 is a finding of `validate`, not an error: test_data_validation.py)
 
     results = dict(zip(cases, run_cli_many(list(cases.values()), cwd=tmp_path)))
     expected = {
@@ -93,8 +125,6 @@ def test_cli_bad_inputs_give_one_line_and_no_output(tmp_path, travel_bot_dir, ru
         "empty_nlu": "no NLU training examples",
         "missing_project": "does not exist",
         "format_model_conflict": "babbage-002",
-        "jsonl_not_json": f"{not_json}:2: not JSON",
-        "jsonl_not_utf8": f"{not_utf8}:2: invalid UTF-8",
     }
     for name, result in results.items():
         lines = [line for line in result.stderr.splitlines() if line.strip() and not line.startswith("warning:")]
