@@ -3,13 +3,12 @@ from types import SimpleNamespace
 
 import pytest
 
-from rasa_gpt3 import finetune
+from rasa_gpt3 import fine_tune_jobs, finetune
 from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.errors import BudgetError
 from rasa_gpt3.progress import JobProgress, apply_event, describe, epoch_of
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
-from rasa_gpt3.registry import Registry, RegistryEntry
-from rasa_gpt3.settings import Settings
+from rasa_gpt3.registry import Registry, RegistryEntry, entry_from_job
 
 HP = finetune.supervised_hyperparameters(3)
 
@@ -107,34 +106,33 @@ def write_registry(tmp_path, **fields):
     registry.record("intent", RegistryEntry(model="ft:active", backend="local", fingerprint="fp-old",
                                             prompt_format=PROMPT_FORMAT_VERSION, **fields))
     registry.save()
-    return Settings(project_dir=tmp_path, force_local=True)
+    return Registry.load(tmp_path / "gpt3_models.yml")
 
 
-def test_resolve_model_reports_changed_data_as_stale(tmp_path):
-    settings = write_registry(tmp_path)
-    same = finetune.resolve_model(settings, "intent", "fp-old")
+def test_resolve_reports_changed_data_as_stale(tmp_path):
+    registry = write_registry(tmp_path)
+    same = registry.resolve("intent", "local", "fp-old")
     assert (same.model, same.stale) == ("ft:active", False)
-    moved = finetune.resolve_model(settings, "intent", "fp-new")
+    moved = registry.resolve("intent", "local", "fp-new")
     assert moved.model == "ft:active" and moved.stale
     warning = moved.warning("intent")
     assert "\n" not in warning and "rasa-gpt3 fine-tune --task intent" in warning and "fingerprint" in warning
 
 
-def test_resolve_model_reports_another_prompt_format_as_stale(tmp_path):
+def test_resolve_reports_another_prompt_format_as_stale(tmp_path):
     registry = Registry(tmp_path / "gpt3_models.yml")
     registry.record("intent", RegistryEntry(model="ft:old", backend="local", fingerprint="fp", prompt_format="0"))
     registry.save()
-    resolved = finetune.resolve_model(Settings(project_dir=tmp_path, force_local=True), "intent", "fp")
+    resolved = Registry.load(tmp_path / "gpt3_models.yml").resolve("intent", "local", "fp")
     assert resolved.stale and "prompt format 0" in resolved.reason
 
 
 def test_an_explicit_model_wins_and_other_backends_do_not_count(tmp_path):
-    settings = write_registry(tmp_path)
-    explicit = finetune.resolve_model(settings, "intent", "fp-new", explicit="ft:mine")
+    registry = write_registry(tmp_path)
+    explicit = registry.resolve("intent", "local", "fp-new", explicit="ft:mine")
     assert (explicit.model, explicit.entry, explicit.stale) == ("ft:mine", None, False)
-    remote = settings.with_(api_key="sk-test", force_local=False)
-    assert finetune.resolve_model(remote, "intent", "fp-old").model is None
-    assert finetune.resolve_model(settings, "entities", None).model is None
+    assert registry.resolve("intent", "api.openai.com", "fp-old").model is None
+    assert registry.resolve("entities", "local", None).model is None
 
 
 def test_entry_from_job_uses_the_metadata_written_at_creation():
@@ -142,10 +140,11 @@ def test_entry_from_job_uses_the_metadata_written_at_creation():
         id="ftjob-9", model="gpt-4o-mini-2024-07-18", fine_tuned_model="ft:gpt-4o-mini-2024-07-18:local:bot:abc",
         created_at=1_700_000_000, finished_at=1_700_000_100, trained_tokens=999, hyperparameters=None,
         method=SimpleNamespace(supervised=SimpleNamespace(hyperparameters=SimpleNamespace(n_epochs=4))),
-        metadata={finetune.META_TASK: "intent", finetune.META_FINGERPRINT: "fp", finetune.META_KEY: "k",
-                  finetune.META_PROMPT_FORMAT: "1", finetune.META_FORMAT: "chat"},
+        metadata={fine_tune_jobs.META_TASK: "intent", fine_tune_jobs.META_FINGERPRINT: "fp",
+                  fine_tune_jobs.META_KEY: "k", fine_tune_jobs.META_PROMPT_FORMAT: "1",
+                  fine_tune_jobs.META_FORMAT: "chat"},
     )
-    entry = finetune.entry_from_job(job, "local", {"valid_loss": 0.123456})
+    entry = entry_from_job(job, "local", {"valid_loss": 0.123456})
     assert (entry.job, entry.fingerprint, entry.key, entry.epochs, entry.format) == ("ftjob-9", "fp", "k", 4, "chat")
     assert entry.created == "2023-11-14T22:15:00Z" and entry.metrics == {"valid_loss": 0.1235}
 

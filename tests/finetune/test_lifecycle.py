@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rasa_gpt3 import cli, finetune
+from rasa_gpt3 import cli, fine_tune_jobs, finetune
 from rasa_gpt3.client import make_client
 from rasa_gpt3.errors import BackendError, BudgetError
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
@@ -112,8 +112,8 @@ def test_fine_tune_registers_the_model_and_identical_calls_reuse_it(local_settin
     client = make_client(local_settings)
     jobs, files = count(client, "jobs"), count(client, "files")
     job = client.fine_tuning.jobs.retrieve(first.job_id)
-    assert job.metadata[finetune.META_FINGERPRINT] == intent_export.fingerprint
-    assert job.metadata[finetune.META_PROJECT] == "tiny-bot" and job.validation_file and job.seed == 42
+    assert job.metadata[fine_tune_jobs.META_FINGERPRINT] == intent_export.fingerprint
+    assert job.metadata[fine_tune_jobs.META_PROJECT] == "tiny-bot" and job.validation_file and job.seed == 42
 
     again = finetune.ensure_fine_tuned(local_settings, intent_export, project_name="tiny-bot")
     assert again.reused and (again.model, again.job_id) == (first.model, first.job_id)
@@ -133,9 +133,9 @@ def test_fine_tune_registers_the_model_and_identical_calls_reuse_it(local_settin
     assert registry.active("intent", "local").model == forced.model
     assert [e.model for e in registry.history("intent", "local")] == [first.model]
 
-    resolved = finetune.resolve_model(local_settings, "intent", intent_export.fingerprint)
+    resolved = registry.resolve("intent", "local", intent_export.fingerprint)
     assert (resolved.model, resolved.stale) == (forced.model, False)
-    assert finetune.resolve_model(local_settings, "intent", "other data").stale
+    assert registry.resolve("intent", "local", "other data").stale
 
 
 def test_an_identical_call_attaches_to_the_running_job(local_settings, intent_export):
