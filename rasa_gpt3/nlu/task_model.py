@@ -162,31 +162,26 @@ def _base_model_name(config: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def obtain_task_model(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
+def obtain_task_model(task: str, training_data: Any, config: Dict[str, Any], component: str) -> TaskModel:
     """Exports `training_data` for `task` and finds or fine-tunes its model (see the module docstring).
 
-    The registry is read once.
+    `component` (the component's class name) starts every error line. The registry is read once.
     """
     try:
-        return _obtain(task, training_data, config)
+        return _obtain(task, training_data, config, component)
     except GPT3ComponentError:
         raise
     except RasaGPT3Error as error:
-        raise GPT3ComponentError(f"{_component_name(task)}: {error}") from None
+        raise GPT3ComponentError(f"{component}: {error}") from None
 
 
-def _component_name(task: str) -> str:
-    return "GPT3IntentClassifier" if task == "intent" else "GPT3EntityExtractor"
-
-
-def _obtain(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
+def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) -> TaskModel:
     from rasa_gpt3.data.export import export_task
     from rasa_gpt3.registry import Registry
 
     settings = settings_from_config(config)
     exported = export_task(task, training_data, fmt=config.get("format"), base_model=_base_model_name(config))
     backend = settings.backend_name
-    name = _component_name(task)
     explicit = config.get("model")
     registry = Registry.load(settings.registry_path)
 

@@ -50,6 +50,28 @@ def test_retrieval_intents_are_summed_into_their_base_intent():
     assert "full_ranking" in result.metadata()
 
 
+def test_the_intent_vocabulary_is_rasas():
+    from rasa_gpt3 import intent_names
+
+    assert (intent_names.base_intent("faq/ask_hours"), intent_names.base_intent("greet")) == ("faq", "greet")
+    assert intent_names.is_retrieval_intent("faq/ask_hours") and not intent_names.is_retrieval_intent("greet")
+    assert not intent_names.is_retrieval_intent(None)
+    assert intent_names.is_shortcut("/greet") and not intent_names.is_shortcut("hi /greet")
+    assert intent_names.FALLBACK_INTENT == "nlu_fallback" and model().fallback_intent == "nlu_fallback"
+    assert intent_names.full_intent({"intent": "faq", "intent_response_key": "faq/ask_fee"}) == "faq/ask_fee"
+    assert intent_names.full_intent({"intent": "greet"}) == "greet"
+
+
+def test_the_recorded_outcome_is_a_plain_string():
+    import json
+
+    import yaml
+
+    record = rank_intents(completion("greet", [("greet", 1.0)]), model()).metadata()
+    assert type(record["outcome"]) is str and json.loads(json.dumps(record))["outcome"] == "ok"
+    assert yaml.safe_load(yaml.safe_dump(record))["outcome"] == "ok"
+
+
 def test_an_unknown_answer_becomes_the_fallback_intent_at_confidence_zero():
     result = rank_intents(completion("weather", [("weather", 0.9), ("greet", 0.1)]), model(fallback_intent="out_of_scope"))
     assert (result.intent, result.confidence, result.ranking) == ("out_of_scope", 0.0, [])

@@ -74,8 +74,8 @@ def test_fine_tune_then_reuse_from_the_registry_then_persist_and_load(remote, tm
     loaded = GPT3IntentClassifier.load({**GPT3IntentClassifier.get_default_config(), "project": str(project)},
                                        storage, resource, ExecutionContext(GraphSchema({}), "test"))
     assert loaded.task_model == classifier.task_model
-    assert loaded.intent_model.labels == classifier.intent_model.labels
-    assert set(loaded.intent_model.labels) >= {"greet", "faq/ask_fee"}
+    assert loaded.served_model.labels == classifier.served_model.labels
+    assert set(loaded.served_model.labels) >= {"greet", "faq/ask_fee"}
 
 
 def test_an_explicit_model_is_used_as_is(remote, tmp_path, training_data):
@@ -83,7 +83,7 @@ def test_an_explicit_model_is_used_as_is(remote, tmp_path, training_data):
     extractor, _ = component(GPT3EntityExtractor, tmp_path, project=str(project), model="ft:gpt-4o-mini-2024-07-18:acme:x:1")
     extractor.train(training_data)
     assert extractor.task_model.model == "ft:gpt-4o-mini-2024-07-18:acme:x:1"
-    assert extractor.entity_model.entity_types == {"account_type", "amount", "PERSON"}
+    assert extractor.served_model.entity_types == {"account_type", "amount", "PERSON"}
 
 
 @pytest.fixture
@@ -120,24 +120,24 @@ def test_training_reads_the_registry_once_and_once_more_under_the_lock_to_record
     local_project, training_data, registry_reads
 ):
     config = {**GPT3IntentClassifier.get_default_config(), "project": str(local_project)}
-    trained = obtain_task_model("intent", training_data, config)
+    trained = obtain_task_model("intent", training_data, config, "GPT3IntentClassifier")
     assert registry_reads == [local_project / "gpt3_models.yml"] * 2  # a new model: read, then recorded
 
     registry_reads.clear()
-    again = obtain_task_model("intent", training_data, config)
+    again = obtain_task_model("intent", training_data, config, "GPT3IntentClassifier")
     assert again.model == trained.model and len(registry_reads) == 1  # the same model, reused
 
     registry_reads.clear()
-    explicit = obtain_task_model("intent", training_data, {**config, "model": trained.model})
+    explicit = obtain_task_model("intent", training_data, {**config, "model": trained.model}, "GPT3IntentClassifier")
     assert explicit.model == trained.model and len(registry_reads) == 1
 
 
 def test_on_a_remote_api_training_reads_the_registry_once_per_run(remote, tmp_path, training_data, registry_reads):
     _, project = remote
     config = {**GPT3IntentClassifier.get_default_config(), "project": str(project), "fine_tune": True}
-    trained = obtain_task_model("intent", training_data, config)
+    trained = obtain_task_model("intent", training_data, config, "GPT3IntentClassifier")
     assert len(registry_reads) == 2  # read, then the new model recorded under the lock
     registry_reads.clear()
-    assert obtain_task_model("intent", training_data, config).model == trained.model
+    assert obtain_task_model("intent", training_data, config, "GPT3IntentClassifier").model == trained.model
     assert len(registry_reads) == 1
 
