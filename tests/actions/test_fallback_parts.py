@@ -7,19 +7,16 @@ import pytest
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.actions.fallback import (
-    ENV_CONFIG,
-    FallbackConfig,
-    FallbackConfigError,
     Refused,
     conversation_turns,
     domain_intents,
     guard_answer,
-    load_fallback_config,
     merge_entities,
     reinjected_parse_data,
     response_body,
     should_reclassify,
 )
+from rasa_gpt3.actions.fallback_config import ENV_CONFIG, FallbackConfig, FallbackConfigError, load_fallback_config
 
 
 # ---------------------------------------------------------------- configuration
@@ -86,8 +83,11 @@ def test_config_path_from_the_environment_must_exist(tmp_path, monkeypatch):
         ({"asked": False, "reason": "confident_earlier_classifier"}, True),  # routing mode skipped it
         ({"asked": True, "decided": True, "outcome": "ok"}, False),  # it answered, below FallbackClassifier
         ({"asked": True, "decided": False, "outcome": "unknown_label"}, False),
+        ({"asked": True, "decided": True, "outcome": "no_logprobs"}, False),
         ({"asked": True, "decided": False, "outcome": "timeout"}, True),  # its call failed: one more bounded try
         ({"asked": True, "decided": False, "outcome": "circuit_open"}, True),
+        ({"asked": True, "decided": False, "outcome": "connection"}, True),
+        ({"asked": True, "decided": False, "outcome": "an outcome of a later version"}, True),
     ],
 )
 def test_should_reclassify(record, expected):

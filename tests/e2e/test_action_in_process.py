@@ -12,7 +12,8 @@ import yaml
 from rasa_sdk import Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
-from rasa_gpt3.actions.fallback import ENV_CONFIG, ENV_PROJECT, ActionGPT3Fallback
+from rasa_gpt3.actions import ActionGPT3Fallback
+from rasa_gpt3.actions.fallback_config import ENV_CONFIG, ENV_PROJECT
 
 pytestmark = pytest.mark.slow
 
