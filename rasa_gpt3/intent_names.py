@@ -4,10 +4,10 @@ Taken from Rasa's own constants, so the components, the fallback action and eval
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Optional
 
 from rasa.shared.constants import DEFAULT_NLU_FALLBACK_INTENT_NAME, INTENT_MESSAGE_PREFIX
-from rasa.shared.nlu.constants import INTENT, INTENT_RESPONSE_KEY, RESPONSE_IDENTIFIER_DELIMITER
+from rasa.shared.nlu.constants import RESPONSE_IDENTIFIER_DELIMITER
 
 # what FallbackClassifier predicts, and what the components predict when the model could not decide
 FALLBACK_INTENT = DEFAULT_NLU_FALLBACK_INTENT_NAME
@@ -30,8 +30,3 @@ def is_retrieval_intent(intent: Optional[str]) -> bool:
 def is_shortcut(text: str) -> bool:
     """True for a message that names its intent itself (`/greet`)."""
     return text.startswith(SHORTCUT_PREFIX)
-
-
-def full_intent(message: Any) -> str:
-    """The class a training example belongs to: `faq/ask_x` for a retrieval intent, else its intent."""
-    return message.get(INTENT_RESPONSE_KEY) or message.get(INTENT)

@@ -58,8 +58,6 @@ def test_the_intent_vocabulary_is_rasas():
     assert not intent_names.is_retrieval_intent(None)
     assert intent_names.is_shortcut("/greet") and not intent_names.is_shortcut("hi /greet")
     assert intent_names.FALLBACK_INTENT == "nlu_fallback" and model().fallback_intent == "nlu_fallback"
-    assert intent_names.full_intent({"intent": "faq", "intent_response_key": "faq/ask_fee"}) == "faq/ask_fee"
-    assert intent_names.full_intent({"intent": "greet"}) == "greet"
 
 
 def test_the_recorded_outcome_is_a_plain_string():
