@@ -4,6 +4,7 @@ With an API key (and no RASA_GPT3_LOCAL=1) the clients go to OpenAI, or to `OPEN
 compatible server). Without one they go to the embedded local backend, started on 127.0.0.1 on a free port the
 first time a client for that state directory is made in this process.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -27,7 +28,7 @@ LOCAL_API_KEY = "local"
 # every exception the SDK raises; other modules catch these without importing openai
 SDK_ERRORS: Tuple[Type[BaseException], ...] = (openai.OpenAIError,)
 
-_ASYNC_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[Tuple, openai.AsyncOpenAI]]" = (
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[Tuple, openai.AsyncOpenAI]] = (
     weakref.WeakKeyDictionary()
 )
 _ASYNC_LOCK = threading.Lock()

@@ -1,4 +1,5 @@
 """The errors rasa_gpt3 raises for things a user can act on; each message is one line."""
+
 from rasa_gpt3.outcomes import Outcome
 
 

@@ -4,6 +4,7 @@ Read by the fine-tune lifecycle (`finetune`) and by the registry's verbs (`regis
 the job that made it and check that the backend still serves it. The SDK (`rasa_gpt3.client`) is imported inside
 the functions that call the API: it takes seconds to import, and reading the registry must not pay for it.
 """
+
 from __future__ import annotations
 
 import logging

@@ -19,6 +19,7 @@ Decisions worth knowing:
 - Errors: every API failure becomes a BackendError with one line; a failed job's own error message is included
   with what to do next.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -156,9 +157,15 @@ def idempotency_key(
 ) -> str:
     """The fine-tune's identity: the same data, task, base model, hyperparameters and seed give the same key."""
     payload = json.dumps(
-        {"fingerprint": fingerprint, "task": task, "base_model": base_model, "hyperparameters": hyperparameters,
-         "seed": seed},
-        sort_keys=True, separators=(",", ":"),
+        {
+            "fingerprint": fingerprint,
+            "task": task,
+            "base_model": base_model,
+            "hyperparameters": hyperparameters,
+            "seed": seed,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
@@ -228,7 +235,8 @@ def upload_jsonl(client: Any, content: bytes, task: str, kind: str) -> Tuple[str
     filename = upload_filename(task, kind, content)
     for existing in client.files.list(purpose=FILE_PURPOSE):
         if (
-            existing.filename == filename and existing.bytes == len(content)
+            existing.filename == filename
+            and existing.bytes == len(content)
             and getattr(existing, "status", None) not in ("error", "deleted")
         ):
             logger.debug("reusing uploaded file %s (%s)", existing.id, filename)
@@ -341,8 +349,11 @@ def _check_records(exported: Any) -> None:
         from rasa_gpt3.data.validation import validate_records
 
         report = validate_records(
-            exported.train + exported.valid, fmt=exported.fmt, base_model=exported.base_model,
-            codec=exported.codec, source=f"{exported.task} export",
+            exported.train + exported.valid,
+            fmt=exported.fmt,
+            base_model=exported.base_model,
+            codec=exported.codec,
+            source=f"{exported.task} export",
         )
     errors = list(report.errors)
     if errors:
@@ -383,8 +394,9 @@ def ensure_fine_tuned(
     hyperparameters = supervised_hyperparameters(estimate.epochs)
     key = idempotency_key(exported.fingerprint, exported.task, base_model.name, hyperparameters, seed)
     backend = settings.backend_name
-    common = dict(task=exported.task, base_model=base_model.name, fingerprint=exported.fingerprint, key=key,
-                  estimate=estimate)
+    common = dict(
+        task=exported.task, base_model=base_model.name, fingerprint=exported.fingerprint, key=key, estimate=estimate
+    )
 
     client = make_client(settings)
     if not force:
@@ -405,8 +417,12 @@ def ensure_fine_tuned(
         if exported.valid:
             valid_content = exported.jsonl("valid").encode("utf-8")
             valid_id, reused_valid = upload_jsonl(client, valid_content, exported.task, "valid")
-    logger.info("training file %s, validation file %s (%s)", train_id, valid_id or "none",
-                "already uploaded" if reused_train and reused_valid else "uploaded")
+    logger.info(
+        "training file %s, validation file %s (%s)",
+        train_id,
+        valid_id or "none",
+        "already uploaded" if reused_train and reused_valid else "uploaded",
+    )
     with api_errors(f"creating the fine-tuning job on {backend}"):
         job = client.fine_tuning.jobs.create(
             model=base_model.name,
@@ -439,8 +455,9 @@ def _reuse(
                 with Registry.editing(settings.registry_path) as editing:
                     editing.record(task, entry, activate=True)
             logger.info("reusing %s: same data, base model and hyperparameters", entry.model)
-            return FineTuneOutcome(model=entry.model, job_id=entry.job, reused=True, status="succeeded", entry=entry,
-                                   **common)
+            return FineTuneOutcome(
+                model=entry.model, job_id=entry.job, reused=True, status="succeeded", entry=entry, **common
+            )
         job = find_identical_job(client, key)
         if job is None:
             return None
@@ -449,15 +466,22 @@ def _reuse(
                 return None
             registered = register_job(settings, job, job_metrics(client, job))
             logger.info("reusing %s from job %s", job.fine_tuned_model, job.id)
-            return FineTuneOutcome(model=job.fine_tuned_model, job_id=job.id, reused=True, status=job.status,
-                                   entry=registered, **common)
+            return FineTuneOutcome(
+                model=job.fine_tuned_model, job_id=job.id, reused=True, status=job.status, entry=registered, **common
+            )
     logger.info("attaching to the identical job %s, still %s", job.id, job.status)
     return FineTuneOutcome(model=None, job_id=job.id, reused=True, attached=True, status=job.status, **common)
 
 
 def _finish(
-    settings: Settings, client: Any, job_id: str, progress: Optional[ProgressReporter], common: Dict[str, Any],
-    *, reused: bool, attached: bool,
+    settings: Settings,
+    client: Any,
+    job_id: str,
+    progress: Optional[ProgressReporter],
+    common: Dict[str, Any],
+    *,
+    reused: bool,
+    attached: bool,
 ) -> FineTuneOutcome:
     try:
         job, state = follow_job(
@@ -470,8 +494,15 @@ def _finish(
     if job.status != "succeeded":
         raise BackendError(failure_message(job))
     entry = register_job(settings, job, job_metrics(client, job, state))
-    return FineTuneOutcome(model=job.fine_tuned_model, job_id=job.id, reused=reused, attached=attached,
-                           status=job.status, entry=entry, **common)
+    return FineTuneOutcome(
+        model=job.fine_tuned_model,
+        job_id=job.id,
+        reused=reused,
+        attached=attached,
+        status=job.status,
+        entry=entry,
+        **common,
+    )
 
 
 def follow(

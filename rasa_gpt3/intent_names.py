@@ -2,6 +2,7 @@
 
 Taken from Rasa's own constants, so the components, the fallback action and evaluation name intents as Rasa does.
 """
+
 from __future__ import annotations
 
 from typing import Optional

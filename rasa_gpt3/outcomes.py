@@ -1,4 +1,5 @@
 """What became of one request to a fine-tuned model: the `outcome` that parse data, predictions and logs carry."""
+
 from __future__ import annotations
 
 from enum import Enum

@@ -23,6 +23,7 @@ The verbs at the end (`register_job`, `use_model`, `prune_registry`) are what `r
 lifecycle do to the file. Each operation reads the file once, and once more under the lock when it writes;
 `Registry.resolve` answers from a registry already loaded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -92,7 +93,7 @@ class RegistryEntry:
         return data
 
     @classmethod
-    def from_yaml(cls, data: Any, backend: str, where: str) -> "RegistryEntry":
+    def from_yaml(cls, data: Any, backend: str, where: str) -> RegistryEntry:
         """An entry of `backend` from its YAML mapping; raises ProjectError naming `where` when it is malformed."""
         if not isinstance(data, dict) or not data.get("model"):
             raise ProjectError(f"{where}: each model entry needs at least `model: <id>`")
@@ -160,7 +161,7 @@ class Registry:
     # ------------------------------------------------------------------ load / save
 
     @classmethod
-    def load(cls, path: Path) -> "Registry":
+    def load(cls, path: Path) -> Registry:
         """The registry at `path`; an empty one when the file does not exist. Raises ProjectError when malformed."""
         path = Path(path)
         if not path.exists():
@@ -212,8 +213,11 @@ class Registry:
             if backends:
                 tasks[task] = backends
         body = yaml.safe_dump(
-            {"version": REGISTRY_VERSION, "tasks": tasks}, sort_keys=False, default_flow_style=False,
-            allow_unicode=True, width=120,
+            {"version": REGISTRY_VERSION, "tasks": tasks},
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+            width=120,
         )
         return _HEADER + body
 
@@ -223,7 +227,7 @@ class Registry:
 
     @classmethod
     @contextlib.contextmanager
-    def editing(cls, path: Path) -> Iterator["Registry"]:
+    def editing(cls, path: Path) -> Iterator[Registry]:
         """Loads the registry under a lock and saves it on exit, so concurrent writers (two `rasa train`s) lose
         nothing."""
         path = Path(path)
@@ -252,7 +256,12 @@ class Registry:
         return list(models.history) if models else []
 
     def find(
-        self, task: str, backend: str, fingerprint: Optional[str] = None, *, key: Optional[str] = None,
+        self,
+        task: str,
+        backend: str,
+        fingerprint: Optional[str] = None,
+        *,
+        key: Optional[str] = None,
         model: Optional[str] = None,
     ) -> Optional[RegistryEntry]:
         """The newest entry of `task` on `backend` matching every criterion given (the active one first)."""

@@ -43,13 +43,14 @@ Every decision is recorded for the transcript (the demo reads it from the tracke
 `parse_data["gpt3_fallback"]` (`reclassified`, `model`, `confidence`, `previous_intent`); a bot message the action
 sent carries `metadata["rasa_gpt3"]` (`source`: `generated` or `failure`, and the reason).
 """
+
 from __future__ import annotations
 
 import asyncio
 import copy
 import logging
 import re
-from typing import Any, Dict, List, Optional, Sequence, Text
+from typing import Any, Dict, List, Optional, Sequence
 
 from rasa_sdk import Action, Tracker
 from rasa_sdk.events import ActionExecuted, SlotSet, UserUtteranceReverted, UserUttered
@@ -126,7 +127,7 @@ def guard_answer(raw: str, fmt: str, slots: Dict[str, Any], config: FallbackConf
         if pattern.search(answer):
             raise Refused(f"answer matches the forbidden pattern {pattern.pattern!r}")
 
-    def fill(match: "re.Match[str]") -> str:
+    def fill(match: re.Match[str]) -> str:
         value = slots.get(match.group(1))
         if value is None or value == "" or isinstance(value, (list, dict)):
             raise Refused(f"answer needs slot '{match.group(1)}', which is not set")
@@ -238,13 +239,13 @@ class ActionGPT3Fallback(Action):
         if self.config_error is None:
             self.loader.start_background()
 
-    def name(self) -> Text:
+    def name(self) -> str:
         """`action_gpt3_fallback`."""
         return ACTION_NAME
 
     async def run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]
-    ) -> List[Dict[Text, Any]]:
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[str, Any]
+    ) -> List[Dict[str, Any]]:
         """Re-injects the re-classified message, or sends a generated answer, or the failure response."""
         try:
             return await self._run(dispatcher, tracker, domain)
@@ -255,8 +256,8 @@ class ActionGPT3Fallback(Action):
             return self._fail(dispatcher, domain, "error")
 
     async def _run(
-        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[Text, Any]
-    ) -> List[Dict[Text, Any]]:
+        self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[str, Any]
+    ) -> List[Dict[str, Any]]:
         if self.config_error is not None:
             return self._fail(dispatcher, domain, "config_error")
         latest = dict(tracker.latest_message or {})

@@ -4,6 +4,7 @@ The file is `<project>/gpt3_fallback.yml`, where the project is `RASA_GPT3_PROJE
 actions` runs in; `RASA_GPT3_FALLBACK_CONFIG` names another file. A missing file means the defaults; a key or value
 the action cannot use is one line naming the file and the key (`FallbackConfigError`).
 """
+
 from __future__ import annotations
 
 import os
@@ -60,7 +61,7 @@ class FallbackConfig:
     format: Optional[str] = None
 
     @classmethod
-    def from_mapping(cls, data: Any, where: str = CONFIG_FILE) -> "FallbackConfig":
+    def from_mapping(cls, data: Any, where: str = CONFIG_FILE) -> FallbackConfig:
         """A config from a parsed YAML mapping; raises FallbackConfigError naming `where` and the key."""
         if data is None:
             return cls()
@@ -97,7 +98,7 @@ class FallbackConfig:
                 ) from None
 
     @property
-    def forbidden(self) -> List["re.Pattern[str]"]:
+    def forbidden(self) -> List[re.Pattern[str]]:
         """The compiled forbidden patterns."""
         return [re.compile(pattern) for pattern in self.forbidden_patterns]
 

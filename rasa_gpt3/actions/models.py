@@ -5,6 +5,7 @@ Model ids: the config's `intent_model` / `entities_model` / `response_model`, el
 (`gpt3_models.yml`, re-read when it changes). The intent model's label codec and the known entity types come from
 the bot's own training data, exported as for fine-tuning.
 """
+
 from __future__ import annotations
 
 import logging
@@ -141,7 +142,9 @@ class ModelLoader:
                 "no-models",
                 "action_gpt3_fallback: the registry (%s) has no intent or response model for %s; the action will "
                 "send %s (run `rasa-gpt3 fine-tune --task intent` / `--task response`)",
-                settings.registry_path, backend, config.failure_response,
+                settings.registry_path,
+                backend,
+                config.failure_response,
             )
         self._prepare_sdk(settings)
         if settings.uses_local_backend:
@@ -170,7 +173,9 @@ class ModelLoader:
                 f"stale-{task}-{choice.model}",
                 "action_gpt3_fallback: the %s model %s was trained on other data than the bot's current data; "
                 "run `rasa-gpt3 fine-tune --task %s`",
-                task, choice.model, task,
+                task,
+                choice.model,
+                task,
             )
         return TaskModel.from_export(exported, choice.model, backend, self._project().nlu)
 

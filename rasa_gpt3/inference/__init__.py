@@ -6,6 +6,7 @@ request within a time budget, one quick retry, a circuit breaker and an LRU cach
 `CallFailed`. What the answers mean, in `intents` (a ranking from logprobs) and `entities` (values located in the
 text); `classify` and `extract_entities` put the two together and never raise for an API problem.
 """
+
 from rasa_gpt3.errors import CallFailed
 from rasa_gpt3.inference.breaker import CircuitBreaker
 from rasa_gpt3.inference.cache import ResponseCache, cache_key

@@ -1,4 +1,5 @@
 """The circuit breaker of the serving calls: after repeated failures the API is skipped for a cool-down."""
+
 from __future__ import annotations
 
 import threading

@@ -1,4 +1,5 @@
 """The serving calls' LRU cache of completions, keyed on (model, request body)."""
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,7 @@ class ResponseCache:
 
     def __init__(self, maxsize: int = 1024):
         self.maxsize = max(0, int(maxsize))
-        self._entries: "OrderedDict[Hashable, Any]" = OrderedDict()
+        self._entries: OrderedDict[Hashable, Any] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:

@@ -5,6 +5,7 @@ is left of it, asynchronously it is also a hard deadline. At most one quick retr
 connection, a 5xx, or a 429 whose Retry-After fits the budget. A failed call raises `CallFailed` with an `Outcome`
 kind and a one-line reason; it never carries the user's text or the API key.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -45,7 +46,7 @@ class CallPolicy:
     extra_headers: Tuple[Tuple[str, str], ...] = ()
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "CallPolicy":
+    def from_config(cls, config: Mapping[str, Any]) -> CallPolicy:
         """A policy from a component's or action's configuration keys of the same names."""
         defaults = cls()
         headers = config.get("extra_headers") or {}
@@ -123,7 +124,7 @@ class BoundedCaller:
                 continue
             return self._succeed(call, completion)
 
-    def _begin(self, model: str, body: Mapping[str, Any]) -> "_Call":
+    def _begin(self, model: str, body: Mapping[str, Any]) -> _Call:
         """The call, answered from the cache when it can be; raises CallFailed(circuit_open) while the API is off."""
         key = cache_key(model, body)
         cached = self.cache.get(key)
@@ -136,7 +137,7 @@ class BoundedCaller:
         self.calls_sent += 1
         return _Call(key, deadline=time.monotonic() + self.policy.timeout)
 
-    def _retry_wait(self, exc: BaseException, call: "_Call") -> float:
+    def _retry_wait(self, exc: BaseException, call: _Call) -> float:
         """Seconds to wait before the one retry; raises CallFailed when the failure is not worth retrying."""
         failure = _classify(exc)
         # a timeout has used the budget up; a retry must also fit what is left of it after the wait
@@ -150,7 +151,7 @@ class BoundedCaller:
             reason += f"; skipping the API for {self.policy.breaker_cooldown:g} s"
         raise CallFailed(failure.kind, reason) from None
 
-    def _succeed(self, call: "_Call", completion: Completion) -> Completion:
+    def _succeed(self, call: _Call, completion: Completion) -> Completion:
         self.breaker.record_success()
         self.cache.put(call.key, replace(completion, cached=True, backend_seconds=0.0))
         return completion

@@ -4,6 +4,7 @@
 used once) and drops what the text or the training data does not have. `extract_entities` /
 `extract_entities_async` build the request, make one bounded call and read the answer; they never raise.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,7 +34,7 @@ class EntityModel:
     max_tokens: int = 200
 
     @classmethod
-    def from_task_model(cls, task_model: Any, **options: Any) -> "EntityModel":
+    def from_task_model(cls, task_model: Any, **options: Any) -> EntityModel:
         """The entities model of a `rasa_gpt3.nlu.task_model.TaskModel`; `options` set the other fields."""
         return cls(
             model=task_model.model,
@@ -182,8 +183,11 @@ async def extract_entities_async(text: str, entity_model: EntityModel, caller: B
 
 def _warn_if_invalid(extraction: EntityExtraction) -> EntityExtraction:
     if extraction.outcome is Outcome.INVALID_JSON:
-        logger.warning("rasa_gpt3 entities model %s gave an answer that is not an entity list: %s",
-                       extraction.model, extraction.error)
+        logger.warning(
+            "rasa_gpt3 entities model %s gave an answer that is not an entity list: %s",
+            extraction.model,
+            extraction.error,
+        )
     return extraction
 
 

@@ -4,6 +4,7 @@
 (`faq/ask_x`) are summed into their base intent (`faq`), as DIET ranks them. `classify` / `classify_async` build
 the request, make one bounded call and read the answer; they never raise for an API problem.
 """
+
 from __future__ import annotations
 
 import math
@@ -39,7 +40,7 @@ class IntentModel:
         object.__setattr__(self, "_exact", {str(label).strip(): intent for intent, label in self.labels.items()})
 
     @classmethod
-    def from_task_model(cls, task_model: Any, **options: Any) -> "IntentModel":
+    def from_task_model(cls, task_model: Any, **options: Any) -> IntentModel:
         """The intent model of a `rasa_gpt3.nlu.task_model.TaskModel`; `options` set the other fields."""
         return cls(model=task_model.model, fmt=task_model.fmt, labels=dict(task_model.codec["labels"]), **options)
 

@@ -2,6 +2,7 @@
 
 No retries, breaker or cache here: `rasa_gpt3.inference.calls.BoundedCaller` puts those around `Transport.send`.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,9 +62,13 @@ def parse_completion_body(body: Mapping[str, Any], chat: bool) -> Completion:
         raise ValueError(f"unexpected completion response ({type(error).__name__})") from None
     alternatives = tuple(sorted(alternatives, key=lambda pair: -pair[1]))
     usage = body.get("usage") if isinstance(body.get("usage"), Mapping) else {}
-    return Completion(text=str(text), first_token_alternatives=alternatives, token_logprobs=token_logprobs,
-                      prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0))
+    return Completion(
+        text=str(text),
+        first_token_alternatives=alternatives,
+        token_logprobs=token_logprobs,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+    )
 
 
 class Transport:
@@ -87,7 +92,7 @@ class Transport:
         self._headers = headers or None
         self._client = client
         self._given_async_client = async_client
-        self._async_clients: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any]" = weakref.WeakKeyDictionary()
+        self._async_clients: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._client_lock = threading.Lock()
 
     def client(self) -> Any:

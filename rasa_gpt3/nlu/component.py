@@ -5,10 +5,11 @@ the backend changed since training, warms the model up on the local backend, hol
 and decides which messages are never sent. A subclass names its `TASK`, builds the model it serves from the
 `TaskModel` and says what a message gets from it.
 """
+
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, List, Optional, Text
+from typing import Any, Dict, List, Optional
 
 from rasa.engine.graph import ExecutionContext, GraphComponent
 from rasa.engine.storage.resource import Resource
@@ -40,13 +41,13 @@ class GPT3Component(GraphComponent):
     TASK: str = ""
 
     @staticmethod
-    def get_default_config() -> Dict[Text, Any]:
+    def get_default_config() -> Dict[str, Any]:
         """The configuration keys both components take (see `task_model.COMMON_DEFAULTS`)."""
         return dict(COMMON_DEFAULTS)
 
     def __init__(
         self,
-        config: Dict[Text, Any],
+        config: Dict[str, Any],
         model_storage: ModelStorage,
         resource: Resource,
         execution_context: ExecutionContext,
@@ -78,11 +79,11 @@ class GPT3Component(GraphComponent):
     @classmethod
     def create(
         cls,
-        config: Dict[Text, Any],
+        config: Dict[str, Any],
         model_storage: ModelStorage,
         resource: Resource,
         execution_context: ExecutionContext,
-    ) -> "GPT3Component":
+    ) -> GPT3Component:
         """Creates a new untrained component."""
         return cls(config, model_storage, resource, execution_context)
 
@@ -100,12 +101,12 @@ class GPT3Component(GraphComponent):
     @classmethod
     def load(
         cls,
-        config: Dict[Text, Any],
+        config: Dict[str, Any],
         model_storage: ModelStorage,
         resource: Resource,
         execution_context: ExecutionContext,
         **kwargs: Any,
-    ) -> "GPT3Component":
+    ) -> GPT3Component:
         """Loads the trained component and, on the local backend, warms the model up."""
         task_model = load_task_model(model_storage, resource, cls.__name__)
         component = cls(config, model_storage, resource, execution_context, task_model)
@@ -119,7 +120,10 @@ class GPT3Component(GraphComponent):
         if self.task_model is not None and self.task_model.backend != self._settings.backend_name:
             logger.warning(
                 "%s: model %s was trained on %s but requests now go to %s; run `rasa train`",
-                type(self).__name__, self.task_model.model, self.task_model.backend, self._settings.backend_name,
+                type(self).__name__,
+                self.task_model.model,
+                self.task_model.backend,
+                self._settings.backend_name,
             )
 
     @property

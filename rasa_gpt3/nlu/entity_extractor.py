@@ -15,9 +15,10 @@ Values not in the text and entity types the training data does not know are drop
 entity list adds no entities and logs one warning. Messages starting with `/` and empty messages are not sent; on
 an API failure no entities are added. Each message gets a `gpt3_entities` record: asked, outcome, model, dropped.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, Text
+from typing import Any, Dict
 
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.nlu.extractors.extractor import EntityExtractorMixin
@@ -38,7 +39,7 @@ class GPT3EntityExtractor(GPT3Component, EntityExtractorMixin):
     TASK = "entities"
 
     @staticmethod
-    def get_default_config() -> Dict[Text, Any]:
+    def get_default_config() -> Dict[str, Any]:
         """The component's default config (see the module docstring and the README's `NLU components`)."""
         return {**GPT3Component.get_default_config(), "max_tokens": 200}
 

@@ -28,9 +28,10 @@ Decisions:
   intent), `outcome` ("ok", "unknown_label", "timeout", "circuit_open", ...), `model`, `cached`, `backend_ms`, and
   `reason` when it was not asked, `previous_intent` when an earlier classifier had predicted one.
 """
+
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Text
+from typing import Any, Dict, List, Optional
 
 from rasa.engine.recipes.default_recipe import DefaultV1Recipe
 from rasa.nlu.classifiers.classifier import IntentClassifier
@@ -60,7 +61,7 @@ class GPT3IntentClassifier(GPT3Component, IntentClassifier):
     TASK = "intent"
 
     @staticmethod
-    def get_default_config() -> Dict[Text, Any]:
+    def get_default_config() -> Dict[str, Any]:
         """The component's default config (see the module docstring and the README's `NLU components`)."""
         return {
             **GPT3Component.get_default_config(),

@@ -14,6 +14,7 @@ A registry model trained on other data is never used silently: it is named in th
 What is persisted: model id, backend, format, base model, prompt-format version, data fingerprint and, per task,
 the label codec (intent) or the entity types, roles and groups (entities). Never the API key.
 """
+
 from __future__ import annotations
 
 import json
@@ -82,7 +83,7 @@ class TaskModel:
     groups: List[str] = field(default_factory=list)
 
     @classmethod
-    def from_export(cls, exported: Any, model: str, backend: str, training_data: Any = None) -> "TaskModel":
+    def from_export(cls, exported: Any, model: str, backend: str, training_data: Any = None) -> TaskModel:
         """The model `model` on `backend` serving `exported` (an ExportedTask).
 
         For the entities task, `training_data` gives the entity types, roles and groups the model may name.
@@ -110,7 +111,7 @@ class TaskModel:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "TaskModel":
+    def from_json(cls, data: Dict[str, Any]) -> TaskModel:
         """Reads `to_json()` output back."""
         return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
 
@@ -194,7 +195,11 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
         from rasa_gpt3.finetune import ensure_fine_tuned
 
         outcome = ensure_fine_tuned(
-            settings, exported, project_name=_project_name(settings), epochs=config.get("epochs"), wait=True,
+            settings,
+            exported,
+            project_name=_project_name(settings),
+            epochs=config.get("epochs"),
+            wait=True,
             registry=registry,
         )
         verb = "reusing" if outcome.reused else "fine-tuned"
@@ -216,7 +221,8 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
         else:
             stale = (
                 f" (the registry's {task} model {resolved.model} was trained on other data: {resolved.reason})"
-                if resolved.model else ""
+                if resolved.model
+                else ""
             )
             raise GPT3ComponentError(
                 f"{name}: no fine-tuned {task} model on {backend} for the current training data{stale}; "
@@ -282,7 +288,10 @@ def load_task_model(model_storage: Any, resource: Any, component: str) -> Option
     if task_model.prompt_format != prompts.PROMPT_FORMAT_VERSION:
         logger.warning(
             "%s: model %s was trained with prompt format %s, this rasa_gpt3 uses %s; run `rasa train`",
-            component, task_model.model, task_model.prompt_format, prompts.PROMPT_FORMAT_VERSION,
+            component,
+            task_model.model,
+            task_model.prompt_format,
+            prompts.PROMPT_FORMAT_VERSION,
         )
     return task_model
 

@@ -1,4 +1,5 @@
 """The pure parts of the fine-tune lifecycle: idempotency key, cost guard, events -> progress, staleness."""
+
 from types import SimpleNamespace
 
 import pytest
@@ -63,22 +64,42 @@ def test_metrics_events_map_to_steps_epochs_and_losses():
     state = JobProgress(n_epochs=3)
     state = apply_event(state, {"id": "e1", "message": "Validating training file", "type": "message"})
     assert state.step == 0 and state.last_event_id == "e1"
-    state = apply_event(state, {"id": "e2", "type": "metrics", "message": "Step 4/9: training loss=0.5",
-                                "data": {"step": 4, "total_steps": 9, "train_loss": 0.5,
-                                         "train_mean_token_accuracy": 0.75, "valid_loss": 0.6}})
+    state = apply_event(
+        state,
+        {
+            "id": "e2",
+            "type": "metrics",
+            "message": "Step 4/9: training loss=0.5",
+            "data": {
+                "step": 4,
+                "total_steps": 9,
+                "train_loss": 0.5,
+                "train_mean_token_accuracy": 0.75,
+                "valid_loss": 0.6,
+            },
+        },
+    )
     assert (state.step, state.total_steps, state.epoch) == (4, 9, 2)
     assert state.metrics() == {"train_loss": 0.5, "valid_loss": 0.6, "train_accuracy": 0.75}
-    state = apply_event(state, {"id": "e3", "type": "metrics", "message": "Epoch 3: full validation loss=0.4",
-                                "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4,
-                                         "full_valid_mean_token_accuracy": 0.8}})
+    state = apply_event(
+        state,
+        {
+            "id": "e3",
+            "type": "metrics",
+            "message": "Epoch 3: full validation loss=0.4",
+            "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4, "full_valid_mean_token_accuracy": 0.8},
+        },
+    )
     assert state.epoch == 3 and (state.full_valid_loss, state.full_valid_accuracy) == (0.4, 0.8)
     assert state.metrics()["valid_loss"] == 0.4 and state.metrics()["valid_accuracy"] == 0.8  # full validation wins
     assert describe(state) == "epoch 3/3, loss 0.500, val_loss 0.600, acc 0.750, full_val_loss 0.400"
 
 
 def test_text_only_events_are_understood_too():
-    state = apply_event(JobProgress(), SimpleNamespace(
-        id="e9", message="Step 12/90: training loss=0.41, validation loss=0.52", data=None))
+    state = apply_event(
+        JobProgress(),
+        SimpleNamespace(id="e9", message="Step 12/90: training loss=0.41, validation loss=0.52", data=None),
+    )
     assert (state.step, state.total_steps, state.train_loss, state.valid_loss) == (12, 90, 0.41, 0.52)
 
 
@@ -103,8 +124,12 @@ def test_failure_message_carries_the_job_error_and_what_to_do():
 
 def write_registry(tmp_path, **fields):
     registry = Registry(tmp_path / "gpt3_models.yml")
-    registry.record("intent", RegistryEntry(model="ft:active", backend="local", fingerprint="fp-old",
-                                            prompt_format=PROMPT_FORMAT_VERSION, **fields))
+    registry.record(
+        "intent",
+        RegistryEntry(
+            model="ft:active", backend="local", fingerprint="fp-old", prompt_format=PROMPT_FORMAT_VERSION, **fields
+        ),
+    )
     registry.save()
     return Registry.load(tmp_path / "gpt3_models.yml")
 
@@ -137,12 +162,21 @@ def test_an_explicit_model_wins_and_other_backends_do_not_count(tmp_path):
 
 def test_entry_from_job_uses_the_metadata_written_at_creation():
     job = SimpleNamespace(
-        id="ftjob-9", model="gpt-4o-mini-2024-07-18", fine_tuned_model="ft:gpt-4o-mini-2024-07-18:local:bot:abc",
-        created_at=1_700_000_000, finished_at=1_700_000_100, trained_tokens=999, hyperparameters=None,
+        id="ftjob-9",
+        model="gpt-4o-mini-2024-07-18",
+        fine_tuned_model="ft:gpt-4o-mini-2024-07-18:local:bot:abc",
+        created_at=1_700_000_000,
+        finished_at=1_700_000_100,
+        trained_tokens=999,
+        hyperparameters=None,
         method=SimpleNamespace(supervised=SimpleNamespace(hyperparameters=SimpleNamespace(n_epochs=4))),
-        metadata={fine_tune_jobs.META_TASK: "intent", fine_tune_jobs.META_FINGERPRINT: "fp",
-                  fine_tune_jobs.META_KEY: "k", fine_tune_jobs.META_PROMPT_FORMAT: "1",
-                  fine_tune_jobs.META_FORMAT: "chat"},
+        metadata={
+            fine_tune_jobs.META_TASK: "intent",
+            fine_tune_jobs.META_FINGERPRINT: "fp",
+            fine_tune_jobs.META_KEY: "k",
+            fine_tune_jobs.META_PROMPT_FORMAT: "1",
+            fine_tune_jobs.META_FORMAT: "chat",
+        },
     )
     entry = entry_from_job(job, "local", {"valid_loss": 0.123456})
     assert (entry.job, entry.fingerprint, entry.key, entry.epochs, entry.format) == ("ftjob-9", "fp", "k", 4, "chat")
@@ -157,8 +191,11 @@ def test_progress_bar_off_a_terminal_prints_messages_and_one_summary_line():
     stream = io.StringIO()
     bar = TqdmProgressBar(stream)
     bar.update(JobProgress(job_id="ftjob-1", status="running"), "Fine-tuning job started")
-    bar.update(JobProgress(job_id="ftjob-1", status="succeeded", step=9, total_steps=9, epoch=3, n_epochs=3,
-                           train_loss=0.25))
+    bar.update(
+        JobProgress(job_id="ftjob-1", status="succeeded", step=9, total_steps=9, epoch=3, n_epochs=3, train_loss=0.25)
+    )
     bar.close()
     assert stream.getvalue().splitlines() == [
-        "  Fine-tuning job started", "ftjob-1 succeeded: step 9/9, epoch 3/3, loss 0.250"]
+        "  Fine-tuning job started",
+        "ftjob-1 succeeded: step 9/9, epoch 3/3, loss 0.250",
+    ]

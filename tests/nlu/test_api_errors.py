@@ -1,4 +1,5 @@
 """client.classify_api_error: what each SDK error means (kind, retry, Retry-After, one line), and the outcomes."""
+
 import asyncio
 import email.utils
 import time
@@ -78,9 +79,22 @@ def test_call_failed_is_a_backend_error_with_an_outcome_kind():
 def test_outcomes_keep_the_documented_strings_and_say_whether_the_model_answered():
     # the strings parse data, predictions and the README carry
     assert {outcome.value for outcome in Outcome} == {
-        "ok", "unknown_label", "no_logprobs", "invalid_json", "timeout", "rate_limited", "server_error",
-        "connection", "client_error", "bad_response", "circuit_open",
+        "ok",
+        "unknown_label",
+        "no_logprobs",
+        "invalid_json",
+        "timeout",
+        "rate_limited",
+        "server_error",
+        "connection",
+        "client_error",
+        "bad_response",
+        "circuit_open",
     }
     assert {outcome for outcome in Outcome if outcome.answered} == {
-        Outcome.OK, Outcome.UNKNOWN_LABEL, Outcome.NO_LOGPROBS, Outcome.INVALID_JSON}
+        Outcome.OK,
+        Outcome.UNKNOWN_LABEL,
+        Outcome.NO_LOGPROBS,
+        Outcome.INVALID_JSON,
+    }
     assert Outcome.OK == "ok" and f"{Outcome.CIRCUIT_OPEN}" == "circuit_open" and str(Outcome.TIMEOUT) == "timeout"

@@ -1,4 +1,5 @@
 """Real `rasa train nlu` + `rasa test nlu` with the GPT3 components on financial-demo and on example_bot."""
+
 import json
 from pathlib import Path
 

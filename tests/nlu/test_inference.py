@@ -1,4 +1,5 @@
-"""inference.py's pure parts: logprobs → intent ranking, entity location, circuit breaker, LRU cache, response parsing."""
+"""The inference package's pure parts: logprobs → intent ranking, entity location, breaker, cache, response parsing."""
+
 import math
 
 import pytest
@@ -71,7 +72,9 @@ def test_the_recorded_outcome_is_a_plain_string():
 
 
 def test_an_unknown_answer_becomes_the_fallback_intent_at_confidence_zero():
-    result = rank_intents(completion("weather", [("weather", 0.9), ("greet", 0.1)]), model(fallback_intent="out_of_scope"))
+    result = rank_intents(
+        completion("weather", [("weather", 0.9), ("greet", 0.1)]), model(fallback_intent="out_of_scope")
+    )
     assert (result.intent, result.confidence, result.ranking) == ("out_of_scope", 0.0, [])
     assert result.outcome == "unknown_label" and not result.decided
 
@@ -112,7 +115,7 @@ def test_values_are_located_exactly_then_case_insensitively():
     ]
     entities, dropped = locate_entities(text, answers, {"amount", "PERSON", "account"}, {"source"}, set())
     assert dropped == 0
-    assert [(e["entity"], text[e["start"]:e["end"]], e["value"]) for e in entities] == [
+    assert [(e["entity"], text[e["start"] : e["end"]], e["value"]) for e in entities] == [
         ("amount", "50 dollars", "50 dollars"),
         ("PERSON", "John Smith", "John Smith"),
         ("account", "checking", "checking"),
@@ -122,7 +125,10 @@ def test_values_are_located_exactly_then_case_insensitively():
 
 def test_each_occurrence_is_used_once():
     text = "from Berlin to berlin"
-    answers = [{"entity": "city", "value": "Berlin", "role": "from"}, {"entity": "city", "value": "Berlin", "role": "to"}]
+    answers = [
+        {"entity": "city", "value": "Berlin", "role": "from"},
+        {"entity": "city", "value": "Berlin", "role": "to"},
+    ]
     entities, _ = locate_entities(text, answers, {"city"}, {"from", "to"})
     assert [(e["start"], e["role"]) for e in entities] == [(5, "from"), (15, "to")]
 
@@ -149,12 +155,16 @@ def test_unknown_types_values_not_in_the_text_and_unknown_roles_are_dropped():
 def test_entity_answer_confidence_comes_from_token_logprobs():
     entity_model = EntityModel("m", "chat", frozenset({"city"}))
     answer = prompts.render_entities([{"entity": "city", "value": "Paris"}])
-    extraction = inference.read_entities("to Paris", Completion(answer, token_logprobs=(math.log(0.9), math.log(0.5))), entity_model)
+    extraction = inference.read_entities(
+        "to Paris", Completion(answer, token_logprobs=(math.log(0.9), math.log(0.5))), entity_model
+    )
     assert extraction.entities[0]["confidence_entity"] == pytest.approx(0.45)
 
 
 def test_invalid_entity_json_gives_no_entities():
-    extraction = inference.read_entities("to Paris", Completion("city: Paris"), EntityModel("m", "chat", frozenset({"city"})))
+    extraction = inference.read_entities(
+        "to Paris", Completion("city: Paris"), EntityModel("m", "chat", frozenset({"city"}))
+    )
     assert extraction.entities == [] and extraction.outcome == "invalid_json"
 
 
@@ -213,7 +223,9 @@ def test_cache_key_depends_on_model_and_whole_request():
 
 
 def test_policy_from_component_config():
-    policy = CallPolicy.from_config({"timeout": 0.5, "breaker_failures": 2, "cache_size": 0, "extra_headers": {"X-A": 1}})
+    policy = CallPolicy.from_config(
+        {"timeout": 0.5, "breaker_failures": 2, "cache_size": 0, "extra_headers": {"X-A": 1}}
+    )
     assert (policy.timeout, policy.breaker_failures, policy.cache_size) == (0.5, 2, 0)
     assert policy.extra_headers == (("X-A", "1"),)
     assert hash(policy)  # callers are shared per policy
@@ -223,9 +235,22 @@ def test_policy_from_component_config():
 
 
 def test_chat_body_is_read_with_the_first_tokens_alternatives():
-    body = {"choices": [{"message": {"content": "greet"}, "logprobs": {"content": [
-        {"token": "greet", "logprob": -0.1, "top_logprobs": [{"token": "bye", "logprob": -2.5}, {"token": "greet", "logprob": -0.1}]}
-    ]}}]}
+    body = {
+        "choices": [
+            {
+                "message": {"content": "greet"},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "greet",
+                            "logprob": -0.1,
+                            "top_logprobs": [{"token": "bye", "logprob": -2.5}, {"token": "greet", "logprob": -0.1}],
+                        }
+                    ]
+                },
+            }
+        ]
+    }
     parsed = inference.parse_completion_body(body, chat=True)
     assert parsed.text == "greet"
     assert parsed.first_token_alternatives == (("greet", -0.1), ("bye", -2.5))
@@ -233,8 +258,18 @@ def test_chat_body_is_read_with_the_first_tokens_alternatives():
 
 
 def test_completion_body_is_read_with_the_first_tokens_alternatives():
-    body = {"choices": [{"text": " greet", "logprobs": {"tokens": [" greet"], "token_logprobs": [-0.2],
-                                                         "top_logprobs": [{" greet": -0.2, " bye": -1.8}]}}]}
+    body = {
+        "choices": [
+            {
+                "text": " greet",
+                "logprobs": {
+                    "tokens": [" greet"],
+                    "token_logprobs": [-0.2],
+                    "top_logprobs": [{" greet": -0.2, " bye": -1.8}],
+                },
+            }
+        ]
+    }
     parsed = inference.parse_completion_body(body, chat=False)
     assert parsed.first_token_alternatives == ((" greet", -0.2), (" bye", -1.8))
     assert rank_intents(parsed, model("completion")).intent == "greet"

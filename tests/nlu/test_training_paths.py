@@ -1,6 +1,7 @@
 """How `train()` picks the model on a remote API: registry for this data, fine-tune within max_cost_usd, or a clear
 error; persist/load through Rasa's ModelStorage. The "remote API" is a local backend reached through
 OPENAI_BASE_URL with a key, which is exactly how rasa_gpt3 talks to OpenAI."""
+
 import pytest
 from rasa.engine.graph import ExecutionContext, GraphSchema
 from rasa.engine.storage.local_model_storage import LocalModelStorage
@@ -71,8 +72,12 @@ def test_fine_tune_then_reuse_from_the_registry_then_persist_and_load(remote, tm
     again.train(training_data)
     assert again.task_model.model == model
 
-    loaded = GPT3IntentClassifier.load({**GPT3IntentClassifier.get_default_config(), "project": str(project)},
-                                       storage, resource, ExecutionContext(GraphSchema({}), "test"))
+    loaded = GPT3IntentClassifier.load(
+        {**GPT3IntentClassifier.get_default_config(), "project": str(project)},
+        storage,
+        resource,
+        ExecutionContext(GraphSchema({}), "test"),
+    )
     assert loaded.task_model == classifier.task_model
     assert loaded.served_model.labels == classifier.served_model.labels
     assert set(loaded.served_model.labels) >= {"greet", "faq/ask_fee"}
@@ -80,7 +85,9 @@ def test_fine_tune_then_reuse_from_the_registry_then_persist_and_load(remote, tm
 
 def test_an_explicit_model_is_used_as_is(remote, tmp_path, training_data):
     _, project = remote
-    extractor, _ = component(GPT3EntityExtractor, tmp_path, project=str(project), model="ft:gpt-4o-mini-2024-07-18:acme:x:1")
+    extractor, _ = component(
+        GPT3EntityExtractor, tmp_path, project=str(project), model="ft:gpt-4o-mini-2024-07-18:acme:x:1"
+    )
     extractor.train(training_data)
     assert extractor.task_model.model == "ft:gpt-4o-mini-2024-07-18:acme:x:1"
     assert extractor.served_model.entity_types == {"account_type", "amount", "PERSON"}
@@ -140,4 +147,3 @@ def test_on_a_remote_api_training_reads_the_registry_once_per_run(remote, tmp_pa
     registry_reads.clear()
     assert obtain_task_model("intent", training_data, config, "GPT3IntentClassifier").model == trained.model
     assert len(registry_reads) == 1
-
