@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from .pipeline_checks import EXAMPLE_BOT, FINANCIAL_DEMO, make_workspace
+from tests.conftest import FINANCIAL_DEMO
+
+from .pipeline_checks import EXAMPLE_BOT, make_workspace
 
 pytestmark = pytest.mark.slow
 
