@@ -1,25 +1,34 @@
-"""The only module that talks to the openai SDK: client factories and one-line error descriptions.
+"""The only module that imports the openai SDK: client factories, and what the SDK's errors mean.
 
 With an API key (and no RASA_GPT3_LOCAL=1) the clients go to OpenAI, or to `OPENAI_BASE_URL` (Azure OpenAI, any
 compatible server). Without one they go to the embedded local backend, started on 127.0.0.1 on a free port the
 first time a client for that state directory is made in this process.
 """
+
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import os
 import re
 import threading
+import time
 import weakref
-from typing import Dict, Optional, Tuple
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Dict, Iterator, Mapping, Optional, Tuple, Type
 
 import openai
 
+from rasa_gpt3.errors import BackendError, first_line
+from rasa_gpt3.outcomes import Outcome
 from rasa_gpt3.settings import Settings
 
 LOCAL_API_KEY = "local"
+# every exception the SDK raises; other modules catch these without importing openai
+SDK_ERRORS: Tuple[Type[BaseException], ...] = (openai.OpenAIError,)
 
-_ASYNC_CLIENTS: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[Tuple, openai.AsyncOpenAI]]" = (
+_ASYNC_CLIENTS: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Dict[Tuple, openai.AsyncOpenAI]] = (
     weakref.WeakKeyDictionary()
 )
 _ASYNC_LOCK = threading.Lock()
@@ -28,7 +37,6 @@ _ASYNC_LOCK = threading.Lock()
 def local_base_url(state_dir: os.PathLike) -> str:
     """The base URL of this process's embedded local backend for `state_dir` (started if needed)."""
     from rasa_gpt3.local.embedded import BackendStartError, ensure_server
-    from rasa_gpt3.errors import BackendError
 
     try:
         return ensure_server(state_dir).base_url
@@ -43,7 +51,9 @@ def _connection(settings: Settings) -> Tuple[str, Optional[str]]:
     return str(settings.api_key), settings.base_url
 
 
-def make_client(settings: Settings, *, timeout: Optional[float] = None, max_retries: Optional[int] = None) -> openai.OpenAI:
+def make_client(
+    settings: Settings, *, timeout: Optional[float] = None, max_retries: Optional[int] = None
+) -> openai.OpenAI:
     """A synchronous SDK client for `settings` (the local backend when no API key is set)."""
     api_key, base_url = _connection(settings)
     return openai.OpenAI(
@@ -98,8 +108,96 @@ def _host(exc: BaseException) -> str:
         return "the model API"
 
 
+@dataclass(frozen=True)
+class ApiFailure:
+    """What an exception from a model API call means: its kind, whether retrying may help and when, one line."""
+
+    kind: Outcome
+    # a timeout, a refused or dropped connection, a 429 or a 5xx: the same request may succeed later
+    retryable: bool
+    # one line without the API key or the user's text
+    message: str
+    # for a 429: the seconds the server asked to wait (None when it did not say)
+    retry_after: Optional[float] = None
+    # the HTTP status when the API answered
+    status: Optional[int] = None
+
+    @property
+    def not_found(self) -> bool:
+        """The API does not know the model, job or file (HTTP 404)."""
+        return self.status == 404
+
+    @property
+    def forbidden(self) -> bool:
+        """The key may not use the model or object (HTTP 403)."""
+        return self.status == 403
+
+
+def classify_api_error(exc: BaseException) -> ApiFailure:
+    """What `exc`, raised by an SDK call (or by a time budget running out), means for the caller."""
+    message = _message(exc)
+    if isinstance(exc, (openai.APITimeoutError, asyncio.TimeoutError)):
+        return ApiFailure(Outcome.TIMEOUT, True, message)
+    if isinstance(exc, openai.APIConnectionError):
+        return ApiFailure(Outcome.CONNECTION, True, message)
+    if isinstance(exc, openai.APIStatusError):
+        status = exc.status_code
+        if isinstance(exc, openai.RateLimitError):
+            return ApiFailure(Outcome.RATE_LIMITED, True, message, _retry_after(exc.response), status)
+        if status >= 500:
+            return ApiFailure(Outcome.SERVER_ERROR, True, message, status=status)
+        return ApiFailure(Outcome.CLIENT_ERROR, False, message, status=status)
+    return ApiFailure(Outcome.BAD_RESPONSE, False, message)
+
+
 def describe_api_error(exc: BaseException) -> str:
     """One line saying what went wrong with a model API call, without the API key or the user's text."""
+    return classify_api_error(exc).message
+
+
+@contextmanager
+def api_errors(doing: str) -> Iterator[None]:
+    """Turns SDK errors raised inside into a one-line BackendError saying what was being done."""
+    try:
+        yield
+    except SDK_ERRORS as error:
+        raise BackendError(f"{doing}: {describe_api_error(error)}") from None
+
+
+def _retry_after(response: Any) -> Optional[float]:
+    """Seconds from `retry-after-ms`, else `retry-after` as seconds or as an HTTP date (as openai-python reads them)."""
+    headers: Optional[Mapping[str, str]] = getattr(response, "headers", None)
+    if not headers:
+        return None
+    try:
+        return float(headers.get("retry-after-ms")) / 1000  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pass
+    value = headers.get("retry-after")
+    try:
+        return float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        pass
+    try:
+        date = email.utils.parsedate_tz(value)  # type: ignore[arg-type]
+        if date is None:
+            return None
+        return float(email.utils.mktime_tz(date) - time.time())
+    except (TypeError, ValueError, OverflowError, OSError):
+        return None
+
+
+def _message(exc: BaseException) -> str:
+    try:
+        return _describe(exc)
+    except Exception:  # a describer bug must not turn a degraded answer into a crash
+        status = getattr(exc, "status_code", None)
+        return f"{type(exc).__name__}" + (f" (HTTP {status})" if status else "")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, asyncio.TimeoutError):
+        return "no answer within the time budget"
     if isinstance(exc, openai.APITimeoutError):
         return f"{_host(exc)} did not answer in time (timeout)"
     if isinstance(exc, openai.APIConnectionError):
@@ -125,5 +223,5 @@ def describe_api_error(exc: BaseException) -> str:
             line += f": {message}"
         return line
     if isinstance(exc, openai.OpenAIError):
-        return f"model API error: {_redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
-    return f"{type(exc).__name__}: {_redact(str(exc).splitlines()[0] if str(exc) else '')}".rstrip(": ")
+        return f"model API error: {_redact(first_line(exc))}"
+    return f"{type(exc).__name__}: {_redact(first_line(exc))}".rstrip(": ")

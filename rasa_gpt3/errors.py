@@ -1,5 +1,7 @@
 """The errors rasa_gpt3 raises for things a user can act on; each message is one line."""
 
+from rasa_gpt3.outcomes import Outcome
+
 
 class RasaGPT3Error(Exception):
     """An error with a one-line message that tells the user what is wrong and what to do."""
@@ -21,3 +23,18 @@ class BackendError(RasaGPT3Error):
 
 class BudgetError(RasaGPT3Error):
     """A fine-tune would cost more than the allowed maximum."""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message, or its type name when the message is empty."""
+    text = str(error)
+    return text.splitlines()[0] if text.strip() else type(error).__name__
+
+
+class CallFailed(BackendError):
+    """A serving call that produced no completion: `kind` (an Outcome) says why, `reason` in one line, no user text."""
+
+    def __init__(self, kind: Outcome, reason: str):
+        super().__init__(f"{kind}: {reason}")
+        self.kind = Outcome(kind)
+        self.reason = reason

@@ -19,6 +19,7 @@ Decisions worth knowing:
 - Errors: every API failure becomes a BackendError with one line; a failed job's own error message is included
   with what to do next.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -26,15 +27,28 @@ import json
 import logging
 import re
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from rasa_gpt3.data.base_models import BaseModel, default_epochs, resolve_base_model
-from rasa_gpt3.errors import BackendError, BudgetError, DataError, RasaGPT3Error
+from rasa_gpt3.client import SDK_ERRORS, api_errors, classify_api_error, make_client
+from rasa_gpt3.data.base_models import BaseModel, default_epochs
+from rasa_gpt3.errors import BackendError, BudgetError, DataError
+from rasa_gpt3.fine_tune_jobs import (
+    JOB_SCAN_LIMIT,
+    META_FINGERPRINT,
+    META_FORMAT,
+    META_KEY,
+    META_PROJECT,
+    META_PROMPT_FORMAT,
+    META_TASK,
+    fetch_results,
+    job_epochs,
+    job_metrics,
+    model_exists,
+)
 from rasa_gpt3.progress import JobProgress, ProgressReporter, apply_event
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
-from rasa_gpt3.registry import Registry, RegistryEntry, timestamp_iso, with_metrics
+from rasa_gpt3.registry import Registry, RegistryEntry, register_job
 from rasa_gpt3.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -43,18 +57,6 @@ RUNNING_STATUSES = ("validating_files", "queued", "running", "pausing", "paused"
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 FILE_PURPOSE = "fine-tune"
 DEFAULT_SEED = 42
-
-# Job metadata keys. `rasa_gpt3_key` marks a job as ours (other tools' jobs may also say `project`); the local
-# backend reads `task` to choose between a classifier and retrieval.
-META_KEY = "rasa_gpt3_key"
-META_PROJECT = "project"
-META_TASK = "task"
-META_FINGERPRINT = "fingerprint"
-META_PROMPT_FORMAT = "prompt_format"
-META_FORMAT = "format"
-
-# how many jobs to look through for an identical one when the server ignores the metadata filter
-_JOB_SCAN_LIMIT = 500
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -102,23 +104,6 @@ class FineTuneOutcome:
     uploaded_files: Tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class ResolvedModel:
-    """The model a task should use, the registry entry behind it (if known), and whether the data moved on."""
-
-    model: Optional[str]
-    entry: Optional[RegistryEntry]
-    stale: bool
-    reason: str = ""
-
-    def warning(self, task: str) -> str:
-        """The one warning line callers log when `stale` is true."""
-        return (
-            f"the {task} model {self.model} is stale: {self.reason}; "
-            f"run `rasa-gpt3 fine-tune --task {task}` to train one on the current data"
-        )
-
-
 class FollowInterrupted(KeyboardInterrupt):
     """Ctrl-C while following a job: the job keeps running on the server."""
 
@@ -135,7 +120,9 @@ class FollowInterrupted(KeyboardInterrupt):
 # ---------------------------------------------------------------------------------------------- pure parts
 
 
-def estimate_cost(train_records: Sequence[Dict[str, Any]], base_model: BaseModel, epochs: Optional[int] = None) -> CostEstimate:
+def estimate_cost(
+    train_records: Sequence[Dict[str, Any]], base_model: BaseModel, epochs: Optional[int] = None
+) -> CostEstimate:
     """The training cost of `train_records` on `base_model` (epochs: given, else OpenAI's default for the size)."""
     from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 
@@ -145,7 +132,9 @@ def estimate_cost(train_records: Sequence[Dict[str, Any]], base_model: BaseModel
     # OpenAI truncates examples to the context; billed tokens cannot exceed it
     tokens = sum(min(count, base_model.context) for count in per_record)
     usd = base_model.training_cost(tokens * n_epochs)
-    return CostEstimate(base_model=base_model.name, examples=len(records), tokens_per_epoch=tokens, epochs=n_epochs, usd=usd)
+    return CostEstimate(
+        base_model=base_model.name, examples=len(records), tokens_per_epoch=tokens, epochs=n_epochs, usd=usd
+    )
 
 
 def check_budget(estimate: CostEstimate, max_cost: Optional[float]) -> None:
@@ -168,9 +157,15 @@ def idempotency_key(
 ) -> str:
     """The fine-tune's identity: the same data, task, base model, hyperparameters and seed give the same key."""
     payload = json.dumps(
-        {"fingerprint": fingerprint, "task": task, "base_model": base_model, "hyperparameters": hyperparameters,
-         "seed": seed},
-        sort_keys=True, separators=(",", ":"),
+        {
+            "fingerprint": fingerprint,
+            "task": task,
+            "base_model": base_model,
+            "hyperparameters": hyperparameters,
+            "seed": seed,
+        },
+        sort_keys=True,
+        separators=(",", ":"),
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
@@ -198,21 +193,6 @@ def job_metadata(exported: Any, project_name: str, key: str) -> Dict[str, str]:
     }
 
 
-def job_epochs(job: Any) -> Optional[int]:
-    """The job's n_epochs, from `method.supervised` or the legacy `hyperparameters` (None when 'auto')."""
-    candidates = []
-    method = getattr(job, "method", None)
-    supervised = getattr(method, "supervised", None) if method is not None else None
-    if supervised is not None and getattr(supervised, "hyperparameters", None) is not None:
-        candidates.append(supervised.hyperparameters.n_epochs)
-    if getattr(job, "hyperparameters", None) is not None:
-        candidates.append(job.hyperparameters.n_epochs)
-    for value in candidates:
-        if isinstance(value, int):
-            return value
-    return None
-
-
 def failure_message(job: Any) -> str:
     """One line: why the job failed or stopped, and what to do next."""
     if job.status == "cancelled":
@@ -228,43 +208,6 @@ def failure_message(job: Any) -> str:
     return f"fine-tuning job {job.id} failed: {reason}{code}; {hint}"
 
 
-def entry_from_job(job: Any, backend: str, metrics: Optional[Dict[str, float]] = None) -> RegistryEntry:
-    """The registry entry for a succeeded job, from the job itself and the metadata we stored with it."""
-    meta = dict(getattr(job, "metadata", None) or {})
-    base_model = job.model
-    fmt = meta.get(META_FORMAT)
-    if not fmt:
-        try:
-            fmt = resolve_base_model(base_model).format
-        except ValueError:
-            fmt = None
-    entry = RegistryEntry(
-        model=job.fine_tuned_model,
-        backend=backend,
-        base_model=base_model,
-        format=fmt,
-        job=job.id,
-        fingerprint=meta.get(META_FINGERPRINT),
-        prompt_format=meta.get(META_PROMPT_FORMAT),
-        created=timestamp_iso(getattr(job, "finished_at", None) or job.created_at),
-        epochs=job_epochs(job),
-        key=meta.get(META_KEY),
-        trained_tokens=getattr(job, "trained_tokens", None),
-    )
-    return with_metrics(entry, metrics or {})
-
-
-def staleness(entry: RegistryEntry, fingerprint: Optional[str]) -> str:
-    """Why `entry` no longer matches the current data ('' when it does)."""
-    if entry.prompt_format and entry.prompt_format != PROMPT_FORMAT_VERSION:
-        return f"trained with prompt format {entry.prompt_format}, this rasa_gpt3 uses {PROMPT_FORMAT_VERSION}"
-    if fingerprint and entry.fingerprint and entry.fingerprint != fingerprint:
-        return (
-            f"the bot's data changed since it was trained (fingerprint {entry.fingerprint[:12]} -> {fingerprint[:12]})"
-        )
-    return ""
-
-
 def poll_interval(settings: Settings) -> float:
     """Seconds between polls of a job: short for the local backend (jobs take seconds), longer for a remote API."""
     from urllib.parse import urlparse
@@ -278,43 +221,13 @@ def poll_interval(settings: Settings) -> float:
 # ---------------------------------------------------------------------------------------------- API access
 
 
-def _client(settings: Settings) -> Any:
-    from rasa_gpt3.client import make_client
-
-    return make_client(settings)
-
-
-@contextmanager
-def api_errors(doing: str) -> Iterator[None]:
-    """Turns SDK errors raised inside into a one-line BackendError saying what was being done."""
-    import openai
-
-    try:
-        yield
-    except openai.OpenAIError as error:
-        from rasa_gpt3.client import describe_api_error
-
-        raise BackendError(f"{doing}: {describe_api_error(error)}") from None
-
-
 def _retrieve_job(client: Any, job_id: str, backend: str) -> Any:
-    import openai
-
     try:
         return client.fine_tuning.jobs.retrieve(job_id)
-    except openai.NotFoundError:
-        raise BackendError(f"no fine-tuning job '{job_id}' on {backend}; see `rasa-gpt3 list`") from None
-
-
-def model_exists(client: Any, model: str) -> bool:
-    """Whether the backend still serves `model` (a deleted model, or another machine's local model, does not)."""
-    import openai
-
-    try:
-        client.models.retrieve(model)
-        return True
-    except (openai.NotFoundError, openai.PermissionDeniedError):
-        return False
+    except SDK_ERRORS as error:
+        if classify_api_error(error).not_found:
+            raise BackendError(f"no fine-tuning job '{job_id}' on {backend}; see `rasa-gpt3 list`") from None
+        raise
 
 
 def upload_jsonl(client: Any, content: bytes, task: str, kind: str) -> Tuple[str, bool]:
@@ -322,7 +235,8 @@ def upload_jsonl(client: Any, content: bytes, task: str, kind: str) -> Tuple[str
     filename = upload_filename(task, kind, content)
     for existing in client.files.list(purpose=FILE_PURPOSE):
         if (
-            existing.filename == filename and existing.bytes == len(content)
+            existing.filename == filename
+            and existing.bytes == len(content)
             and getattr(existing, "status", None) not in ("error", "deleted")
         ):
             logger.debug("reusing uploaded file %s (%s)", existing.id, filename)
@@ -336,7 +250,7 @@ def find_identical_job(client: Any, key: str) -> Optional[Any]:
     """The newest job with idempotency `key` that succeeded or still runs (succeeded preferred), or None."""
     succeeded, running = None, None
     for index, job in enumerate(client.fine_tuning.jobs.list(metadata={META_KEY: key}, limit=100)):
-        if index >= _JOB_SCAN_LIMIT:
+        if index >= JOB_SCAN_LIMIT:
             break
         if (job.metadata or {}).get(META_KEY) != key:
             continue
@@ -378,9 +292,6 @@ def follow_job(
     last event seen (so a restarted server or a dropped connection costs nothing). Ctrl-C raises FollowInterrupted;
     the job keeps running.
     """
-    import openai
-
-    transient = (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)
     state = JobProgress(job_id=job_id)
     seen: set = set()
     trouble_since: Optional[float] = None
@@ -403,85 +314,27 @@ def follow_job(
                     trouble_since = None
                 if job.status in FINISHED_STATUSES:
                     return job, state
-            except transient as error:
+            except SDK_ERRORS as error:
+                failure = classify_api_error(error)
+                if not failure.retryable:
+                    raise BackendError(f"following {job_id}: {failure.message}") from None
                 now = time.monotonic()
                 if trouble_since is None:
                     trouble_since = now
                     logger.warning("lost contact with %s while following %s; retrying", backend, job_id)
                 elif now - trouble_since > reconnect_for:
-                    from rasa_gpt3.client import describe_api_error
-
                     raise BackendError(
                         f"lost contact with {backend} for {reconnect_for:.0f}s while following {job_id} "
-                        f"({describe_api_error(error)}); the job may still run: rasa-gpt3 follow {job_id}"
+                        f"({failure.message}); the job may still run: rasa-gpt3 follow {job_id}"
                     ) from None
                 sleep(min(max(interval, 1.0), 5.0))
                 continue
-            except openai.OpenAIError as error:
-                from rasa_gpt3.client import describe_api_error
-
-                raise BackendError(f"following {job_id}: {describe_api_error(error)}") from None
             sleep(interval)
     except KeyboardInterrupt:
         raise FollowInterrupted(job_id) from None
     finally:
         if progress is not None:
             progress.close()
-
-
-def fetch_results(client: Any, job: Any) -> Any:
-    """The job's result file as a ResultTable; raises BackendError when the job has none yet."""
-    from rasa_gpt3.training_results import parse_result_file
-
-    if not getattr(job, "result_files", None):
-        raise BackendError(f"job {job.id} has no result file yet (status: {job.status}); try again when it succeeded")
-    with api_errors(f"downloading the result file of {job.id}"):
-        content = client.files.content(job.result_files[0]).content
-    return parse_result_file(content)
-
-
-def job_metrics(client: Any, job: Any, progress: Optional[JobProgress] = None) -> Dict[str, float]:
-    """The final metrics of a finished job, full-validation figures preferred.
-
-    The result file gives the last per-step values; the events (or `progress`, when the job was followed) give the
-    full-validation loss and accuracy of the last epoch, which replace the noisier per-step validation figures.
-    """
-    import openai
-
-    metrics: Dict[str, float] = {}
-    try:
-        metrics.update(fetch_results(client, job).final_metrics())
-    except RasaGPT3Error as error:
-        logger.debug("no metrics from the result file of %s: %s", job.id, error)
-    if progress is None:
-        progress = JobProgress()
-        try:
-            events = list(client.fine_tuning.jobs.list_events(job.id, limit=100).data)
-        except openai.OpenAIError as error:  # metrics are nice to have; a finished model must still be registered
-            logger.debug("no events for %s: %s", job.id, error)
-            events = []
-        for event in reversed(events):
-            progress = apply_event(progress, event)
-    full = {"valid_loss": progress.full_valid_loss, "valid_accuracy": progress.full_valid_accuracy}
-    metrics.update({name: value for name, value in full.items() if value is not None})
-    for name, value in progress.metrics().items():
-        metrics.setdefault(name, value)
-    return metrics
-
-
-def register_job(settings: Settings, job: Any, metrics: Dict[str, float], activate: bool = True) -> Optional[RegistryEntry]:
-    """Records a succeeded job's model in the project's registry; None when the job was not made by rasa_gpt3."""
-    meta = getattr(job, "metadata", None) or {}
-    task = meta.get(META_TASK)
-    if job.status != "succeeded" or not job.fine_tuned_model or not task or META_KEY not in meta:
-        return None
-    entry = entry_from_job(job, settings.backend_name, metrics)
-    with Registry.editing(settings.registry_path) as registry:
-        known = registry.find(task, entry.backend, model=entry.model)
-        if known is not None and not entry.metrics:
-            entry = replace(entry, metrics=known.metrics)
-        registry.record(task, entry, activate=activate)
-    return entry
 
 
 # ---------------------------------------------------------------------------------------------- the lifecycle
@@ -496,8 +349,11 @@ def _check_records(exported: Any) -> None:
         from rasa_gpt3.data.validation import validate_records
 
         report = validate_records(
-            exported.train + exported.valid, fmt=exported.fmt, base_model=exported.base_model,
-            codec=exported.codec, source=f"{exported.task} export",
+            exported.train + exported.valid,
+            fmt=exported.fmt,
+            base_model=exported.base_model,
+            codec=exported.codec,
+            source=f"{exported.task} export",
         )
     errors = list(report.errors)
     if errors:
@@ -522,13 +378,15 @@ def ensure_fine_tuned(
     force: bool = False,
     progress: Optional[ProgressReporter] = None,
     seed: int = DEFAULT_SEED,
+    registry: Optional[Registry] = None,
 ) -> FineTuneOutcome:
     """Makes sure a fine-tuned model exists for `exported` (an ExportedTask) and records it in the registry.
 
     Validates, estimates the cost, reuses an identical succeeded model or attaches to an identical running job
     (unless `force`), otherwise checks `max_cost`, uploads (deduplicated), creates the job and, with `wait`,
-    follows it. `progress=None` is quiet (for `rasa train`). Raises DataError, BudgetError or BackendError, each
-    with one line; Ctrl-C while waiting raises FollowInterrupted and leaves the job running.
+    follows it. `progress=None` is quiet (for `rasa train`). `registry` is the project's registry when the caller
+    has already read it (read once otherwise). Raises DataError, BudgetError or BackendError, each with one line;
+    Ctrl-C while waiting raises FollowInterrupted and leaves the job running.
     """
     base_model: BaseModel = exported.base_model
     _check_records(exported)
@@ -536,12 +394,15 @@ def ensure_fine_tuned(
     hyperparameters = supervised_hyperparameters(estimate.epochs)
     key = idempotency_key(exported.fingerprint, exported.task, base_model.name, hyperparameters, seed)
     backend = settings.backend_name
-    common = dict(task=exported.task, base_model=base_model.name, fingerprint=exported.fingerprint, key=key,
-                  estimate=estimate)
+    common = dict(
+        task=exported.task, base_model=base_model.name, fingerprint=exported.fingerprint, key=key, estimate=estimate
+    )
 
-    client = _client(settings)
+    client = make_client(settings)
     if not force:
-        reused = _reuse(settings, client, exported.task, key, common)
+        if registry is None:
+            registry = Registry.load(settings.registry_path)
+        reused = _reuse(settings, registry, client, exported.task, key, common)
         if reused is not None:
             if reused.model is not None or not wait:
                 return reused
@@ -554,9 +415,14 @@ def ensure_fine_tuned(
         train_id, reused_train = upload_jsonl(client, exported.jsonl("train").encode("utf-8"), exported.task, "train")
         valid_id, reused_valid = None, True
         if exported.valid:
-            valid_id, reused_valid = upload_jsonl(client, exported.jsonl("valid").encode("utf-8"), exported.task, "valid")
-    logger.info("training file %s, validation file %s (%s)", train_id, valid_id or "none",
-                "already uploaded" if reused_train and reused_valid else "uploaded")
+            valid_content = exported.jsonl("valid").encode("utf-8")
+            valid_id, reused_valid = upload_jsonl(client, valid_content, exported.task, "valid")
+    logger.info(
+        "training file %s, validation file %s (%s)",
+        train_id,
+        valid_id or "none",
+        "already uploaded" if reused_train and reused_valid else "uploaded",
+    )
     with api_errors(f"creating the fine-tuning job on {backend}"):
         job = client.fine_tuning.jobs.create(
             model=base_model.name,
@@ -570,23 +436,28 @@ def ensure_fine_tuned(
     logger.info("started fine-tuning job %s (%s, %s) on %s", job.id, exported.task, base_model.name, backend)
     files = tuple(file_id for file_id in (train_id, valid_id) if file_id)
     if not wait:
-        return FineTuneOutcome(model=None, job_id=job.id, reused=False, status=job.status, uploaded_files=files, **common)
+        return FineTuneOutcome(
+            model=None, job_id=job.id, reused=False, status=job.status, uploaded_files=files, **common
+        )
     outcome = _finish(settings, client, job.id, progress, common, reused=False, attached=False)
     return replace(outcome, uploaded_files=files)
 
 
-def _reuse(settings: Settings, client: Any, task: str, key: str, common: Dict[str, Any]) -> Optional[FineTuneOutcome]:
+def _reuse(
+    settings: Settings, registry: Registry, client: Any, task: str, key: str, common: Dict[str, Any]
+) -> Optional[FineTuneOutcome]:
     """An outcome for an identical model (registry, then jobs list) or an identical running job; None if neither."""
     backend = settings.backend_name
-    entry = Registry.load(settings.registry_path).find(task, backend, key=key)
+    entry = registry.find(task, backend, key=key)
     with api_errors(f"looking for an identical fine-tune on {backend}"):
         if entry is not None and model_exists(client, entry.model):
-            if (Registry.load(settings.registry_path).active(task, backend) or entry).model != entry.model:
-                with Registry.editing(settings.registry_path) as registry:
-                    registry.record(task, entry, activate=True)
+            if (registry.active(task, backend) or entry).model != entry.model:
+                with Registry.editing(settings.registry_path) as editing:
+                    editing.record(task, entry, activate=True)
             logger.info("reusing %s: same data, base model and hyperparameters", entry.model)
-            return FineTuneOutcome(model=entry.model, job_id=entry.job, reused=True, status="succeeded", entry=entry,
-                                   **common)
+            return FineTuneOutcome(
+                model=entry.model, job_id=entry.job, reused=True, status="succeeded", entry=entry, **common
+            )
         job = find_identical_job(client, key)
         if job is None:
             return None
@@ -595,15 +466,22 @@ def _reuse(settings: Settings, client: Any, task: str, key: str, common: Dict[st
                 return None
             registered = register_job(settings, job, job_metrics(client, job))
             logger.info("reusing %s from job %s", job.fine_tuned_model, job.id)
-            return FineTuneOutcome(model=job.fine_tuned_model, job_id=job.id, reused=True, status=job.status,
-                                   entry=registered, **common)
+            return FineTuneOutcome(
+                model=job.fine_tuned_model, job_id=job.id, reused=True, status=job.status, entry=registered, **common
+            )
     logger.info("attaching to the identical job %s, still %s", job.id, job.status)
     return FineTuneOutcome(model=None, job_id=job.id, reused=True, attached=True, status=job.status, **common)
 
 
 def _finish(
-    settings: Settings, client: Any, job_id: str, progress: Optional[ProgressReporter], common: Dict[str, Any],
-    *, reused: bool, attached: bool,
+    settings: Settings,
+    client: Any,
+    job_id: str,
+    progress: Optional[ProgressReporter],
+    common: Dict[str, Any],
+    *,
+    reused: bool,
+    attached: bool,
 ) -> FineTuneOutcome:
     try:
         job, state = follow_job(
@@ -616,16 +494,25 @@ def _finish(
     if job.status != "succeeded":
         raise BackendError(failure_message(job))
     entry = register_job(settings, job, job_metrics(client, job, state))
-    return FineTuneOutcome(model=job.fine_tuned_model, job_id=job.id, reused=reused, attached=attached,
-                           status=job.status, entry=entry, **common)
+    return FineTuneOutcome(
+        model=job.fine_tuned_model,
+        job_id=job.id,
+        reused=reused,
+        attached=attached,
+        status=job.status,
+        entry=entry,
+        **common,
+    )
 
 
-def follow(settings: Settings, job_id: str, progress: Optional[ProgressReporter] = None) -> Tuple[Any, Optional[RegistryEntry]]:
+def follow(
+    settings: Settings, job_id: str, progress: Optional[ProgressReporter] = None
+) -> Tuple[Any, Optional[RegistryEntry]]:
     """Follows a job to its end (`rasa-gpt3 follow`); a succeeded rasa_gpt3 job is recorded in the registry.
 
     Returns (job, registry entry or None); raises BackendError with the job's error when it failed.
     """
-    client = _client(settings)
+    client = make_client(settings)
     job, state = follow_job(
         client, job_id, progress=progress, interval=poll_interval(settings), backend=settings.backend_name
     )
@@ -634,32 +521,12 @@ def follow(settings: Settings, job_id: str, progress: Optional[ProgressReporter]
     return job, register_job(settings, job, job_metrics(client, job, state))
 
 
-def resolve_model(settings: Settings, task: str, fingerprint: Optional[str], explicit: Optional[str] = None) -> ResolvedModel:
-    """The model `task` should use: `explicit` when given, else the registry's active one for this backend.
-
-    `stale` is true when the registry entry was trained on other data (fingerprint) or another prompt format;
-    callers then log `resolved.warning(task)` once. `model` is None when the registry has no model for the task.
-    Reads only the registry file; no network.
-    """
-    registry = Registry.load(settings.registry_path)
-    backend = settings.backend_name
-    if explicit:
-        entry = registry.find(task, backend, model=explicit)
-        reason = staleness(entry, fingerprint) if entry is not None else ""
-        return ResolvedModel(model=explicit, entry=entry, stale=bool(reason), reason=reason)
-    entry = registry.active(task, backend)
-    if entry is None:
-        return ResolvedModel(model=None, entry=None, stale=False)
-    reason = staleness(entry, fingerprint)
-    return ResolvedModel(model=entry.model, entry=entry, stale=bool(reason), reason=reason)
-
-
 # ---------------------------------------------------------------------------------------------- job inspection
 
 
 def get_job(settings: Settings, job_id: str) -> Tuple[Any, JobProgress, List[Any]]:
     """A job, its progress as of its newest 100 events, and the newest 10 non-metrics events (oldest first)."""
-    client = _client(settings)
+    client = make_client(settings)
     with api_errors(f"reading job {job_id}"):
         job = _retrieve_job(client, job_id, settings.backend_name)
         events = list(client.fine_tuning.jobs.list_events(job_id, limit=100).data)
@@ -674,7 +541,7 @@ def get_job(settings: Settings, job_id: str) -> Tuple[Any, JobProgress, List[Any
 
 def cancel_job(settings: Settings, job_id: str) -> Any:
     """Cancels a job; raises BackendError when it already finished."""
-    client = _client(settings)
+    client = make_client(settings)
     with api_errors(f"reading job {job_id}"):
         job = _retrieve_job(client, job_id, settings.backend_name)
     if job.status in FINISHED_STATUSES:
@@ -685,12 +552,12 @@ def cancel_job(settings: Settings, job_id: str) -> Any:
 
 def list_jobs(settings: Settings, project_name: Optional[str], limit: int = 100) -> List[Any]:
     """The newest jobs (at most `limit`), only this project's (from job metadata) when `project_name` is given."""
-    client = _client(settings)
+    client = make_client(settings)
     jobs: List[Any] = []
     query = {"metadata": {META_PROJECT: project_name}} if project_name else {}
     with api_errors(f"listing fine-tuning jobs on {settings.backend_name}"):
         for index, job in enumerate(client.fine_tuning.jobs.list(limit=min(limit, 100), **query)):
-            if index >= _JOB_SCAN_LIMIT or len(jobs) >= limit:
+            if index >= JOB_SCAN_LIMIT or len(jobs) >= limit:
                 break
             meta = job.metadata or {}
             if project_name and (meta.get(META_PROJECT) != project_name or META_KEY not in meta):
@@ -701,66 +568,7 @@ def list_jobs(settings: Settings, project_name: Optional[str], limit: int = 100)
 
 def job_results(settings: Settings, job_id: str) -> Tuple[Any, Any]:
     """(job, ResultTable) of a finished job."""
-    client = _client(settings)
+    client = make_client(settings)
     with api_errors(f"reading job {job_id}"):
         job = _retrieve_job(client, job_id, settings.backend_name)
     return job, fetch_results(client, job)
-
-
-# ---------------------------------------------------------------------------------------------- registry verbs
-
-
-def use_model(settings: Settings, model: str, task: str) -> RegistryEntry:
-    """Makes `model` the active one for `task` on this backend (`rasa-gpt3 models use`).
-
-    A model the registry does not know yet is checked on the backend and described from the job that made it.
-    """
-    registry = Registry.load(settings.registry_path)
-    backend = settings.backend_name
-    known = registry.find(task, backend, model=model)
-    if known is None:
-        for other_task, other_backend, _ in registry.locate(model):
-            if other_backend == backend and other_task != task:
-                raise DataError(f"{model} was trained for the {other_task} task, not {task}")
-        known = _describe_remote_model(settings, model, task)
-    with Registry.editing(settings.registry_path) as registry:
-        return registry.use(task, backend, model, known)
-
-
-def _describe_remote_model(settings: Settings, model: str, task: str) -> RegistryEntry:
-    client = _client(settings)
-    backend = settings.backend_name
-    with api_errors(f"looking up {model} on {backend}"):
-        if not model_exists(client, model):
-            raise DataError(f"{backend} has no model '{model}'; see `rasa-gpt3 models list` and `rasa-gpt3 list`")
-        for index, job in enumerate(client.fine_tuning.jobs.list(limit=100)):
-            if index >= _JOB_SCAN_LIMIT:
-                break
-            if job.fine_tuned_model == model:
-                made_for = (job.metadata or {}).get(META_TASK)
-                if made_for and made_for != task:
-                    raise DataError(f"{model} was trained for the {made_for} task, not {task}")
-                return entry_from_job(job, backend, job_metrics(client, job))
-    base = None
-    try:
-        base = resolve_base_model(model).name
-    except ValueError:
-        pass
-    return RegistryEntry(model=model, backend=backend, base_model=base, created=timestamp_iso(None))
-
-
-def prune_registry(settings: Settings, keep: int) -> List[Tuple[str, str, RegistryEntry]]:
-    """Drops history entries this backend no longer serves, and all but the `keep` newest per task and backend.
-
-    Active models always stay, and models are never deleted on the backend. Returns what was removed.
-    """
-    registry = Registry.load(settings.registry_path)
-    backend = settings.backend_name
-    history = [entry for task, name, entry, active in registry.entries() if name == backend and not active]
-    gone: set = set()
-    if history:
-        client = _client(settings)
-        with api_errors(f"checking models on {backend}"):
-            gone = {entry.model for entry in history if not model_exists(client, entry.model)}
-    with Registry.editing(settings.registry_path) as registry:
-        return registry.prune(keep, drop=gone)

@@ -18,7 +18,12 @@ so saving an unchanged registry rewrites the same bytes and a change shows up as
 
 Backends are kept apart ("local", "api.openai.com", an Azure host...) because a model id only means something on
 the backend that trained it.
+
+The verbs at the end (`register_job`, `use_model`, `prune_registry`) are what `rasa-gpt3` and the fine-tune
+lifecycle do to the file. Each operation reads the file once, and once more under the lock when it writes;
+`Registry.resolve` answers from a registry already loaded.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -31,8 +36,21 @@ import yaml
 from filelock import FileLock
 
 from rasa_gpt3.atomic_files import write_atomic
-from rasa_gpt3.errors import ProjectError
-from rasa_gpt3.prompts import TASKS
+from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.errors import DataError, ProjectError
+from rasa_gpt3.fine_tune_jobs import (
+    META_FINGERPRINT,
+    META_FORMAT,
+    META_KEY,
+    META_PROMPT_FORMAT,
+    META_TASK,
+    job_epochs,
+    job_metrics,
+    job_of_model,
+    model_exists,
+)
+from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, TASKS
+from rasa_gpt3.settings import Settings
 
 REGISTRY_VERSION = 1
 
@@ -75,7 +93,7 @@ class RegistryEntry:
         return data
 
     @classmethod
-    def from_yaml(cls, data: Any, backend: str, where: str) -> "RegistryEntry":
+    def from_yaml(cls, data: Any, backend: str, where: str) -> RegistryEntry:
         """An entry of `backend` from its YAML mapping; raises ProjectError naming `where` when it is malformed."""
         if not isinstance(data, dict) or not data.get("model"):
             raise ProjectError(f"{where}: each model entry needs at least `model: <id>`")
@@ -91,6 +109,34 @@ class RegistryEntry:
             raise ProjectError(f"{where}: `metrics` of {values['model']} must be a mapping")
         values["metrics"] = dict(values.get("metrics") or {})
         return cls(**values)
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """The model a task should use, the registry entry behind it (if known), and whether the data moved on."""
+
+    model: Optional[str]
+    entry: Optional[RegistryEntry]
+    stale: bool
+    reason: str = ""
+
+    def warning(self, task: str) -> str:
+        """The one warning line callers log when `stale` is true."""
+        return (
+            f"the {task} model {self.model} is stale: {self.reason}; "
+            f"run `rasa-gpt3 fine-tune --task {task}` to train one on the current data"
+        )
+
+
+def staleness(entry: RegistryEntry, fingerprint: Optional[str]) -> str:
+    """Why `entry` no longer matches the current data ('' when it does)."""
+    if entry.prompt_format and entry.prompt_format != PROMPT_FORMAT_VERSION:
+        return f"trained with prompt format {entry.prompt_format}, this rasa_gpt3 uses {PROMPT_FORMAT_VERSION}"
+    if fingerprint and entry.fingerprint and entry.fingerprint != fingerprint:
+        return (
+            f"the bot's data changed since it was trained (fingerprint {entry.fingerprint[:12]} -> {fingerprint[:12]})"
+        )
+    return ""
 
 
 @dataclass
@@ -115,7 +161,7 @@ class Registry:
     # ------------------------------------------------------------------ load / save
 
     @classmethod
-    def load(cls, path: Path) -> "Registry":
+    def load(cls, path: Path) -> Registry:
         """The registry at `path`; an empty one when the file does not exist. Raises ProjectError when malformed."""
         path = Path(path)
         if not path.exists():
@@ -167,8 +213,11 @@ class Registry:
             if backends:
                 tasks[task] = backends
         body = yaml.safe_dump(
-            {"version": REGISTRY_VERSION, "tasks": tasks}, sort_keys=False, default_flow_style=False,
-            allow_unicode=True, width=120,
+            {"version": REGISTRY_VERSION, "tasks": tasks},
+            sort_keys=False,
+            default_flow_style=False,
+            allow_unicode=True,
+            width=120,
         )
         return _HEADER + body
 
@@ -178,8 +227,9 @@ class Registry:
 
     @classmethod
     @contextlib.contextmanager
-    def editing(cls, path: Path) -> Iterator["Registry"]:
-        """Loads the registry under a lock and saves it on exit, so concurrent writers (two `rasa train`s) lose nothing."""
+    def editing(cls, path: Path) -> Iterator[Registry]:
+        """Loads the registry under a lock and saves it on exit, so concurrent writers (two `rasa train`s) lose
+        nothing."""
         path = Path(path)
         # the lock lives beside the project's other untracked state, not next to the committed file
         lock_dir = path.parent / ".rasa_gpt3"
@@ -206,7 +256,12 @@ class Registry:
         return list(models.history) if models else []
 
     def find(
-        self, task: str, backend: str, fingerprint: Optional[str] = None, *, key: Optional[str] = None,
+        self,
+        task: str,
+        backend: str,
+        fingerprint: Optional[str] = None,
+        *,
+        key: Optional[str] = None,
         model: Optional[str] = None,
     ) -> Optional[RegistryEntry]:
         """The newest entry of `task` on `backend` matching every criterion given (the active one first)."""
@@ -220,6 +275,24 @@ class Registry:
                 continue
             return entry
         return None
+
+    def resolve(
+        self, task: str, backend: str, fingerprint: Optional[str], explicit: Optional[str] = None
+    ) -> ResolvedModel:
+        """The model `task` should use: `explicit` when given, else the active one on `backend`.
+
+        `stale` is true when the registry entry was trained on other data (fingerprint) or another prompt format;
+        callers then log `resolved.warning(task)` once. `model` is None when the registry has no model for the task.
+        """
+        if explicit:
+            entry = self.find(task, backend, model=explicit)
+            reason = staleness(entry, fingerprint) if entry is not None else ""
+            return ResolvedModel(model=explicit, entry=entry, stale=bool(reason), reason=reason)
+        entry = self.active(task, backend)
+        if entry is None:
+            return ResolvedModel(model=None, entry=None, stale=False)
+        reason = staleness(entry, fingerprint)
+        return ResolvedModel(model=entry.model, entry=entry, stale=bool(reason), reason=reason)
 
     def locate(self, model: str) -> List[Tuple[str, str, RegistryEntry]]:
         """Every (task, backend, entry) that records `model`."""
@@ -262,7 +335,9 @@ class Registry:
         chosen = known or entry or RegistryEntry(model=model, backend=backend)
         return self.record(task, replace(chosen, backend=backend), activate=True)
 
-    def prune(self, keep: int, backend: Optional[str] = None, drop: Optional[set] = None) -> List[Tuple[str, str, RegistryEntry]]:
+    def prune(
+        self, keep: int, backend: Optional[str] = None, drop: Optional[set] = None
+    ) -> List[Tuple[str, str, RegistryEntry]]:
         """Removes history entries listed in `drop` and all but the `keep` newest; active models always stay.
 
         Only `backend`'s entries are touched when it is given. Returns what was removed.
@@ -299,3 +374,108 @@ def timestamp_iso(seconds: Optional[int]) -> str:
 def with_metrics(entry: RegistryEntry, metrics: Dict[str, float]) -> RegistryEntry:
     """A copy of `entry` carrying `metrics` (rounded to 4 decimals, so re-saving is stable and readable)."""
     return replace(entry, metrics={name: round(float(value), 4) for name, value in metrics.items()})
+
+
+# ---------------------------------------------------------------------------------------------- verbs
+
+
+def entry_from_job(job: Any, backend: str, metrics: Optional[Dict[str, float]] = None) -> RegistryEntry:
+    """The registry entry for a succeeded job, from the job itself and the metadata rasa_gpt3 stored with it."""
+    meta = dict(getattr(job, "metadata", None) or {})
+    base_model = job.model
+    fmt = meta.get(META_FORMAT)
+    if not fmt:
+        try:
+            fmt = resolve_base_model(base_model).format
+        except ValueError:
+            fmt = None
+    entry = RegistryEntry(
+        model=job.fine_tuned_model,
+        backend=backend,
+        base_model=base_model,
+        format=fmt,
+        job=job.id,
+        fingerprint=meta.get(META_FINGERPRINT),
+        prompt_format=meta.get(META_PROMPT_FORMAT),
+        created=timestamp_iso(getattr(job, "finished_at", None) or job.created_at),
+        epochs=job_epochs(job),
+        key=meta.get(META_KEY),
+        trained_tokens=getattr(job, "trained_tokens", None),
+    )
+    return with_metrics(entry, metrics or {})
+
+
+def register_job(
+    settings: Settings, job: Any, metrics: Dict[str, float], activate: bool = True
+) -> Optional[RegistryEntry]:
+    """Records a succeeded job's model in the project's registry; None when the job was not made by rasa_gpt3."""
+    meta = getattr(job, "metadata", None) or {}
+    task = meta.get(META_TASK)
+    if job.status != "succeeded" or not job.fine_tuned_model or not task or META_KEY not in meta:
+        return None
+    entry = entry_from_job(job, settings.backend_name, metrics)
+    with Registry.editing(settings.registry_path) as registry:
+        known = registry.find(task, entry.backend, model=entry.model)
+        if known is not None and not entry.metrics:
+            entry = replace(entry, metrics=known.metrics)
+        registry.record(task, entry, activate=activate)
+    return entry
+
+
+def use_model(settings: Settings, model: str, task: str) -> RegistryEntry:
+    """Makes `model` the active one for `task` on this backend (`rasa-gpt3 models use`).
+
+    A model the registry does not know yet is checked on the backend and described from the job that made it.
+    """
+    registry = Registry.load(settings.registry_path)
+    backend = settings.backend_name
+    known = registry.find(task, backend, model=model)
+    if known is None:
+        for other_task, other_backend, _ in registry.locate(model):
+            if other_backend == backend and other_task != task:
+                raise DataError(f"{model} was trained for the {other_task} task, not {task}")
+        known = _describe_remote_model(settings, model, task)
+    with Registry.editing(settings.registry_path) as registry:
+        return registry.use(task, backend, model, known)
+
+
+def _describe_remote_model(settings: Settings, model: str, task: str) -> RegistryEntry:
+    # the SDK is imported only by the verbs that ask the backend: it takes seconds to import
+    from rasa_gpt3.client import api_errors, make_client
+
+    client = make_client(settings)
+    backend = settings.backend_name
+    with api_errors(f"looking up {model} on {backend}"):
+        if not model_exists(client, model):
+            raise DataError(f"{backend} has no model '{model}'; see `rasa-gpt3 models list` and `rasa-gpt3 list`")
+        job = job_of_model(client, model)
+        if job is not None:
+            made_for = (job.metadata or {}).get(META_TASK)
+            if made_for and made_for != task:
+                raise DataError(f"{model} was trained for the {made_for} task, not {task}")
+            return entry_from_job(job, backend, job_metrics(client, job))
+    base = None
+    try:
+        base = resolve_base_model(model).name
+    except ValueError:
+        pass
+    return RegistryEntry(model=model, backend=backend, base_model=base, created=timestamp_iso(None))
+
+
+def prune_registry(settings: Settings, keep: int) -> List[Tuple[str, str, RegistryEntry]]:
+    """Drops history entries this backend no longer serves, and all but the `keep` newest per task and backend.
+
+    Active models always stay, and models are never deleted on the backend. Returns what was removed.
+    """
+    registry = Registry.load(settings.registry_path)
+    backend = settings.backend_name
+    history = [entry for task, name, entry, active in registry.entries() if name == backend and not active]
+    gone: set = set()
+    if history:
+        from rasa_gpt3.client import api_errors, make_client
+
+        client = make_client(settings)
+        with api_errors(f"checking models on {backend}"):
+            gone = {entry.model for entry in history if not model_exists(client, entry.model)}
+    with Registry.editing(settings.registry_path) as registry:
+        return registry.prune(keep, drop=gone)

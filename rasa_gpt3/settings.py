@@ -1,4 +1,5 @@
 """One typed settings object for every part of rasa_gpt3: where the API is, how long to wait, where state lives."""
+
 from __future__ import annotations
 
 import os
@@ -36,7 +37,7 @@ class Settings:
     max_retries: int = 2
 
     @classmethod
-    def from_env(cls, project_dir: Optional[os.PathLike] = None, **overrides: Any) -> "Settings":
+    def from_env(cls, project_dir: Optional[os.PathLike] = None, **overrides: Any) -> Settings:
         """Settings from the environment (OPENAI_API_KEY, OPENAI_BASE_URL, RASA_GPT3_*), then `overrides`."""
         env: Dict[str, Any] = {
             "project_dir": Path(project_dir) if project_dir is not None else Path.cwd(),
@@ -48,7 +49,7 @@ class Settings:
         env.update({key: value for key, value in overrides.items() if value is not None})
         return cls(**env)
 
-    def with_(self, **changes: Any) -> "Settings":
+    def with_(self, **changes: Any) -> Settings:
         """A copy with `changes` applied."""
         return replace(self, **changes)
 

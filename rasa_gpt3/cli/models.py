@@ -108,7 +108,7 @@ def _run_list(args: argparse.Namespace) -> int:
 
 def _run_use(args: argparse.Namespace) -> int:
     """Makes a model the active one for a task."""
-    from rasa_gpt3.finetune import use_model
+    from rasa_gpt3.registry import use_model
 
     if not args.model or not args.task:
         raise RasaGPT3Error("`rasa-gpt3 models use` needs a MODEL and --task (e.g. models use ft:... --task intent)")
@@ -122,7 +122,7 @@ def _run_use(args: argparse.Namespace) -> int:
 
 def _run_prune(args: argparse.Namespace) -> int:
     """Drops earlier models beyond --keep, and models the backend no longer has, from the registry."""
-    from rasa_gpt3.finetune import prune_registry
+    from rasa_gpt3.registry import prune_registry
 
     settings = project_settings(args)
     removed = prune_registry(settings, args.keep)

@@ -14,6 +14,7 @@ A registry model trained on other data is never used silently: it is named in th
 What is persisted: model id, backend, format, base model, prompt-format version, data fingerprint and, per task,
 the label codec (intent) or the entity types, roles and groups (entities). Never the API key.
 """
+
 from __future__ import annotations
 
 import json
@@ -81,12 +82,36 @@ class TaskModel:
     roles: List[str] = field(default_factory=list)
     groups: List[str] = field(default_factory=list)
 
+    @classmethod
+    def from_export(cls, exported: Any, model: str, backend: str, training_data: Any = None) -> TaskModel:
+        """The model `model` on `backend` serving `exported` (an ExportedTask).
+
+        For the entities task, `training_data` gives the entity types, roles and groups the model may name.
+        """
+        known: Dict[str, Any] = {}
+        if exported.task == "entities" and training_data is not None:
+            known = {
+                "entity_types": sorted(training_data.entities),
+                "roles": sorted(training_data.entity_roles),
+                "groups": sorted(training_data.entity_groups),
+            }
+        return cls(
+            task=exported.task,
+            model=model,
+            backend=backend,
+            fmt=exported.fmt,
+            base_model=exported.base_model.name,
+            fingerprint=exported.fingerprint,
+            codec=exported.codec.to_json() if exported.codec is not None else None,
+            **known,
+        )
+
     def to_json(self) -> Dict[str, Any]:
         """A JSON-ready dict."""
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: Dict[str, Any]) -> "TaskModel":
+    def from_json(cls, data: Dict[str, Any]) -> TaskModel:
         """Reads `to_json()` output back."""
         return cls(**{key: value for key, value in data.items() if key in cls.__dataclass_fields__})
 
@@ -138,74 +163,67 @@ def _base_model_name(config: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def obtain_task_model(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
-    """Exports `training_data` for `task` and finds or fine-tunes its model (see the module docstring)."""
+def obtain_task_model(task: str, training_data: Any, config: Dict[str, Any], component: str) -> TaskModel:
+    """Exports `training_data` for `task` and finds or fine-tunes its model (see the module docstring).
+
+    `component` (the component's class name) starts every error line. The registry is read once.
+    """
     try:
-        return _obtain(task, training_data, config)
+        return _obtain(task, training_data, config, component)
     except GPT3ComponentError:
         raise
     except RasaGPT3Error as error:
-        raise GPT3ComponentError(f"{_component_name(task)}: {error}") from None
+        raise GPT3ComponentError(f"{component}: {error}") from None
 
 
-def _component_name(task: str) -> str:
-    return "GPT3IntentClassifier" if task == "intent" else "GPT3EntityExtractor"
-
-
-def _obtain(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
+def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) -> TaskModel:
     from rasa_gpt3.data.export import export_task
-    from rasa_gpt3.finetune import ensure_fine_tuned, estimate_cost, resolve_model
     from rasa_gpt3.registry import Registry
 
     settings = settings_from_config(config)
     exported = export_task(task, training_data, fmt=config.get("format"), base_model=_base_model_name(config))
     backend = settings.backend_name
-    name = _component_name(task)
     explicit = config.get("model")
+    registry = Registry.load(settings.registry_path)
 
     if explicit:
-        resolved = resolve_model(settings, task, exported.fingerprint, explicit=str(explicit))
+        resolved = registry.resolve(task, backend, exported.fingerprint, explicit=str(explicit))
         if resolved.stale:
             logger.warning("%s: %s", name, resolved.warning(task))
         model = str(explicit)
     elif settings.uses_local_backend:
+        from rasa_gpt3.finetune import ensure_fine_tuned
+
         outcome = ensure_fine_tuned(
-            settings, exported, project_name=_project_name(settings), epochs=config.get("epochs"), wait=True
+            settings,
+            exported,
+            project_name=_project_name(settings),
+            epochs=config.get("epochs"),
+            wait=True,
+            registry=registry,
         )
         verb = "reusing" if outcome.reused else "fine-tuned"
         logger.info("%s: %s %s on the local backend", name, verb, outcome.model)
         model = outcome.model
     else:
-        resolved = resolve_model(settings, task, exported.fingerprint)
+        resolved = registry.resolve(task, backend, exported.fingerprint)
         entry = None
         if resolved.model and not resolved.stale and _same_base(resolved.entry, exported):
             entry = resolved.entry
         if entry is None:
-            entry = Registry.load(settings.registry_path).find(task, backend, exported.fingerprint)
+            entry = registry.find(task, backend, exported.fingerprint)
             if entry is not None and not _same_base(entry, exported):
                 entry = None
         if entry is not None:
             model = entry.model
         elif config.get("fine_tune"):
-            max_cost = float(config.get("max_cost_usd") or 0.0)
-            estimate = estimate_cost(exported.train, exported.base_model, config.get("epochs"))
-            if estimate.usd > max_cost:
-                raise GPT3ComponentError(
-                    f"{name}: fine-tuning during `rasa train` would cost {estimate.describe()}, above "
-                    f"max_cost_usd ${max_cost:.4f}; nothing was uploaded. Raise max_cost_usd, or run "
-                    f"`rasa-gpt3 fine-tune --task {task} --max-cost USD` yourself"
-                )
-            outcome = ensure_fine_tuned(
-                settings,
-                exported,
-                project_name=_project_name(settings),
-                epochs=config.get("epochs"),
-                max_cost=max_cost,
-                wait=True,
-            )
-            model = outcome.model
+            model = _fine_tune_now(task, exported, config, settings, registry, name)
         else:
-            stale = f" (the registry's {task} model {resolved.model} was trained on other data: {resolved.reason})" if resolved.model else ""
+            stale = (
+                f" (the registry's {task} model {resolved.model} was trained on other data: {resolved.reason})"
+                if resolved.model
+                else ""
+            )
             raise GPT3ComponentError(
                 f"{name}: no fine-tuned {task} model on {backend} for the current training data{stale}; "
                 f"run `rasa-gpt3 fine-tune --task {task}`, or set `fine_tune: true` (with `max_cost_usd`) on the "
@@ -213,26 +231,33 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any]) -> TaskModel:
             )
     if not model:
         raise GPT3ComponentError(f"{name}: the fine-tune finished without a model id; see `rasa-gpt3 list`")
+    return TaskModel.from_export(exported, model, backend, training_data)
 
-    task_model = TaskModel(
-        task=task,
-        model=model,
-        backend=backend,
-        fmt=exported.fmt,
-        base_model=exported.base_model.name,
-        fingerprint=exported.fingerprint,
-        codec=exported.codec.to_json() if exported.codec is not None else None,
-    )
-    if task == "entities":
-        task_model = TaskModel(
-            **{
-                **task_model.to_json(),
-                "entity_types": sorted(training_data.entities),
-                "roles": sorted(training_data.entity_roles),
-                "groups": sorted(training_data.entity_groups),
-            }
+
+def _fine_tune_now(
+    task: str, exported: Any, config: Dict[str, Any], settings: Settings, registry: Any, name: str
+) -> Optional[str]:
+    """Fine-tunes on a remote API during `rasa train`, refused above `max_cost_usd` before anything is uploaded."""
+    from rasa_gpt3.finetune import ensure_fine_tuned, estimate_cost
+
+    max_cost = float(config.get("max_cost_usd") or 0.0)
+    estimate = estimate_cost(exported.train, exported.base_model, config.get("epochs"))
+    if estimate.usd > max_cost:
+        raise GPT3ComponentError(
+            f"{name}: fine-tuning during `rasa train` would cost {estimate.describe()}, above "
+            f"max_cost_usd ${max_cost:.4f}; nothing was uploaded. Raise max_cost_usd, or run "
+            f"`rasa-gpt3 fine-tune --task {task} --max-cost USD` yourself"
         )
-    return task_model
+    outcome = ensure_fine_tuned(
+        settings,
+        exported,
+        project_name=_project_name(settings),
+        epochs=config.get("epochs"),
+        max_cost=max_cost,
+        wait=True,
+        registry=registry,
+    )
+    return outcome.model
 
 
 def _same_base(entry: Any, exported: Any) -> bool:
@@ -263,7 +288,10 @@ def load_task_model(model_storage: Any, resource: Any, component: str) -> Option
     if task_model.prompt_format != prompts.PROMPT_FORMAT_VERSION:
         logger.warning(
             "%s: model %s was trained with prompt format %s, this rasa_gpt3 uses %s; run `rasa train`",
-            component, task_model.model, task_model.prompt_format, prompts.PROMPT_FORMAT_VERSION,
+            component,
+            task_model.model,
+            task_model.prompt_format,
+            prompts.PROMPT_FORMAT_VERSION,
         )
     return task_model
 

@@ -1,4 +1,5 @@
 """The fallback action's pure parts: configuration, when to re-classify, history, guardrails, re-injected parse data."""
+
 from __future__ import annotations
 
 from types import SimpleNamespace
@@ -7,20 +8,16 @@ import pytest
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.actions.fallback import (
-    ENV_CONFIG,
-    FallbackConfig,
-    FallbackConfigError,
     Refused,
     conversation_turns,
     domain_intents,
     guard_answer,
-    load_fallback_config,
     merge_entities,
     reinjected_parse_data,
     response_body,
     should_reclassify,
 )
-
+from rasa_gpt3.actions.fallback_config import ENV_CONFIG, FallbackConfig, FallbackConfigError, load_fallback_config
 
 # ---------------------------------------------------------------- configuration
 
@@ -86,8 +83,11 @@ def test_config_path_from_the_environment_must_exist(tmp_path, monkeypatch):
         ({"asked": False, "reason": "confident_earlier_classifier"}, True),  # routing mode skipped it
         ({"asked": True, "decided": True, "outcome": "ok"}, False),  # it answered, below FallbackClassifier
         ({"asked": True, "decided": False, "outcome": "unknown_label"}, False),
+        ({"asked": True, "decided": True, "outcome": "no_logprobs"}, False),
         ({"asked": True, "decided": False, "outcome": "timeout"}, True),  # its call failed: one more bounded try
         ({"asked": True, "decided": False, "outcome": "circuit_open"}, True),
+        ({"asked": True, "decided": False, "outcome": "connection"}, True),
+        ({"asked": True, "decided": False, "outcome": "an outcome of a later version"}, True),
     ],
 )
 def test_should_reclassify(record, expected):
@@ -138,8 +138,9 @@ def test_response_body_is_the_export_prompt_with_the_guardrails(fmt):
 
 
 def test_answer_slot_templates_are_filled_from_the_tracker():
-    answer = guard_answer("Your {account_type} account balance is 2,480.15 EUR.", "chat", {"account_type": "savings"},
-                          FallbackConfig())
+    answer = guard_answer(
+        "Your {account_type} account balance is 2,480.15 EUR.", "chat", {"account_type": "savings"}, FallbackConfig()
+    )
     assert answer == "Your savings account balance is 2,480.15 EUR."
 
 
@@ -191,8 +192,12 @@ def test_reinjected_parse_data_carries_the_new_intent_and_the_record():
         "message_id": "abc",
     }
     prediction = SimpleNamespace(
-        intent="block_card", confidence=0.86, full_intent="block_card",
-        ranking=[{"name": "block_card", "confidence": 0.86}], model="ft:x", cached=False,
+        intent="block_card",
+        confidence=0.86,
+        full_intent="block_card",
+        ranking=[{"name": "block_card", "confidence": 0.86}],
+        model="ft:x",
+        cached=False,
     )
     data = reinjected_parse_data(latest, prediction, [], {"responses": {}})
     assert data["intent"] == {"name": "block_card", "confidence": 0.86}
@@ -205,11 +210,18 @@ def test_reinjected_parse_data_carries_the_new_intent_and_the_record():
 def test_reinjected_retrieval_intent_selects_its_response():
     responses = {"utter_faq/opening_hours": [{"text": "9 to 5"}]}
     prediction = SimpleNamespace(
-        intent="faq", confidence=0.9, full_intent="faq/opening_hours",
-        ranking=[{"name": "faq", "confidence": 0.9}], model="ft:x", cached=True,
+        intent="faq",
+        confidence=0.9,
+        full_intent="faq/opening_hours",
+        ranking=[{"name": "faq", "confidence": 0.9}],
+        model="ft:x",
+        cached=True,
     )
-    latest = {"text": "when do you open", "intent": {"name": "nlu_fallback", "confidence": 0.4},
-              "response_selector": {"faq": {"response": {"utter_action": "utter_faq/fees"}, "ranking": []}}}
+    latest = {
+        "text": "when do you open",
+        "intent": {"name": "nlu_fallback", "confidence": 0.4},
+        "response_selector": {"faq": {"response": {"utter_action": "utter_faq/fees"}, "ranking": []}},
+    }
     data = reinjected_parse_data(latest, prediction, [], {"responses": responses})
     assert data["intent"]["full_retrieval_intent_name"] == "faq/opening_hours"
     selected = data["response_selector"]["faq"]["response"]

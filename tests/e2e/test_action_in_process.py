@@ -1,5 +1,6 @@
 """ActionGPT3Fallback.run called directly (as rasa-sdk calls it) against the e2e backend over real HTTP: what it
 returns for each path, its guardrails and its failures. Cheaper than a conversation: no Rasa server involved."""
+
 from __future__ import annotations
 
 import asyncio
@@ -12,7 +13,8 @@ import yaml
 from rasa_sdk import Tracker
 from rasa_sdk.executor import CollectingDispatcher
 
-from rasa_gpt3.actions.fallback import ENV_CONFIG, ENV_PROJECT, ActionGPT3Fallback
+from rasa_gpt3.actions import ActionGPT3Fallback
+from rasa_gpt3.actions.fallback_config import ENV_CONFIG, ENV_PROJECT
 
 pytestmark = pytest.mark.slow
 
@@ -43,11 +45,17 @@ def action_env(e2e_project, monkeypatch):
 
 
 def _tracker(text: str, **parse_extra: Any) -> Tracker:
-    latest = {"text": text, "intent": {"name": "nlu_fallback", "confidence": 0.4},
-              "intent_ranking": [{"name": "nlu_fallback", "confidence": 0.4}], "entities": [], **parse_extra}
+    latest = {
+        "text": text,
+        "intent": {"name": "nlu_fallback", "confidence": 0.4},
+        "intent_ranking": [{"name": "nlu_fallback", "confidence": 0.4}],
+        "entities": [],
+        **parse_extra,
+    }
     events = [{"event": "action", "name": "action_listen"}, {"event": "user", "text": text, "parse_data": latest}]
-    return Tracker("in-process", {"account_type": "checking", "card_type": None}, latest, events, False, None, {},
-                   "action_listen")
+    return Tracker(
+        "in-process", {"account_type": "checking", "card_type": None}, latest, events, False, None, {}, "action_listen"
+    )
 
 
 # one event loop for the module, as the action server has one: the SDK's async client belongs to a loop
@@ -77,7 +85,8 @@ def test_reclassification_reverts_and_reinjects_with_the_entities_models_entitie
     assert parse_data["intent"]["name"] == "block_card" and parse_data["intent"]["confidence"] >= 0.6
     # the pipeline had no GPT3EntityExtractor, so the action asked the entities model
     assert [(e["entity"], e["value"], e["extractor"]) for e in parse_data["entities"]] == [
-        ("card_type", "debit", "action_gpt3_fallback")]
+        ("card_type", "debit", "action_gpt3_fallback")
+    ]
 
 
 def test_when_nlu_already_asked_the_intent_model_the_action_generates(action_env, domain, e2e_project):

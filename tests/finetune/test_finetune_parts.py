@@ -1,15 +1,15 @@
 """The pure parts of the fine-tune lifecycle: idempotency key, cost guard, events -> progress, staleness."""
+
 from types import SimpleNamespace
 
 import pytest
 
-from rasa_gpt3 import finetune
+from rasa_gpt3 import fine_tune_jobs, finetune
 from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.errors import BudgetError
 from rasa_gpt3.progress import JobProgress, apply_event, describe, epoch_of
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
-from rasa_gpt3.registry import Registry, RegistryEntry
-from rasa_gpt3.settings import Settings
+from rasa_gpt3.registry import Registry, RegistryEntry, entry_from_job
 
 HP = finetune.supervised_hyperparameters(3)
 
@@ -64,22 +64,42 @@ def test_metrics_events_map_to_steps_epochs_and_losses():
     state = JobProgress(n_epochs=3)
     state = apply_event(state, {"id": "e1", "message": "Validating training file", "type": "message"})
     assert state.step == 0 and state.last_event_id == "e1"
-    state = apply_event(state, {"id": "e2", "type": "metrics", "message": "Step 4/9: training loss=0.5",
-                                "data": {"step": 4, "total_steps": 9, "train_loss": 0.5,
-                                         "train_mean_token_accuracy": 0.75, "valid_loss": 0.6}})
+    state = apply_event(
+        state,
+        {
+            "id": "e2",
+            "type": "metrics",
+            "message": "Step 4/9: training loss=0.5",
+            "data": {
+                "step": 4,
+                "total_steps": 9,
+                "train_loss": 0.5,
+                "train_mean_token_accuracy": 0.75,
+                "valid_loss": 0.6,
+            },
+        },
+    )
     assert (state.step, state.total_steps, state.epoch) == (4, 9, 2)
     assert state.metrics() == {"train_loss": 0.5, "valid_loss": 0.6, "train_accuracy": 0.75}
-    state = apply_event(state, {"id": "e3", "type": "metrics", "message": "Epoch 3: full validation loss=0.4",
-                                "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4,
-                                         "full_valid_mean_token_accuracy": 0.8}})
+    state = apply_event(
+        state,
+        {
+            "id": "e3",
+            "type": "metrics",
+            "message": "Epoch 3: full validation loss=0.4",
+            "data": {"step": 9, "epoch": 3, "full_valid_loss": 0.4, "full_valid_mean_token_accuracy": 0.8},
+        },
+    )
     assert state.epoch == 3 and (state.full_valid_loss, state.full_valid_accuracy) == (0.4, 0.8)
     assert state.metrics()["valid_loss"] == 0.4 and state.metrics()["valid_accuracy"] == 0.8  # full validation wins
     assert describe(state) == "epoch 3/3, loss 0.500, val_loss 0.600, acc 0.750, full_val_loss 0.400"
 
 
 def test_text_only_events_are_understood_too():
-    state = apply_event(JobProgress(), SimpleNamespace(
-        id="e9", message="Step 12/90: training loss=0.41, validation loss=0.52", data=None))
+    state = apply_event(
+        JobProgress(),
+        SimpleNamespace(id="e9", message="Step 12/90: training loss=0.41, validation loss=0.52", data=None),
+    )
     assert (state.step, state.total_steps, state.train_loss, state.valid_loss) == (12, 90, 0.41, 0.52)
 
 
@@ -104,48 +124,61 @@ def test_failure_message_carries_the_job_error_and_what_to_do():
 
 def write_registry(tmp_path, **fields):
     registry = Registry(tmp_path / "gpt3_models.yml")
-    registry.record("intent", RegistryEntry(model="ft:active", backend="local", fingerprint="fp-old",
-                                            prompt_format=PROMPT_FORMAT_VERSION, **fields))
+    registry.record(
+        "intent",
+        RegistryEntry(
+            model="ft:active", backend="local", fingerprint="fp-old", prompt_format=PROMPT_FORMAT_VERSION, **fields
+        ),
+    )
     registry.save()
-    return Settings(project_dir=tmp_path, force_local=True)
+    return Registry.load(tmp_path / "gpt3_models.yml")
 
 
-def test_resolve_model_reports_changed_data_as_stale(tmp_path):
-    settings = write_registry(tmp_path)
-    same = finetune.resolve_model(settings, "intent", "fp-old")
+def test_resolve_reports_changed_data_as_stale(tmp_path):
+    registry = write_registry(tmp_path)
+    same = registry.resolve("intent", "local", "fp-old")
     assert (same.model, same.stale) == ("ft:active", False)
-    moved = finetune.resolve_model(settings, "intent", "fp-new")
+    moved = registry.resolve("intent", "local", "fp-new")
     assert moved.model == "ft:active" and moved.stale
     warning = moved.warning("intent")
     assert "\n" not in warning and "rasa-gpt3 fine-tune --task intent" in warning and "fingerprint" in warning
 
 
-def test_resolve_model_reports_another_prompt_format_as_stale(tmp_path):
+def test_resolve_reports_another_prompt_format_as_stale(tmp_path):
     registry = Registry(tmp_path / "gpt3_models.yml")
     registry.record("intent", RegistryEntry(model="ft:old", backend="local", fingerprint="fp", prompt_format="0"))
     registry.save()
-    resolved = finetune.resolve_model(Settings(project_dir=tmp_path, force_local=True), "intent", "fp")
+    resolved = Registry.load(tmp_path / "gpt3_models.yml").resolve("intent", "local", "fp")
     assert resolved.stale and "prompt format 0" in resolved.reason
 
 
 def test_an_explicit_model_wins_and_other_backends_do_not_count(tmp_path):
-    settings = write_registry(tmp_path)
-    explicit = finetune.resolve_model(settings, "intent", "fp-new", explicit="ft:mine")
+    registry = write_registry(tmp_path)
+    explicit = registry.resolve("intent", "local", "fp-new", explicit="ft:mine")
     assert (explicit.model, explicit.entry, explicit.stale) == ("ft:mine", None, False)
-    remote = settings.with_(api_key="sk-test", force_local=False)
-    assert finetune.resolve_model(remote, "intent", "fp-old").model is None
-    assert finetune.resolve_model(settings, "entities", None).model is None
+    assert registry.resolve("intent", "api.openai.com", "fp-old").model is None
+    assert registry.resolve("entities", "local", None).model is None
 
 
 def test_entry_from_job_uses_the_metadata_written_at_creation():
     job = SimpleNamespace(
-        id="ftjob-9", model="gpt-4o-mini-2024-07-18", fine_tuned_model="ft:gpt-4o-mini-2024-07-18:local:bot:abc",
-        created_at=1_700_000_000, finished_at=1_700_000_100, trained_tokens=999, hyperparameters=None,
+        id="ftjob-9",
+        model="gpt-4o-mini-2024-07-18",
+        fine_tuned_model="ft:gpt-4o-mini-2024-07-18:local:bot:abc",
+        created_at=1_700_000_000,
+        finished_at=1_700_000_100,
+        trained_tokens=999,
+        hyperparameters=None,
         method=SimpleNamespace(supervised=SimpleNamespace(hyperparameters=SimpleNamespace(n_epochs=4))),
-        metadata={finetune.META_TASK: "intent", finetune.META_FINGERPRINT: "fp", finetune.META_KEY: "k",
-                  finetune.META_PROMPT_FORMAT: "1", finetune.META_FORMAT: "chat"},
+        metadata={
+            fine_tune_jobs.META_TASK: "intent",
+            fine_tune_jobs.META_FINGERPRINT: "fp",
+            fine_tune_jobs.META_KEY: "k",
+            fine_tune_jobs.META_PROMPT_FORMAT: "1",
+            fine_tune_jobs.META_FORMAT: "chat",
+        },
     )
-    entry = finetune.entry_from_job(job, "local", {"valid_loss": 0.123456})
+    entry = entry_from_job(job, "local", {"valid_loss": 0.123456})
     assert (entry.job, entry.fingerprint, entry.key, entry.epochs, entry.format) == ("ftjob-9", "fp", "k", 4, "chat")
     assert entry.created == "2023-11-14T22:15:00Z" and entry.metrics == {"valid_loss": 0.1235}
 
@@ -158,8 +191,11 @@ def test_progress_bar_off_a_terminal_prints_messages_and_one_summary_line():
     stream = io.StringIO()
     bar = TqdmProgressBar(stream)
     bar.update(JobProgress(job_id="ftjob-1", status="running"), "Fine-tuning job started")
-    bar.update(JobProgress(job_id="ftjob-1", status="succeeded", step=9, total_steps=9, epoch=3, n_epochs=3,
-                           train_loss=0.25))
+    bar.update(
+        JobProgress(job_id="ftjob-1", status="succeeded", step=9, total_steps=9, epoch=3, n_epochs=3, train_loss=0.25)
+    )
     bar.close()
     assert stream.getvalue().splitlines() == [
-        "  Fine-tuning job started", "ftjob-1 succeeded: step 9/9, epoch 3/3, loss 0.250"]
+        "  Fine-tuning job started",
+        "ftjob-1 succeeded: step 9/9, epoch 3/3, loss 0.250",
+    ]

@@ -4,6 +4,7 @@ Covered: fine-tune -> registry entry; an identical call starts no job (and uploa
 running job; cancel; a failing job reports its error; follow survives dropped connections and a backend restart;
 results as a table and a valid PNG; the budget guard; CLI errors as one line with a non-zero exit.
 """
+
 from __future__ import annotations
 
 import csv
@@ -15,13 +16,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rasa_gpt3 import cli, finetune
+from rasa_gpt3 import cli, fine_tune_jobs, finetune
 from rasa_gpt3.client import make_client
 from rasa_gpt3.errors import BackendError, BudgetError
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
 from rasa_gpt3.registry import Registry
 from rasa_gpt3.settings import Settings
-
 from tests.conftest import BANKING77, SMALL_INTENTS
 
 pytestmark = pytest.mark.timeout(120)
@@ -112,8 +112,8 @@ def test_fine_tune_registers_the_model_and_identical_calls_reuse_it(local_settin
     client = make_client(local_settings)
     jobs, files = count(client, "jobs"), count(client, "files")
     job = client.fine_tuning.jobs.retrieve(first.job_id)
-    assert job.metadata[finetune.META_FINGERPRINT] == intent_export.fingerprint
-    assert job.metadata[finetune.META_PROJECT] == "tiny-bot" and job.validation_file and job.seed == 42
+    assert job.metadata[fine_tune_jobs.META_FINGERPRINT] == intent_export.fingerprint
+    assert job.metadata[fine_tune_jobs.META_PROJECT] == "tiny-bot" and job.validation_file and job.seed == 42
 
     again = finetune.ensure_fine_tuned(local_settings, intent_export, project_name="tiny-bot")
     assert again.reused and (again.model, again.job_id) == (first.model, first.job_id)
@@ -133,9 +133,9 @@ def test_fine_tune_registers_the_model_and_identical_calls_reuse_it(local_settin
     assert registry.active("intent", "local").model == forced.model
     assert [e.model for e in registry.history("intent", "local")] == [first.model]
 
-    resolved = finetune.resolve_model(local_settings, "intent", intent_export.fingerprint)
+    resolved = registry.resolve("intent", "local", intent_export.fingerprint)
     assert (resolved.model, resolved.stale) == (forced.model, False)
-    assert finetune.resolve_model(local_settings, "intent", "other data").stale
+    assert registry.resolve("intent", "local", "other data").stale
 
 
 def test_an_identical_call_attaches_to_the_running_job(local_settings, intent_export):
@@ -170,7 +170,8 @@ def test_cancel_stops_a_running_job(remote_env, tmp_path):
         rows = list(csv.DictReader(stream))[:3000]
     records = [intent_record(row["text"], row["category"], "chat") for row in rows]
     job = remote_env.client.fine_tuning.jobs.create(
-        model="gpt-4o-mini", training_file=remote_env.upload_records(records))
+        model="gpt-4o-mini", training_file=remote_env.upload_records(records)
+    )
     settings = remote_style_settings(remote_env, tmp_path)
     assert cli.main(["cancel", job.id, "--project", str(tmp_path)]) == 0
     assert remote_env.client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
@@ -284,14 +285,17 @@ def test_cli_results_list_status_and_models(remote_env, tmp_path, intent_export,
     assert "was trained for the intent task, not entities" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv,message", [
-    (["status", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
-    (["follow", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
-    (["results", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
-    (["cancel", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
-    (["models", "use", "ft:gpt-4o-mini-2024-07-18:local:x:nope", "--task", "intent"], "has no model"),
-    (["models", "use", "ft:x"], "needs a MODEL and --task"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["status", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
+        (["follow", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
+        (["results", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
+        (["cancel", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
+        (["models", "use", "ft:gpt-4o-mini-2024-07-18:local:x:nope", "--task", "intent"], "has no model"),
+        (["models", "use", "ft:x"], "needs a MODEL and --task"),
+    ],
+)
 def test_cli_errors_are_one_line_and_non_zero(remote_env, tmp_path, capsys, argv, message):
     assert cli.main(argv + ["--project", str(tmp_path)]) == 1
     captured = capsys.readouterr()
@@ -306,12 +310,12 @@ def test_cli_fine_tune_refuses_above_max_cost(remote_env, tiny_bot, capsys):
     assert count(remote_env.client, "files") == 0 and not (tiny_bot / "gpt3_models.yml").exists()
 
 
-def test_ctrl_c_leaves_the_job_running_and_says_how_to_resume(remote_env, tmp_path, intent_export, monkeypatch,
-                                                                capsys):
+def test_ctrl_c_leaves_the_job_running_and_says_how_to_resume(remote_env, tmp_path, intent_export, monkeypatch, capsys):
     from rasa_gpt3.progress import TqdmProgressBar
 
-    started = finetune.ensure_fine_tuned(Settings.from_env(tmp_path), intent_export, project_name="tiny-bot",
-                                         wait=False)
+    started = finetune.ensure_fine_tuned(
+        Settings.from_env(tmp_path), intent_export, project_name="tiny-bot", wait=False
+    )
 
     def interrupt(self, progress, message=None):
         raise KeyboardInterrupt
@@ -328,8 +332,10 @@ def test_validation_errors_stop_before_anything_is_uploaded(local_settings, inte
     from rasa_gpt3.data.validation import Finding, ValidationReport
     from rasa_gpt3.errors import DataError
 
-    report = ValidationReport(source="intent export", findings=[
-        Finding(check="min_examples", severity="error", message="only 3 examples", fix="add examples")])
+    report = ValidationReport(
+        source="intent export",
+        findings=[Finding(check="min_examples", severity="error", message="only 3 examples", fix="add examples")],
+    )
     with pytest.raises(DataError, match="only 3 examples; add examples") as caught:
         finetune.ensure_fine_tuned(local_settings, replace(intent_export, report=report), project_name="tiny-bot")
     assert "\n" not in str(caught.value)

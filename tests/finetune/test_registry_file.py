@@ -1,4 +1,5 @@
 """The registry file: YAML round trip, stable bytes, active/history moves, use, prune, malformed input."""
+
 import pytest
 
 from rasa_gpt3.errors import ProjectError
@@ -12,9 +13,21 @@ def entry(model, backend="local", created="2025-01-0{}T00:00:00Z", n=1, **more):
 def test_round_trip_keeps_every_field_and_the_same_bytes(tmp_path):
     path = tmp_path / "gpt3_models.yml"
     registry = Registry.load(path)
-    registry.record("intent", entry("ft:a", base_model="gpt-4o-mini-2024-07-18", format="chat", job="ftjob-1",
-                                    fingerprint="f" * 64, prompt_format="1", epochs=3, key="k1", trained_tokens=120,
-                                    metrics={"valid_loss": 0.25, "valid_accuracy": 0.9}))
+    registry.record(
+        "intent",
+        entry(
+            "ft:a",
+            base_model="gpt-4o-mini-2024-07-18",
+            format="chat",
+            job="ftjob-1",
+            fingerprint="f" * 64,
+            prompt_format="1",
+            epochs=3,
+            key="k1",
+            trained_tokens=120,
+            metrics={"valid_loss": 0.25, "valid_accuracy": 0.9},
+        ),
+    )
     registry.record("entities", entry("ft:e", backend="api.openai.com"))
     registry.save()
     text = path.read_text()
@@ -78,12 +91,15 @@ def test_a_missing_file_is_an_empty_registry(tmp_path):
     assert Registry.load(tmp_path / "none.yml").active("intent", "local") is None
 
 
-@pytest.mark.parametrize("text,message", [
-    ("tasks: [unclosed", "not valid YAML"),
-    ("- a list", "expected a mapping"),
-    ("version: 7\ntasks: {}", "version 7 is not supported"),
-    ("tasks:\n  intent:\n    local:\n      active: {base_model: x}", "needs at least `model"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("tasks: [unclosed", "not valid YAML"),
+        ("- a list", "expected a mapping"),
+        ("version: 7\ntasks: {}", "version 7 is not supported"),
+        ("tasks:\n  intent:\n    local:\n      active: {base_model: x}", "needs at least `model"),
+    ],
+)
 def test_a_malformed_file_is_one_clear_line(tmp_path, text, message):
     path = tmp_path / "gpt3_models.yml"
     path.write_text(text)
@@ -94,7 +110,9 @@ def test_a_malformed_file_is_one_clear_line(tmp_path, text, message):
 
 def test_hand_written_timestamps_are_read_back_as_text(tmp_path):
     path = tmp_path / "gpt3_models.yml"
-    path.write_text("tasks:\n  intent:\n    local:\n      active:\n        model: ft:x\n        created: 2025-01-02T03:04:05Z\n")
+    path.write_text(
+        "tasks:\n  intent:\n    local:\n      active:\n        model: ft:x\n        created: 2025-01-02T03:04:05Z\n"
+    )
     assert Registry.load(path).active("intent", "local").created.startswith("2025-01-02T03:04:05")
 
 

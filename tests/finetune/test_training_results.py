@@ -1,4 +1,5 @@
 """The result file: CSV plain or base64 (as OpenAI serves it), the table, and the PNG plot."""
+
 import base64
 
 import pytest
@@ -16,14 +17,19 @@ CSV = (
 )
 
 
-@pytest.mark.parametrize("content", [CSV, CSV.encode(), base64.b64encode(CSV.encode()),
-                                     base64.encodebytes(CSV.encode())])
+@pytest.mark.parametrize(
+    "content", [CSV, CSV.encode(), base64.b64encode(CSV.encode()), base64.encodebytes(CSV.encode())]
+)
 def test_plain_and_base64_result_files_parse_the_same(content):
     table = parse_result_file(content)
     assert table.columns[0] == "step" and len(table.rows) == 4
     assert table.rows[0]["valid_loss"] is None and table.rows[1]["valid_loss"] == 1.2
-    assert table.final_metrics() == {"train_loss": 0.25, "train_accuracy": 0.95, "valid_loss": 0.4,
-                                     "valid_accuracy": 0.85}
+    assert table.final_metrics() == {
+        "train_loss": 0.25,
+        "train_accuracy": 0.95,
+        "valid_loss": 0.4,
+        "valid_accuracy": 0.85,
+    }
 
 
 def test_full_validation_figures_are_preferred_when_present():

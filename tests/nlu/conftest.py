@@ -1,4 +1,5 @@
 """Session fixtures for the NLU component tests: one workspace, models trained once, one in-process Agent each."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,5 +1,6 @@
 """Shared helpers for the NLU component tests: real `rasa train` / `rasa test nlu` runs, an in-process Agent, and
 the embedded local backend's test controls (faults, request counts)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -15,7 +16,7 @@ from typing import Any, Dict, List, Optional
 
 import httpx
 
-from tests.conftest import FINANCIAL_DEMO, REPO
+from tests.conftest import REPO
 
 CONFIGS = REPO / "tests" / "configs"
 TINY_BOT = Path(__file__).resolve().parent / "data" / "tiny_bot"
@@ -69,7 +70,9 @@ class Workspace:
         """The environment for Rasa runs in this workspace."""
         return rasa_env(self.state_dir)
 
-    def train(self, config: Path, *, nlu_only: bool = True, data: Optional[str] = None, name: Optional[str] = None) -> Path:
+    def train(
+        self, config: Path, *, nlu_only: bool = True, data: Optional[str] = None, name: Optional[str] = None
+    ) -> Path:
         """`rasa train [nlu]` with `config` (once per name); returns the model archive."""
         name = (name or config.stem).replace(".", "_")  # Rasa cuts a fixed model name at its first dot
         if name in self.models:
@@ -87,8 +90,13 @@ class Workspace:
     def test_nlu(self, model: Path, nlu: str, out: str) -> Dict[str, Any]:
         """`rasa test nlu` of `model` on `nlu`; returns Rasa's intent report."""
         target = self.project / out
-        process = must(run_rasa(["test", "nlu", "--model", str(model), "--nlu", nlu, "--out", str(target), "--no-plot"],
-                                self.project, self.env))
+        process = must(
+            run_rasa(
+                ["test", "nlu", "--model", str(model), "--nlu", nlu, "--out", str(target), "--no-plot"],
+                self.project,
+                self.env,
+            )
+        )
         report = target / "intent_report.json"
         # `rasa test nlu` exits 0 even when it evaluated nothing
         assert report.is_file(), "rasa test nlu wrote no intent report:\n" + process.stdout[-2000:]

@@ -1,4 +1,5 @@
-"""Every pipeline in tests/configs trains with a real `rasa train` on the tiny bot (as RasaHQ/rasa-nlu-examples does)."""
+"""Every pipeline in tests/configs trains with a real `rasa train` on the tiny bot, as RasaHQ/rasa-nlu-examples does."""
+
 import pytest
 import yaml
 

@@ -1,10 +1,13 @@
 """Real `rasa train nlu` + `rasa test nlu` with the GPT3 components on financial-demo and on example_bot."""
+
 import json
 from pathlib import Path
 
 import pytest
 
-from .pipeline_checks import EXAMPLE_BOT, FINANCIAL_DEMO, make_workspace
+from tests.conftest import FINANCIAL_DEMO
+
+from .pipeline_checks import EXAMPLE_BOT, make_workspace
 
 pytestmark = pytest.mark.slow
 

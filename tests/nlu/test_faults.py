@@ -1,4 +1,5 @@
 """API failures degrade within the time budget: fallback intent at confidence 0, one log line, Rasa keeps serving."""
+
 import asyncio
 import logging
 import socket
@@ -26,7 +27,9 @@ FAULTS = {
 
 
 @pytest.mark.parametrize("fault", FAULTS, ids=list(FAULTS))
-def test_each_fault_gives_the_fallback_intent_within_the_budget_and_rasa_keeps_serving(agent, backend, no_faults, caplog, fault):
+def test_each_fault_gives_the_fallback_intent_within_the_budget_and_rasa_keeps_serving(
+    agent, backend, no_faults, caplog, fault
+):
     spec, outcome = FAULTS[fault]
     text = f"what is my checking balance ({fault})"  # a fresh text: no cache hit
     backend.set_faults(spec)
@@ -111,7 +114,9 @@ def test_one_quick_retry_recovers_from_a_single_500(local_caller, intent_model, 
     assert backend.completions_requests() - before == 2
 
 
-def test_the_breaker_skips_the_api_after_repeated_failures_then_tries_again(local_caller, intent_model, backend, no_faults):
+def test_the_breaker_skips_the_api_after_repeated_failures_then_tries_again(
+    local_caller, intent_model, backend, no_faults
+):
     caller = local_caller(timeout=BUDGET, retry=False, breaker_failures=2, breaker_cooldown=0.5)
     backend.set_faults("status=500")
     outcomes = [classify(f"hello {i}", intent_model, caller).outcome for i in range(2)]

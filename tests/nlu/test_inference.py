@@ -1,4 +1,5 @@
-"""inference.py's pure parts: logprobs → intent ranking, entity location, circuit breaker, LRU cache, response parsing."""
+"""The inference package's pure parts: logprobs → intent ranking, entity location, breaker, cache, response parsing."""
+
 import math
 
 import pytest
@@ -50,8 +51,30 @@ def test_retrieval_intents_are_summed_into_their_base_intent():
     assert "full_ranking" in result.metadata()
 
 
+def test_the_intent_vocabulary_is_rasas():
+    from rasa_gpt3 import intent_names
+
+    assert (intent_names.base_intent("faq/ask_hours"), intent_names.base_intent("greet")) == ("faq", "greet")
+    assert intent_names.is_retrieval_intent("faq/ask_hours") and not intent_names.is_retrieval_intent("greet")
+    assert not intent_names.is_retrieval_intent(None)
+    assert intent_names.is_shortcut("/greet") and not intent_names.is_shortcut("hi /greet")
+    assert intent_names.FALLBACK_INTENT == "nlu_fallback" and model().fallback_intent == "nlu_fallback"
+
+
+def test_the_recorded_outcome_is_a_plain_string():
+    import json
+
+    import yaml
+
+    record = rank_intents(completion("greet", [("greet", 1.0)]), model()).metadata()
+    assert type(record["outcome"]) is str and json.loads(json.dumps(record))["outcome"] == "ok"
+    assert yaml.safe_load(yaml.safe_dump(record))["outcome"] == "ok"
+
+
 def test_an_unknown_answer_becomes_the_fallback_intent_at_confidence_zero():
-    result = rank_intents(completion("weather", [("weather", 0.9), ("greet", 0.1)]), model(fallback_intent="out_of_scope"))
+    result = rank_intents(
+        completion("weather", [("weather", 0.9), ("greet", 0.1)]), model(fallback_intent="out_of_scope")
+    )
     assert (result.intent, result.confidence, result.ranking) == ("out_of_scope", 0.0, [])
     assert result.outcome == "unknown_label" and not result.decided
 
@@ -92,7 +115,7 @@ def test_values_are_located_exactly_then_case_insensitively():
     ]
     entities, dropped = locate_entities(text, answers, {"amount", "PERSON", "account"}, {"source"}, set())
     assert dropped == 0
-    assert [(e["entity"], text[e["start"]:e["end"]], e["value"]) for e in entities] == [
+    assert [(e["entity"], text[e["start"] : e["end"]], e["value"]) for e in entities] == [
         ("amount", "50 dollars", "50 dollars"),
         ("PERSON", "John Smith", "John Smith"),
         ("account", "checking", "checking"),
@@ -102,7 +125,10 @@ def test_values_are_located_exactly_then_case_insensitively():
 
 def test_each_occurrence_is_used_once():
     text = "from Berlin to berlin"
-    answers = [{"entity": "city", "value": "Berlin", "role": "from"}, {"entity": "city", "value": "Berlin", "role": "to"}]
+    answers = [
+        {"entity": "city", "value": "Berlin", "role": "from"},
+        {"entity": "city", "value": "Berlin", "role": "to"},
+    ]
     entities, _ = locate_entities(text, answers, {"city"}, {"from", "to"})
     assert [(e["start"], e["role"]) for e in entities] == [(5, "from"), (15, "to")]
 
@@ -129,12 +155,16 @@ def test_unknown_types_values_not_in_the_text_and_unknown_roles_are_dropped():
 def test_entity_answer_confidence_comes_from_token_logprobs():
     entity_model = EntityModel("m", "chat", frozenset({"city"}))
     answer = prompts.render_entities([{"entity": "city", "value": "Paris"}])
-    extraction = inference.read_entities("to Paris", Completion(answer, token_logprobs=(math.log(0.9), math.log(0.5))), entity_model)
+    extraction = inference.read_entities(
+        "to Paris", Completion(answer, token_logprobs=(math.log(0.9), math.log(0.5))), entity_model
+    )
     assert extraction.entities[0]["confidence_entity"] == pytest.approx(0.45)
 
 
 def test_invalid_entity_json_gives_no_entities():
-    extraction = inference.read_entities("to Paris", Completion("city: Paris"), EntityModel("m", "chat", frozenset({"city"})))
+    extraction = inference.read_entities(
+        "to Paris", Completion("city: Paris"), EntityModel("m", "chat", frozenset({"city"}))
+    )
     assert extraction.entities == [] and extraction.outcome == "invalid_json"
 
 
@@ -193,7 +223,9 @@ def test_cache_key_depends_on_model_and_whole_request():
 
 
 def test_policy_from_component_config():
-    policy = CallPolicy.from_config({"timeout": 0.5, "breaker_failures": 2, "cache_size": 0, "extra_headers": {"X-A": 1}})
+    policy = CallPolicy.from_config(
+        {"timeout": 0.5, "breaker_failures": 2, "cache_size": 0, "extra_headers": {"X-A": 1}}
+    )
     assert (policy.timeout, policy.breaker_failures, policy.cache_size) == (0.5, 2, 0)
     assert policy.extra_headers == (("X-A", "1"),)
     assert hash(policy)  # callers are shared per policy
@@ -203,9 +235,22 @@ def test_policy_from_component_config():
 
 
 def test_chat_body_is_read_with_the_first_tokens_alternatives():
-    body = {"choices": [{"message": {"content": "greet"}, "logprobs": {"content": [
-        {"token": "greet", "logprob": -0.1, "top_logprobs": [{"token": "bye", "logprob": -2.5}, {"token": "greet", "logprob": -0.1}]}
-    ]}}]}
+    body = {
+        "choices": [
+            {
+                "message": {"content": "greet"},
+                "logprobs": {
+                    "content": [
+                        {
+                            "token": "greet",
+                            "logprob": -0.1,
+                            "top_logprobs": [{"token": "bye", "logprob": -2.5}, {"token": "greet", "logprob": -0.1}],
+                        }
+                    ]
+                },
+            }
+        ]
+    }
     parsed = inference.parse_completion_body(body, chat=True)
     assert parsed.text == "greet"
     assert parsed.first_token_alternatives == (("greet", -0.1), ("bye", -2.5))
@@ -213,8 +258,18 @@ def test_chat_body_is_read_with_the_first_tokens_alternatives():
 
 
 def test_completion_body_is_read_with_the_first_tokens_alternatives():
-    body = {"choices": [{"text": " greet", "logprobs": {"tokens": [" greet"], "token_logprobs": [-0.2],
-                                                         "top_logprobs": [{" greet": -0.2, " bye": -1.8}]}}]}
+    body = {
+        "choices": [
+            {
+                "text": " greet",
+                "logprobs": {
+                    "tokens": [" greet"],
+                    "token_logprobs": [-0.2],
+                    "top_logprobs": [{" greet": -0.2, " bye": -1.8}],
+                },
+            }
+        ]
+    }
     parsed = inference.parse_completion_body(body, chat=False)
     assert parsed.first_token_alternatives == ((" greet", -0.2), (" bye", -1.8))
     assert rank_intents(parsed, model("completion")).intent == "greet"

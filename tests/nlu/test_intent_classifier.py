@@ -1,4 +1,5 @@
 """GPT3IntentClassifier inside a real Rasa Agent (trained by `rasa train` on the local backend)."""
+
 import json
 
 import pytest
@@ -85,8 +86,14 @@ def test_fingerprint_addon_follows_the_registry_and_backend(tmp_path, monkeypatc
 
 def test_bad_config_is_refused_with_one_line(tiny_bot, tmp_path):
     config = tmp_path / "bad.yml"
-    config.write_text((CONFIGS / "gpt3_routing.yml").read_text().replace("only_below_confidence: 0.7", "only_below_confidence: 7"))
-    process = run_rasa(["train", "nlu", "--config", str(config), "--nlu", "data", "--out", str(tmp_path)], tiny_bot.project, tiny_bot.env)
+    config.write_text(
+        (CONFIGS / "gpt3_routing.yml").read_text().replace("only_below_confidence: 0.7", "only_below_confidence: 7")
+    )
+    process = run_rasa(
+        ["train", "nlu", "--config", str(config), "--nlu", "data", "--out", str(tmp_path)],
+        tiny_bot.project,
+        tiny_bot.env,
+    )
     assert process.returncode != 0
     assert "only_below_confidence must be a number from 0 to 1" in process.stdout + process.stderr
     assert "Traceback" not in process.stdout + process.stderr
@@ -99,8 +106,11 @@ def test_without_a_model_for_the_data_rasa_train_says_what_to_run(tiny_bot, tmp_
     project = tmp_path / "bot"
     project.mkdir()
     (project / "nlu.yml").write_text((tiny_bot.project / "data" / "nlu.yml").read_text())
-    process = run_rasa(["train", "nlu", "--config", str(CONFIGS / "gpt3_intent.yml"), "--nlu", "nlu.yml", "--out", "models"],
-                       project, env)
+    process = run_rasa(
+        ["train", "nlu", "--config", str(CONFIGS / "gpt3_intent.yml"), "--nlu", "nlu.yml", "--out", "models"],
+        project,
+        env,
+    )
     output = process.stdout + process.stderr
     assert process.returncode == 1
     assert "rasa-gpt3 fine-tune --task intent" in output and "no fine-tuned intent model on 127.0.0.1" in output

@@ -1,4 +1,5 @@
 """Routing mode: with a confident earlier classifier the fine-tuned model is not asked at all."""
+
 import pytest
 
 from .pipeline_checks import CONFIGS, AgentRunner
@@ -16,7 +17,11 @@ def routing_agent(tiny_bot):
 def test_confident_earlier_predictions_send_no_request_and_stay_as_they_are(routing_agent, backend, no_faults):
     # KeywordIntentClassifier is certain (confidence 1.0) when a training example occurs in the message
     before = backend.completions_requests()
-    for text, intent in [("hello", "greet"), ("oh, see you later then", "goodbye"), ("check my balance", "check_balance")]:
+    for text, intent in [
+        ("hello", "greet"),
+        ("oh, see you later then", "goodbye"),
+        ("check my balance", "check_balance"),
+    ]:
         result = routing_agent.parse(text)
         assert result["intent"] == {"name": intent, "confidence": 1.0}
         assert result["gpt3"]["asked"] is False and result["gpt3"]["reason"] == "confident_earlier_classifier"
