@@ -34,6 +34,10 @@ ENV_UNKNOWN_TEXT = "RASA_GPT3_UNKNOWN_TEXT"
 # unrelated sentences up to about 0.3; TF-IDF 0.35+ and up to 0.2; use+tfidf is their mean
 DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.35, "tfidf": 0.2, "use+tfidf": 0.27}
 MIN_LOGPROB = -9999.0
+# the stand-in reads at most the first this many characters of a request's text (and of a training input): the
+# sentence encoder's cost grows faster than the text and it holds a process-wide lock, while a chat message says what
+# it wants early; 2,000 characters embed in about 0.08 s, a 500 KB text took 28 s and 2.9 GB
+MAX_READ_CHARS = 2000
 # answers considered for token log-probabilities (the rest carry negligible probability)
 MAX_CANDIDATES = 64
 
@@ -146,9 +150,9 @@ class LocalModel:
     def request_text(self, prompt: Prompt) -> str:
         """The text a request is matched on: the prompt read as the training records' inputs were read."""
         if isinstance(prompt, str):
-            return prompts.record_prompt_text({"prompt": prompt, "completion": ""})
+            return reading_window(prompts.record_prompt_text({"prompt": prompt, "completion": ""}))
         messages = [m for m in prompt if m["role"] != "developer"] + [{"role": "assistant", "content": ""}]
-        return prompts.record_prompt_text({"messages": messages})
+        return reading_window(prompts.record_prompt_text({"messages": messages}))
 
     def generate(
         self,
@@ -187,6 +191,14 @@ class LocalModel:
             tops.append([(candidate, _log(mass / total)) for candidate, mass in ranked_next])
             alive = [(c, p) for c, p in alive if len(c) > position and c[position] == token]
         return Generation(tokens=list(tokens), logprobs=logprobs, top=tops)
+
+
+def reading_window(text: str) -> str:
+    """The part of `text` the stand-in reads: all of it, or its first MAX_READ_CHARS characters ending at a space."""
+    if len(text) <= MAX_READ_CHARS:
+        return text
+    space = text.rfind(" ", MAX_READ_CHARS // 2, MAX_READ_CHARS)
+    return text[: space if space > 0 else MAX_READ_CHARS]
 
 
 def _log(probability: float) -> float:

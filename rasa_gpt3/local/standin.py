@@ -16,7 +16,13 @@ from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.local.embedder import default_embedder_name, get_embedder
 from rasa_gpt3.local.engines import EngineKind, TrainedModel, TrainingCancelled, TrainingRun
 from rasa_gpt3.local.entities import build_gazetteer, is_entity_answer
-from rasa_gpt3.local.model import DEFAULT_SIMILARITY_THRESHOLD, RETRIEVAL_TEMPERATURE, LocalModel, index_arrays
+from rasa_gpt3.local.model import (
+    DEFAULT_SIMILARITY_THRESHOLD,
+    RETRIEVAL_TEMPERATURE,
+    LocalModel,
+    index_arrays,
+    reading_window,
+)
 from rasa_gpt3.local.trainer import (
     CLASSIFICATION,
     Example,
@@ -41,11 +47,13 @@ def train(run: TrainingRun) -> TrainedModel:
         f"Training a {'softmax classifier' if kind == CLASSIFICATION else 'retrieval model'} "
         f"on {len(train_examples)} examples with the '{embedder.name}' sentence embedder"
     )
-    state = embedder.fit([e.text for e in train_examples])
-    train_features = embedder.encode([e.text for e in train_examples], state)
+    # training inputs are read as requests are: at most their first MAX_READ_CHARS characters
+    train_texts = [reading_window(e.text) for e in train_examples]
+    state = embedder.fit(train_texts)
+    train_features = embedder.encode(train_texts, state)
     if run.cancelled():
         raise TrainingCancelled()
-    valid_features = embedder.encode([e.text for e in valid], state) if valid else None
+    valid_features = embedder.encode([reading_window(e.text) for e in valid], state) if valid else None
     meta: Dict[str, Any] = {
         "kind": kind,
         "format": run.base_model.format,

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from rasa_gpt3.local.api.backend import BACKEND, Backend
 from rasa_gpt3.local.api.errors import ApiError
-from rasa_gpt3.local.api.params import id_or_404, page, query_int
+from rasa_gpt3.local.api.params import id_or_404, page, query_int, shown
 from rasa_gpt3.local.store import NotFound, public
 
 PURPOSES = ("fine-tune", "batch", "assistants", "user_data", "vision", "evals")
@@ -21,7 +21,11 @@ async def upload_file(request: web.Request) -> web.Response:
     backend: Backend = request.app[BACKEND]
     if not request.content_type.startswith("multipart/"):
         raise ApiError(400, "Uploads must be multipart/form-data with the fields 'file' and 'purpose'.")
-    form = await request.post()
+    try:
+        form = await request.post()
+    except (ValueError, AssertionError, LookupError, TypeError) as error:
+        # aiohttp's multipart reader fails on a broken body with these (an assertion for a body cut short)
+        raise ApiError(400, f"Could not parse the multipart form: {shown(error) or type(error).__name__}.") from None
     purpose = form.get("purpose")
     upload = form.get("file")
     if not isinstance(purpose, str) or not purpose:
