@@ -56,7 +56,7 @@ async def errors_middleware(request: web.Request, handler):
 
 @web.middleware
 async def service_middleware(request: web.Request, handler):
-    """Counts API requests, applies injected faults, and checks the bearer token."""
+    """Counts API requests, checks the bearer token, then applies injected faults (never before the token)."""
     backend: Backend = request.app[BACKEND]
     path = request.path
     if not path.startswith("/v1/"):
@@ -65,6 +65,7 @@ async def service_middleware(request: web.Request, handler):
         return await handler(request)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else path
     backend.count(f"{request.method} {route}")
+    _check_token(request, backend)
     try:
         faults = backend.faults.for_request(path, request.headers.get(HEADER), request.headers.get(RETRY_COUNT_HEADER))
     except FaultSpecError as error:
@@ -90,7 +91,6 @@ async def service_middleware(request: web.Request, handler):
             return error_response(fault.status, f"Injected fault: status {fault.status}.", type_, None, code, headers)
         if fault.garbage:
             request["garbage"] = True
-    _check_token(request, backend)
     started = time.perf_counter()
     response = await handler(request)
     if not response.prepared:  # streamed responses have sent their headers already
@@ -150,9 +150,20 @@ def create_app(
     faults: Optional[str] = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     run_jobs: bool = True,
+    header_faults: Optional[bool] = None,
 ) -> web.Application:
-    """The aiohttp application of a local backend on `state_dir` (its job runner starts with the app)."""
-    backend = Backend(Path(state_dir), token=token, faults=faults, max_upload_bytes=max_upload_bytes, run_jobs=run_jobs)
+    """The aiohttp application of a local backend on `state_dir` (its job runner starts with the app).
+
+    `header_faults`: whether the X-Rasa-GPT3-Fault header injects faults (None: RASA_GPT3_HEADER_FAULTS=1 says so).
+    """
+    backend = Backend(
+        Path(state_dir),
+        token=token,
+        faults=faults,
+        max_upload_bytes=max_upload_bytes,
+        run_jobs=run_jobs,
+        header_faults=header_faults,
+    )
     app = web.Application(middlewares=[errors_middleware, service_middleware], client_max_size=max_upload_bytes)
     app[BACKEND] = backend
     for resource in (files, fine_tuning, models, completions):
