@@ -1,0 +1,72 @@
+"""What passes against the local backend must pass against OpenAI: its headers, its upload checks, the training
+records it accepts, and log-probabilities shaped like a real model's (tokens of the base model's tokenizer, `length`
+at the token limit, alternatives that are not labels and leave probability elsewhere)."""
+
+from __future__ import annotations
+
+import json
+
+import openai
+import pytest
+
+from rasa_gpt3 import prompts
+from tests.conftest import small_intent_records
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """One backend with a chat intent model (task=intent metadata) and a completion intent model."""
+    from tests.conftest import _start_backend
+
+    backend = _start_backend(tmp_path_factory.mktemp("fidelity-state"))
+    chat = backend.fine_tune(small_intent_records("chat"), metadata={"task": "intent"})
+    completion = backend.fine_tune(small_intent_records("completion"), model="babbage-002", metadata={"task": "intent"})
+    assert chat.status == completion.status == "succeeded", (chat.error, completion.error)
+    yield {"backend": backend, "chat": chat.fine_tuned_model, "completion": completion.fine_tuned_model}
+    backend.client.close()
+    backend.server.stop()
+
+
+def _has_openai_headers(headers) -> bool:
+    return headers.get("x-request-id", "").startswith("req_") and headers.get("openai-processing-ms", "").isdigit()
+
+
+def test_every_response_carries_a_request_id_and_the_processing_time(served):
+    client, model = served["backend"].client, served["chat"]
+    answered = client.chat.completions.create(model=model, **prompts.intent_request("hi", "chat"))
+    assert answered._request_id and answered._request_id.startswith("req_")  # what the SDK exposes
+    other = client.models.list()
+    assert other._request_id.startswith("req_") and other._request_id != answered._request_id
+    with pytest.raises(openai.NotFoundError) as missing:
+        client.models.retrieve("ft:gpt-4o-mini:local::nope1234")
+    assert missing.value.request_id.startswith("req_")
+    assert _has_openai_headers(missing.value.response.headers)
+    with client.chat.completions.with_streaming_response.create(
+        model=model, stream=True, **prompts.intent_request("hi", "chat")
+    ) as streamed:
+        assert _has_openai_headers(streamed.headers)
+        assert "".join(streamed.iter_lines())  # read to the end
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model=model, **prompts.intent_request("hi " * 70000, "chat"))
+    assert _has_openai_headers(refused.value.response.headers)
+
+
+def test_a_fine_tune_upload_that_is_not_jsonl_is_refused_at_upload(served):
+    client = served["backend"].client
+    good = "\n".join(json.dumps(r) for r in small_intent_records("chat")).encode()
+    with pytest.raises(openai.BadRequestError) as wrong_name:
+        client.files.create(file=("train.csv", good), purpose="fine-tune")
+    assert wrong_name.value.body["message"] == "Invalid file format for Fine-Tuning API. Must be .jsonl"
+    for content, line in (
+        (b'{"messages": []}\nnot json at all\n', 2),
+        (b"[1, 2, 3]\n", 1),
+        (good + b"\n\n" + b"[" * 5000 + b"\n", len(small_intent_records("chat")) + 2),
+        (b'{"messages": []}\n\xff\xfe broken\n', 2),
+    ):
+        with pytest.raises(openai.BadRequestError) as refused:
+            client.files.create(file=("train.jsonl", content), purpose="fine-tune")
+        message = refused.value.body["message"]
+        assert message.startswith("Expected file to have JSONL format, where every line is a JSON dictionary.")
+        assert f"Line {line} is not a dictionary" in message, message
+    assert client.files.create(file=("train.jsonl", good + b"\n\n"), purpose="fine-tune").bytes == len(good) + 2
+    assert client.files.create(file=("notes.txt", b"any text"), purpose="user_data").purpose == "user_data"
