@@ -5,6 +5,7 @@ at the token limit, alternatives that are not labels and leave probability elsew
 from __future__ import annotations
 
 import json
+import math
 
 import openai
 import pytest
@@ -70,3 +71,58 @@ def test_a_fine_tune_upload_that_is_not_jsonl_is_refused_at_upload(served):
         assert f"Line {line} is not a dictionary" in message, message
     assert client.files.create(file=("train.jsonl", good + b"\n\n"), purpose="fine-tune").bytes == len(good) + 2
     assert client.files.create(file=("notes.txt", b"any text"), purpose="user_data").purpose == "user_data"
+
+
+def _ask(client, model, text, **options):
+    return client.chat.completions.create(model=model, temperature=0, **prompts.intent_request(text, "chat"), **options)
+
+
+def test_a_label_of_several_tokens_comes_back_piece_by_piece_and_length_at_the_token_limit(served):
+    client, model = served["backend"].client, served["chat"]  # labels are the intent names: "check" "_balance"
+    first = _ask(client, model, "what is my balance", max_tokens=1, logprobs=True).choices[0]
+    assert (first.message.content, first.finish_reason) == ("check", "length")
+    assert [entry.token for entry in first.logprobs.content] == ["check"]
+    whole = _ask(client, model, "what is my balance", logprobs=True).choices[0]
+    assert (whole.message.content, whole.finish_reason) == ("check_balance", "stop")
+    assert [entry.token for entry in whole.logprobs.content] == ["check", "_balance"]
+    no_room_to_end = _ask(client, model, "what is my balance", max_tokens=2).choices[0]
+    assert (no_room_to_end.message.content, no_room_to_end.finish_reason) == ("check_balance", "length")
+    legacy = client.completions.create(
+        model=served["completion"],
+        max_tokens=1,
+        logprobs=2,
+        **prompts.intent_request("what is my balance", "completion"),
+    ).choices[0]
+    assert (legacy.text, legacy.finish_reason, legacy.logprobs.tokens) == (" check", "length", [" check"])
+
+
+def test_alternatives_include_pieces_that_are_no_label_and_leave_probability_elsewhere(served):
+    from rasa_gpt3.data.labels import LabelCodec
+    from rasa_gpt3.data.tokens import get_encoding
+    from tests.conftest import SMALL_INTENTS
+
+    backend = served["backend"]
+    codec = LabelCodec.build(SMALL_INTENTS, get_encoding("o200k_base"), "chat")  # one token each, as export makes
+    records = [
+        prompts.intent_record(text, codec.label_of(i), "chat") for i, texts in SMALL_INTENTS.items() for text in texts
+    ]
+    model = backend.fine_tune(records, metadata={"task": "intent"}).fine_tuned_model
+    stand_in = backend.server.backend.model(model)
+    labels = set(codec.labels.values())
+    for text in ("good morning", "bye bye", "how much money is left", "send money to Anna", "hello, my balance?"):
+        choice = _ask(backend.client, model, text, max_tokens=1, logprobs=True, top_logprobs=20).choices[0]
+        assert choice.finish_reason == "length"  # one token, and no room for the end of the message
+        first = choice.logprobs.content[0]
+        alternatives = {entry.token: math.exp(entry.logprob) for entry in first.top_logprobs}
+        assert set(alternatives) - labels - {" " + label for label in labels}, alternatives  # not only labels
+        assert sum(alternatives.values()) < 1.0
+        # renormalised over the labels, as the intent classifier reads them: the stand-in's own ranking, nearly
+        scores = {}
+        for token, probability in alternatives.items():
+            if token.strip() in labels:
+                scores[token.strip()] = scores.get(token.strip(), 0.0) + probability
+        total = sum(scores.values())
+        ranking = stand_in.rank(stand_in.request_text(prompts.intent_request(text, "chat")["messages"]))
+        assert first.token == max(scores, key=scores.get) == ranking[0][0]
+        for label, probability in ranking:
+            assert abs(scores.get(label, 0.0) / total - probability) < 0.02, (text, label)

@@ -184,6 +184,9 @@ def test_suffix_and_sampling_values_out_of_the_spec_are_400s(served):
         with pytest.raises(openai.BadRequestError) as refused:
             _ask(client, model, "hi", **options)
         assert refused.value.param == param
+    with pytest.raises(openai.BadRequestError, match="at most 128 choices") as too_many:
+        client.completions.create(model=served["completion"], prompt=["hi"] * 20, n=8)
+    assert too_many.value.param == "prompt"
     with pytest.raises(openai.BadRequestError) as best_of:
         client.completions.create(model=served["completion"], prompt="hi", best_of=21)
     assert best_of.value.param == "best_of"

@@ -32,6 +32,8 @@ CHAT_ROLES = ("system", "developer", "user", "assistant", "tool")
 FRAMING_TOKENS = 3
 # the spec's range of a completion's `seed` (a 64-bit integer); engines get it folded into [0, 2**64)
 SEED_RANGE = (-(2**63), 2**63 - 1)
+# choices one request may ask for (prompts times n): each costs a model call, so this bounds a request's cost
+MAX_CHOICES = 128
 # text is tokenized in pieces of at most this many characters (see the module docstring)
 COUNT_CHUNK_CHARS = 4096
 
@@ -76,6 +78,12 @@ def read_completion_request(body: Dict[str, Any], chat: bool) -> CompletionReque
     temperature = number_in(body, "temperature", 0, 2)
     seed = int_in(body, "seed", *SEED_RANGE)
     n = int_in(body, "n", 1, 16, default=1)
+    if len(prompts) * n > MAX_CHOICES:
+        raise ApiError(
+            400,
+            f"Invalid 'prompt': the local backend answers at most {MAX_CHOICES} choices per request (prompts times n).",
+            param="prompt",
+        )
     _check_unused_sampling(body, chat)
     stops = _stops(body)
     stream = bool(expect(body, "stream", bool, default=False))
@@ -221,9 +229,12 @@ def _garbage(engine: Engine) -> Generation:
 
 
 def cut_generation(generation: Generation, stops: Sequence[str], max_tokens: Optional[int]) -> Tuple[Generation, str]:
-    """Cuts a generation at the first stop sequence and at max_tokens, as the API does; returns it and the reason."""
+    """Cuts a generation as the API ends one: after max_tokens tokens (`length`), or earlier where the text first
+    shows a stop sequence (`stop`; a stop the token limit leaves unwritten never counts); returns it and the reason."""
     tokens, logprobs, tops = generation.tokens, generation.logprobs, generation.top
     reason = generation.finish_reason
+    if max_tokens is not None and len(tokens) > max_tokens:
+        tokens, logprobs, tops, reason = tokens[:max_tokens], logprobs[:max_tokens], tops[:max_tokens], "length"
     if stops:
         text = ""
         for position, token in enumerate(tokens):
@@ -239,8 +250,6 @@ def cut_generation(generation: Generation, stops: Sequence[str], max_tokens: Opt
                 reason = "stop"
                 break
             text = candidate
-    if max_tokens is not None and len(tokens) > max_tokens:
-        tokens, logprobs, tops, reason = tokens[:max_tokens], logprobs[:max_tokens], tops[:max_tokens], "length"
     return Generation(tokens=list(tokens), logprobs=list(logprobs), top=list(tops)), reason
 
 
