@@ -40,8 +40,8 @@ def train(run: TrainingRun) -> TrainedModel:
     """Trains the stand-in model of `run`: a softmax head for classification-like data, else a retrieval index."""
     metadata = run.metadata
     embedder = get_embedder(str(metadata.get("embedder") or default_embedder_name()).lower())
-    train_examples = examples_from_records(run.train_records)
-    valid = examples_from_records(run.valid_records)
+    train_examples = examples_from_records([_text_only(record) for record in run.train_records])
+    valid = examples_from_records([_text_only(record) for record in run.valid_records])
     kind = classify_data(train_examples, run.base_model, metadata.get("task"))
     run.events.message(
         f"Training a {'softmax classifier' if kind == CLASSIFICATION else 'retrieval model'} "
@@ -94,6 +94,24 @@ def train(run: TrainingRun) -> TrainedModel:
         arrays.update(index_arrays(train_features))
         arrays["answer_of"] = np.array([position[e.answer] for e in train_examples], dtype=np.int64)
     return TrainedModel(meta=meta, arrays=arrays)
+
+
+def _text_only(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A chat record whose every message has text content: a tool or function call becomes `name(arguments)`.
+
+    The stand-in learns to answer a call as that text (it retrieves answers, it does not call tools).
+    """
+    if "messages" not in record or all(isinstance(m.get("content"), str) for m in record["messages"]):
+        return record
+    messages = []
+    for message in record["messages"]:
+        content = message.get("content")
+        calls = [call["function"] for call in message.get("tool_calls") or []]
+        calls += [message["function_call"]] if message.get("function_call") else []
+        texts = [content] if isinstance(content, str) and content else []
+        texts += [f"{call['name']}({call['arguments']})" for call in calls]
+        messages.append({"role": message["role"], "content": " ".join(texts)})
+    return {"messages": messages}
 
 
 def _retrieval(

@@ -126,3 +126,41 @@ def test_alternatives_include_pieces_that_are_no_label_and_leave_probability_els
         assert first.token == max(scores, key=scores.get) == ranking[0][0]
         for label, probability in ranking:
             assert abs(scores.get(label, 0.0) / total - probability) < 0.02, (text, label)
+
+
+def _weather_record(city: str, number: int, answer_the_call: bool):
+    """A tool-calling record as OpenAI documents it: the call (no content), the tool's answer, the final reply."""
+    call = {"id": f"call_{number}", "type": "function"}
+    call["function"] = {"name": "get_weather", "arguments": json.dumps({"city": city})}
+    messages = [
+        {"role": "system", "content": "You are a weather bot."},
+        {"role": "user", "content": f"What is the weather like in {city} today?"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+    ]
+    if answer_the_call:
+        messages += [
+            {"role": "tool", "tool_call_id": call["id"], "content": '{"celsius": 21}'},
+            {"role": "assistant", "content": f"It is 21 degrees in {city}.", "weight": 1},
+        ]
+    tool = {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}
+    return {"messages": messages, "tools": [tool], "parallel_tool_calls": False}
+
+
+def test_tool_calling_records_are_trained_as_openai_documents_them(served):
+    backend = served["backend"]
+    cities = ["Paris", "Berlin", "Rome", "Madrid", "Lisbon", "Vienna", "Oslo"]
+    records = [_weather_record(city, i, answer_the_call=i % 2 == 0) for i, city in enumerate(cities * 2)]
+    job = backend.fine_tune(records)
+    assert job.status == "succeeded", job.error
+    asked = _weather_record("Prague", 99, answer_the_call=True)["messages"][:-1]  # up to the tool's answer
+    answer = backend.client.chat.completions.create(model=job.fine_tuned_model, messages=asked)
+    assert answer.choices[0].message.content
+    stray_answer = [{"role": "tool", "tool_call_id": "call_x", "content": "{}"}, {"role": "assistant", "content": "ok"}]
+    for record, problem in (
+        ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}, "string content"),
+        (dict(records[1], messages=records[1]["messages"] + stray_answer), "tool_call_id"),
+        (dict(records[0], tools=[{"type": "function"}]), '"tools"'),
+    ):
+        failed = backend.fine_tune([record] + records)
+        assert failed.status == "failed" and failed.error.message.startswith("Invalid file format. Line 1,")
+        assert problem in failed.error.message
