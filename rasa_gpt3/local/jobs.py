@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from rasa_gpt3.data.base_models import BaseModel
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+from rasa_gpt3.data.tool_calls import makes_a_call, tool_use_problems
+from rasa_gpt3.data.validation import CHAT_ROLES
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.engine_registry import ENGINE_FIELD, engine_for_base_model
 from rasa_gpt3.local.engines import EngineKind, Hyperparameters, TrainedModel, TrainingCancelled, TrainingRun
@@ -26,8 +28,6 @@ from rasa_gpt3.local.trainer import resolve_hyperparameters
 logger = logging.getLogger(__name__)
 
 MIN_EXAMPLES = 10
-# the roles of OpenAI's chat fine-tuning format (tool and function messages answer calls)
-CHAT_ROLES = ("system", "user", "assistant", "tool", "function")
 RESULT_COLUMNS = ("step", "train_loss", "train_accuracy", "valid_loss", "valid_mean_token_accuracy")
 # how often buffered events are written and cancellation is checked while training
 FLUSH_SECONDS = 0.3
@@ -73,82 +73,23 @@ def _record_problem(record: Dict[str, Any], fmt: str) -> Optional[str]:
         messages = record.get("messages")
         if not isinstance(messages, list) or not messages:
             return 'key "messages": a non-empty list of messages is required for chat models.'
-        problem = _tools_problem(record)
-        called: set = set()
         for message in messages:
             if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-                return f'key "messages": every message needs a role of {", ".join(CHAT_ROLES)}.'
-            problem = problem or _message_problem(message, called)
-        if problem:
-            return problem
+                return f'key "messages": every message needs a role of {", ".join(sorted(CHAT_ROLES))}.'
+            content = message.get("content")
+            if not isinstance(content, str) and not (content is None and makes_a_call(message)):
+                return 'key "messages": every message needs string content (a message that calls a tool may have none).'
+            if message.get("weight", 1) not in (0, 1):
+                return 'key "weight": 0 or 1 is expected.'
+        problems = tool_use_problems(record)
+        if problems:
+            return f"tool calls: {problems[0]}."
         if messages[-1]["role"] != "assistant":
             return 'key "messages": the last message must be from the assistant.'
         return None
     if not isinstance(record.get("prompt"), str) or not isinstance(record.get("completion"), str):
         return 'keys "prompt" and "completion" (strings) are required for completion models.'
     return None
-
-
-def _tools_problem(record: Dict[str, Any]) -> Optional[str]:
-    """What is wrong with a chat record's tool definitions (`tools`, or the older `functions`), if anything."""
-    tools = record.get("tools")
-    if tools is not None and not (
-        isinstance(tools, list)
-        and all(
-            isinstance(tool, dict)
-            and tool.get("type") == "function"
-            and isinstance(tool.get("function"), dict)
-            and _is_name(tool["function"].get("name"))
-            for tool in tools
-        )
-    ):
-        return 'key "tools": a list of {"type": "function", "function": {"name": ...}} is expected.'
-    functions = record.get("functions")
-    if functions is not None and not (
-        isinstance(functions, list) and all(isinstance(f, dict) and _is_name(f.get("name")) for f in functions)
-    ):
-        return 'key "functions": a list of {"name": ...} is expected.'
-    return None
-
-
-def _message_problem(message: Dict[str, Any], called: set) -> Optional[str]:
-    """What is wrong with one chat message as OpenAI's fine-tuning format has it; adds its tool call ids to `called`."""
-    role = message["role"]
-    calls, function_call = message.get("tool_calls"), message.get("function_call")
-    if calls is not None:
-        if role != "assistant" or not isinstance(calls, list) or not calls or not all(map(_is_call, calls)):
-            return (
-                'key "tool_calls": only an assistant message makes calls, each {"id", "type": "function", '
-                '"function": {"name", "arguments": "<JSON text>"}}.'
-            )
-        called.update(call["id"] for call in calls)
-    if function_call is not None and (role != "assistant" or not _is_function(function_call)):
-        return 'key "function_call": only an assistant message makes one, {"name", "arguments": "<JSON text>"}.'
-    content = message.get("content")
-    if not isinstance(content, str) and not (content is None and (calls or function_call)):
-        return 'key "messages": every message needs string content (a message that calls a tool may have none).'
-    if role == "tool" and message.get("tool_call_id") not in called:
-        return 'key "messages": a tool message needs the tool_call_id of an earlier assistant tool call.'
-    if "weight" in message and message["weight"] not in (0, 1):
-        return 'key "weight": 0 or 1 is expected.'
-    return None
-
-
-def _is_name(value: Any) -> bool:
-    return isinstance(value, str) and bool(value)
-
-
-def _is_function(function: Any) -> bool:
-    return isinstance(function, dict) and _is_name(function.get("name")) and isinstance(function.get("arguments"), str)
-
-
-def _is_call(call: Any) -> bool:
-    return (
-        isinstance(call, dict)
-        and _is_name(call.get("id"))
-        and call.get("type") == "function"
-        and _is_function(call.get("function"))
-    )
 
 
 def job_event(

@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.data.tool_calls import message_text
 from rasa_gpt3.local.embedder import default_embedder_name, get_embedder
 from rasa_gpt3.local.engines import EngineKind, TrainedModel, TrainingCancelled, TrainingRun
 from rasa_gpt3.local.entities import build_gazetteer, is_entity_answer
@@ -103,15 +104,7 @@ def _text_only(record: Dict[str, Any]) -> Dict[str, Any]:
     """
     if "messages" not in record or all(isinstance(m.get("content"), str) for m in record["messages"]):
         return record
-    messages = []
-    for message in record["messages"]:
-        content = message.get("content")
-        calls = [call["function"] for call in message.get("tool_calls") or []]
-        calls += [message["function_call"]] if message.get("function_call") else []
-        texts = [content] if isinstance(content, str) and content else []
-        texts += [f"{call['name']}({call['arguments']})" for call in calls]
-        messages.append({"role": message["role"], "content": " ".join(texts)})
-    return {"messages": messages}
+    return {"messages": [{"role": m["role"], "content": message_text(m)} for m in record["messages"]]}
 
 
 def _retrieval(

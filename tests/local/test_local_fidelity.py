@@ -158,8 +158,8 @@ def test_tool_calling_records_are_trained_as_openai_documents_them(served):
     stray_answer = [{"role": "tool", "tool_call_id": "call_x", "content": "{}"}, {"role": "assistant", "content": "ok"}]
     for record, problem in (
         ({"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": None}]}, "string content"),
-        (dict(records[1], messages=records[1]["messages"] + stray_answer), "tool_call_id"),
-        (dict(records[0], tools=[{"type": "function"}]), '"tools"'),
+        (dict(records[1], messages=records[1]["messages"] + stray_answer), "call_x"),
+        (dict(records[0], tools=[{"type": "function"}]), "`tools`"),
     ):
         failed = backend.fine_tune([record] + records)
         assert failed.status == "failed" and failed.error.message.startswith("Invalid file format. Line 1,")
