@@ -1,4 +1,5 @@
 """Shared fixtures: a real local backend on 127.0.0.1 with the official SDK, corpora paths, small data helpers."""
+
 from __future__ import annotations
 
 import json
@@ -56,7 +57,9 @@ class LocalBackend:
         data = "\n".join(json.dumps(record) for record in records).encode("utf-8")
         return self.client.files.create(file=(name, data), purpose="fine-tune").id
 
-    def fine_tune(self, records: List[Dict[str, Any]], model: str = "gpt-4o-mini", timeout: float = 120, **options: Any):
+    def fine_tune(
+        self, records: List[Dict[str, Any]], model: str = "gpt-4o-mini", timeout: float = 120, **options: Any
+    ):
         """Uploads `records`, runs a fine-tuning job to its end and returns the finished job."""
         import time
 
@@ -73,6 +76,7 @@ class LocalBackend:
 def _start_backend(state_dir: Path, **options: Any) -> LocalBackend:
     from rasa_gpt3.local.embedded import EmbeddedServer
 
+    options.setdefault("header_faults", True)  # tests inject faults per request with the X-Rasa-GPT3-Fault header
     server = EmbeddedServer(state_dir, **options).start()
     client = openai.OpenAI(api_key=options.get("token") or "local", base_url=server.base_url, max_retries=0, timeout=30)
     return LocalBackend(base_url=server.base_url, state_dir=state_dir, client=client, server=server)
@@ -118,10 +122,22 @@ def start_local_backend(tmp_path: Path):
 SMALL_INTENTS = {
     "greet": ["hello there", "hi", "good morning", "hey, how are you", "hello bot", "good evening to you"],
     "goodbye": ["bye", "see you later", "goodbye for now", "talk to you tomorrow", "have a nice day, bye", "cya"],
-    "check_balance": ["what is my balance", "how much money do I have", "show my account balance",
-                      "balance please", "how much is left on my account", "what's in my checking account"],
-    "transfer_money": ["send money to my friend", "transfer 50 dollars to Anna", "I want to make a transfer",
-                       "pay my rent to the landlord", "move money to savings", "wire funds to John"],
+    "check_balance": [
+        "what is my balance",
+        "how much money do I have",
+        "show my account balance",
+        "balance please",
+        "how much is left on my account",
+        "what's in my checking account",
+    ],
+    "transfer_money": [
+        "send money to my friend",
+        "transfer 50 dollars to Anna",
+        "I want to make a transfer",
+        "pay my rent to the landlord",
+        "move money to savings",
+        "wire funds to John",
+    ],
 }
 
 
@@ -141,9 +157,8 @@ def intent_records():
 @pytest.fixture
 def local_settings(tmp_path: Path, monkeypatch):
     """Settings for a throw-away bot project that use the embedded local backend (no API key in the env)."""
-    from rasa_gpt3.settings import Settings
-
     from rasa_gpt3.local.embedded import stop_server
+    from rasa_gpt3.settings import Settings
 
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     monkeypatch.delenv("OPENAI_BASE_URL", raising=False)

@@ -74,10 +74,9 @@ def _run_serve(args: argparse.Namespace) -> int:
 
     def ready(port: int) -> None:
         print(f"local backend on http://{args.host}:{port}/v1 (state: {state}); Ctrl-C stops it", flush=True)
-        print(
-            f"use it with: OPENAI_BASE_URL=http://{args.host}:{port}/v1 OPENAI_API_KEY={args.token or 'local'}",
-            flush=True,
-        )
+        # the token is a secret: never printed (terminals and logs keep what they show)
+        key = "<your --token>" if args.token else "local"
+        print(f"use it with: OPENAI_BASE_URL=http://{args.host}:{port}/v1 OPENAI_API_KEY={key}", flush=True)
 
     try:
         serve_forever(

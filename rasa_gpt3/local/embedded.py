@@ -37,10 +37,17 @@ class EmbeddedServer:
         token: Optional[str] = None,
         faults: Optional[str] = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+        header_faults: Optional[bool] = None,
     ) -> None:
         self.state_dir = Path(state_dir).expanduser().resolve()
         self.host, self.port = host, port
-        self.app = create_app(self.state_dir, token=token, faults=faults, max_upload_bytes=max_upload_bytes)
+        self.app = create_app(
+            self.state_dir,
+            token=token,
+            faults=faults,
+            max_upload_bytes=max_upload_bytes,
+            header_faults=header_faults,
+        )
         self.pid = os.getpid()
         self._loop: Optional[asyncio.AbstractEventLoop] = None
         self._runner: Optional[web.AppRunner] = None

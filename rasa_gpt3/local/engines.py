@@ -85,7 +85,7 @@ class Engine(Protocol):
         seed: Optional[int],
         top_logprobs: int,
     ) -> Generation:
-        """One answer to `prompt`: greedy, or sampled with `seed` when `temperature` > 0.
+        """One answer to `prompt`: greedy, or sampled with `seed` (in [0, 2**64), or None) when `temperature` > 0.
 
         Every token carries its log-probability and its `max(top_logprobs, 1)` most likely alternatives (token,
         log-probability), best first. An engine may stop early at a stop sequence or after `max_tokens` (then with

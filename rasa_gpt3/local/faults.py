@@ -15,9 +15,12 @@ A fault spec is a comma-separated list of items; several specs are joined with '
                            by configuration: only the first 2 matching requests this server sees
     path=/v1/chat          apply only to request paths starting with this prefix
 
-Sources: the request header `X-Rasa-GPT3-Fault`, the server option `faults=...` (`rasa-gpt3 local serve --faults`),
-the environment variable RASA_GPT3_FAULTS (read on every request, so a test can change it while the embedded
-server runs), and POST /_local/faults {"faults": "..."} at run time.
+Sources: the server option `faults=...` (`rasa-gpt3 local serve --faults`), the environment variable
+RASA_GPT3_FAULTS (read on every request, so a test can change it while the embedded server runs), POST
+/_local/faults {"faults": "..."} at run time, and the request header `X-Rasa-GPT3-Fault` — the header only where it
+is enabled (the server option `header_faults=True`, as the tests' backends have it, or RASA_GPT3_HEADER_FAULTS=1,
+read on every request): any client can send a header, so by default it is ignored. A request suffers its faults
+only after its bearer token was checked.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import List, Optional, Tuple
 
 HEADER = "X-Rasa-GPT3-Fault"
 ENV_FAULTS = "RASA_GPT3_FAULTS"
+ENV_HEADER_FAULTS = "RASA_GPT3_HEADER_FAULTS"
 RETRY_COUNT_HEADER = "x-stainless-retry-count"
 GARBAGE_TEXT = "~~ garbled §§ output ~~"
 
@@ -115,8 +119,11 @@ def parse_faults(spec: str) -> Tuple[Fault, ...]:
 class FaultPlan:
     """The configured faults of one server and the per-request header; decides what a request suffers."""
 
-    def __init__(self, spec: Optional[str] = None, seed: Optional[int] = None) -> None:
+    def __init__(
+        self, spec: Optional[str] = None, seed: Optional[int] = None, header_faults: Optional[bool] = None
+    ) -> None:
         self._configured = parse_faults(spec or "")
+        self._header_faults = header_faults
         self._lock = threading.Lock()
         self._seen: dict = {}
         self._random = random.Random(seed)
@@ -129,15 +136,22 @@ class FaultPlan:
             self._seen = {}
 
     @property
+    def header_enabled(self) -> bool:
+        """Whether the X-Rasa-GPT3-Fault header counts: the server option, else RASA_GPT3_HEADER_FAULTS=1."""
+        if self._header_faults is not None:
+            return self._header_faults
+        return os.environ.get(ENV_HEADER_FAULTS, "").strip() == "1"
+
+    @property
     def configured(self) -> str:
         """The server-configured spec as text."""
         return ";".join(fault.text for fault in self._configured)
 
     def for_request(self, path: str, header: Optional[str], retry_count: Optional[str]) -> List[Fault]:
-        """The faults this request suffers (header faults first, then configured and environment ones)."""
+        """The faults this request suffers (header faults first, if enabled, then configured and environment ones)."""
         chosen: List[Fault] = []
         attempt = int(retry_count) if retry_count and retry_count.isdigit() else 0
-        for fault in parse_faults(header or ""):
+        for fault in parse_faults(header or "") if self.header_enabled else ():
             if not fault.matches_path(path):
                 continue
             if fault.first is not None and attempt >= fault.first:

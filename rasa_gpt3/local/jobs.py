@@ -17,6 +17,8 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from rasa_gpt3.data.base_models import BaseModel
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
+from rasa_gpt3.data.tool_calls import makes_a_call, tool_use_problems
+from rasa_gpt3.data.validation import CHAT_ROLES
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.engine_registry import ENGINE_FIELD, engine_for_base_model
 from rasa_gpt3.local.engines import EngineKind, Hyperparameters, TrainedModel, TrainingCancelled, TrainingRun
@@ -72,10 +74,16 @@ def _record_problem(record: Dict[str, Any], fmt: str) -> Optional[str]:
         if not isinstance(messages, list) or not messages:
             return 'key "messages": a non-empty list of messages is required for chat models.'
         for message in messages:
-            if not isinstance(message, dict) or message.get("role") not in ("system", "user", "assistant"):
-                return 'key "messages": every message needs a role of system, user or assistant.'
-            if not isinstance(message.get("content"), str):
-                return 'key "messages": every message needs string content.'
+            if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
+                return f'key "messages": every message needs a role of {", ".join(sorted(CHAT_ROLES))}.'
+            content = message.get("content")
+            if not isinstance(content, str) and not (content is None and makes_a_call(message)):
+                return 'key "messages": every message needs string content (a message that calls a tool may have none).'
+            if message.get("weight", 1) not in (0, 1):
+                return 'key "weight": 0 or 1 is expected.'
+        problems = tool_use_problems(record)
+        if problems:
+            return f"tool calls: {problems[0]}."
         if messages[-1]["role"] != "assistant":
             return 'key "messages": the last message must be from the assistant.'
         return None

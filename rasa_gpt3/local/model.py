@@ -3,10 +3,22 @@
 A classification model scores every label with its softmax head; a retrieval model scores the distinct training
 answers by the cosine similarity of their inputs to the request (softmax over similarities / RETRIEVAL_TEMPERATURE),
 and answers the model's unknown text when even the best match is below its similarity threshold.
-Answers are split into tokens of the base model's encoding (a classification label is one token, exactly as the
-training answers wrote it). Each token's log-probability and top alternatives follow the chain rule over the
-candidate answers: p(token | prefix) is the probability mass of the answers continuing the prefix with that token,
-so the log-probabilities of an answer's tokens add up to log p(answer).
+
+Its answers look like a real model's, so what works against it works against OpenAI:
+- Tokens are the pieces the base model's tokenizer (its tiktoken encoding) splits the answer into, a classification
+  label too: a label of several tokens comes back piece by piece, and at `max_tokens` 1 only its first piece.
+- An answer that does not fit in `max_tokens` (a chat answer's end-of-message token counts) ends with
+  finish_reason `length`.
+- Each token's log-probability and alternatives follow the chain rule over the candidate answers (p(token | prefix)
+  is the mass of the answers continuing the prefix with that token), but a real model also puts probability on
+  pieces no answer continues with. The stand-in leaves OTHER_FLOOR + OTHER_SHARE * (1 - q) for them, q being the
+  most likely candidate piece's share: next to nothing where every candidate agrees, more where the model hesitates
+  between answers. Half of it goes to up to two plausible non-answer pieces that are listed among the alternatives
+  (the likeliest piece with its leading space or its first letter's case toggled, else a newline or a quote: the
+  slips a fine-tuned model makes), the other half to the rest of the vocabulary, never listed. So the alternatives
+  include pieces that are no label and sum to less than 1, the likeliest answer stays the likeliest, and
+  renormalising over the known labels (what the intent classifier does) gives back the candidates' shares.
+- Log-probabilities are of float32 probabilities, as the API's are: a piece within 6e-8 of certain is logprob 0.0.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,8 +46,19 @@ ENV_UNKNOWN_TEXT = "RASA_GPT3_UNKNOWN_TEXT"
 # unrelated sentences up to about 0.3; TF-IDF 0.35+ and up to 0.2; use+tfidf is their mean
 DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.35, "tfidf": 0.2, "use+tfidf": 0.27}
 MIN_LOGPROB = -9999.0
+# the stand-in reads at most the first this many characters of a request's text (and of a training input): the
+# sentence encoder's cost grows faster than the text and it holds a process-wide lock, while a chat message says what
+# it wants early; 2,000 characters embed in about 0.08 s, a 500 KB text took 28 s and 2.9 GB
+MAX_READ_CHARS = 2000
 # answers considered for token log-probabilities (the rest carry negligible probability)
 MAX_CANDIDATES = 64
+# probability a token position leaves for pieces no candidate answer continues with (module docstring)
+OTHER_FLOOR = 1e-9
+OTHER_SHARE = 0.05
+# the shares of that probability given to the listed non-answer pieces, likeliest first (the rest is unlisted)
+LISTED_OTHER_SHARES = (1 / 3, 1 / 6)
+# pieces offered when neither variant of the likeliest piece is a token of its own
+FALLBACK_OTHER_PIECES = ("\n", '"')
 
 
 class LocalModel:
@@ -54,6 +77,7 @@ class LocalModel:
         self.threshold = float(meta.get("similarity_threshold", DEFAULT_SIMILARITY_THRESHOLD[meta["embedder"]]))
         self._encoding = get_encoding(meta["encoding"])
         self._token_cache: Dict[str, List[str]] = {}
+        self._known_pieces: Optional[FrozenSet[str]] = None
         self._lock = threading.Lock()
         if self.kind != CLASSIFICATION:
             self.index = index_matrix(arrays)
@@ -124,31 +148,52 @@ class LocalModel:
     # ------------------------------------------------------------------ generation
 
     def _tokens(self, answer: str) -> List[str]:
+        """The answer's full text split as the base model's tokenizer splits it (a label of several tokens too)."""
         with self._lock:
             cached = self._token_cache.get(answer)
         if cached is not None:
             return cached
-        if self.kind == CLASSIFICATION:
-            # the label is one token by construction: exactly the text the training answers started with
-            tokens = [prompts.label_token(answer, self.format)]
-            if self.format == "completion":
-                tokens.append(prompts.STOP)
-        else:
-            text = answer_text(answer, self.format)
-            pieces = [self._encoding.decode_single_token_bytes(t) for t in self._encoding.encode_ordinary(text)]
-            tokens = _pieces_to_text(pieces) or [text]
+        text = answer_text(answer, self.format)
+        pieces = [self._encoding.decode_single_token_bytes(t) for t in self._encoding.encode_ordinary(text)]
+        tokens = _pieces_to_text(pieces) or [text]
         with self._lock:
             if len(self._token_cache) > 4096:
                 self._token_cache.clear()
             self._token_cache[answer] = tokens
         return tokens
 
+    def _answer_pieces(self) -> FrozenSet[str]:
+        """Every piece of every answer this model can give (never offered as a non-answer piece)."""
+        with self._lock:
+            known = self._known_pieces
+        if known is None:
+            known = frozenset(piece for answer in self.answers for piece in self._tokens(answer))
+            with self._lock:
+                self._known_pieces = known
+        return known
+
+    def _other_pieces(self, likeliest: str, candidates: Iterable[str]) -> List[str]:
+        """Up to two plausible pieces that continue no answer: variants of the likeliest piece, else fallbacks."""
+        variants = [likeliest[1:] if likeliest.startswith(" ") else " " + likeliest]
+        letter = next((i for i, char in enumerate(likeliest) if char.isalpha()), None)
+        if letter is not None:
+            variants.append(likeliest[:letter] + likeliest[letter].swapcase() + likeliest[letter + 1 :])
+        known = self._answer_pieces().union(candidates)  # a rendered entity answer need not be a training answer
+        chosen: List[str] = []
+        for piece in variants + list(FALLBACK_OTHER_PIECES):
+            if piece and piece not in known and piece not in chosen and self._is_one_token(piece):
+                chosen.append(piece)
+        return chosen[: len(LISTED_OTHER_SHARES)]
+
+    def _is_one_token(self, piece: str) -> bool:
+        return len(self._encoding.encode_ordinary(piece)) == 1
+
     def request_text(self, prompt: Prompt) -> str:
         """The text a request is matched on: the prompt read as the training records' inputs were read."""
         if isinstance(prompt, str):
-            return prompts.record_prompt_text({"prompt": prompt, "completion": ""})
+            return reading_window(prompts.record_prompt_text({"prompt": prompt, "completion": ""}))
         messages = [m for m in prompt if m["role"] != "developer"] + [{"role": "assistant", "content": ""}]
-        return prompts.record_prompt_text({"messages": messages})
+        return reading_window(prompts.record_prompt_text({"messages": messages}))
 
     def generate(
         self,
@@ -160,7 +205,8 @@ class LocalModel:
         seed: Optional[int] = None,
         top_logprobs: int = 0,
     ) -> Generation:
-        """The best answer to `prompt` (sampled when `temperature` > 0); it never stops early, the handlers cut."""
+        """The best answer to `prompt` (sampled when `temperature` > 0), with finish_reason `length` when it does not
+        fit in `max_tokens`; it never cuts the answer itself, the handlers cut."""
         ranked = self.rank(self.request_text(prompt))
         chosen = ranked[0]
         if temperature is not None and temperature > 0 and len(ranked) > 1:
@@ -182,15 +228,34 @@ class LocalModel:
                 if len(candidate) > position:
                     following[candidate[position]] = following.get(candidate[position], 0.0) + probability
             total = sum(following.values()) or 1.0
-            logprobs.append(_log(following.get(token, 0.0) / total))
-            ranked_next = sorted(following.items(), key=lambda item: -item[1])[: max(top_logprobs, 1)]
-            tops.append([(candidate, _log(mass / total)) for candidate, mass in ranked_next])
+            shares = {piece: mass / total for piece, mass in following.items()}
+            likeliest = max(shares, key=lambda piece: shares[piece])
+            other = OTHER_FLOOR + OTHER_SHARE * (1.0 - shares[likeliest])
+            candidates = {piece: share * (1.0 - other) for piece, share in shares.items()}
+            for piece, portion in zip(self._other_pieces(likeliest, shares), LISTED_OTHER_SHARES):
+                candidates[piece] = other * portion
+            logprobs.append(_log(candidates.get(token, 0.0)))
+            ranked_next = sorted(candidates.items(), key=lambda item: -item[1])[: max(top_logprobs, 1)]
+            tops.append([(piece, _log(probability)) for piece, probability in ranked_next])
             alive = [(c, p) for c, p in alive if len(c) > position and c[position] == token]
-        return Generation(tokens=list(tokens), logprobs=logprobs, top=tops)
+        # an answer of max_tokens tokens or more has no room left for what ends it (a chat answer's end-of-message
+        # token, whatever a completion writes after its stop sequence): the API then says `length`
+        finish_reason = "length" if max_tokens is not None and len(tokens) >= max_tokens else "stop"
+        return Generation(tokens=list(tokens), logprobs=logprobs, top=tops, finish_reason=finish_reason)
+
+
+def reading_window(text: str) -> str:
+    """The part of `text` the stand-in reads: all of it, or its first MAX_READ_CHARS characters ending at a space."""
+    if len(text) <= MAX_READ_CHARS:
+        return text
+    space = text.rfind(" ", MAX_READ_CHARS // 2, MAX_READ_CHARS)
+    return text[: space if space > 0 else MAX_READ_CHARS]
 
 
 def _log(probability: float) -> float:
-    return max(MIN_LOGPROB, math.log(probability)) if probability > 0 else MIN_LOGPROB
+    """The log of `probability` as a float32, as the API computes it (0.0 within float32's resolution of 1)."""
+    single = float(np.float32(probability))
+    return max(MIN_LOGPROB, math.log(single)) if single > 0 else MIN_LOGPROB
 
 
 def _pieces_to_text(pieces: List[bytes]) -> List[str]:

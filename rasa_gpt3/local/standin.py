@@ -13,10 +13,17 @@ from typing import Any, Dict, List, Tuple
 import numpy as np
 
 from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.data.tool_calls import message_text
 from rasa_gpt3.local.embedder import default_embedder_name, get_embedder
 from rasa_gpt3.local.engines import EngineKind, TrainedModel, TrainingCancelled, TrainingRun
 from rasa_gpt3.local.entities import build_gazetteer, is_entity_answer
-from rasa_gpt3.local.model import DEFAULT_SIMILARITY_THRESHOLD, RETRIEVAL_TEMPERATURE, LocalModel, index_arrays
+from rasa_gpt3.local.model import (
+    DEFAULT_SIMILARITY_THRESHOLD,
+    RETRIEVAL_TEMPERATURE,
+    LocalModel,
+    index_arrays,
+    reading_window,
+)
 from rasa_gpt3.local.trainer import (
     CLASSIFICATION,
     Example,
@@ -34,18 +41,20 @@ def train(run: TrainingRun) -> TrainedModel:
     """Trains the stand-in model of `run`: a softmax head for classification-like data, else a retrieval index."""
     metadata = run.metadata
     embedder = get_embedder(str(metadata.get("embedder") or default_embedder_name()).lower())
-    train_examples = examples_from_records(run.train_records)
-    valid = examples_from_records(run.valid_records)
+    train_examples = examples_from_records([_text_only(record) for record in run.train_records])
+    valid = examples_from_records([_text_only(record) for record in run.valid_records])
     kind = classify_data(train_examples, run.base_model, metadata.get("task"))
     run.events.message(
         f"Training a {'softmax classifier' if kind == CLASSIFICATION else 'retrieval model'} "
         f"on {len(train_examples)} examples with the '{embedder.name}' sentence embedder"
     )
-    state = embedder.fit([e.text for e in train_examples])
-    train_features = embedder.encode([e.text for e in train_examples], state)
+    # training inputs are read as requests are: at most their first MAX_READ_CHARS characters
+    train_texts = [reading_window(e.text) for e in train_examples]
+    state = embedder.fit(train_texts)
+    train_features = embedder.encode(train_texts, state)
     if run.cancelled():
         raise TrainingCancelled()
-    valid_features = embedder.encode([e.text for e in valid], state) if valid else None
+    valid_features = embedder.encode([reading_window(e.text) for e in valid], state) if valid else None
     meta: Dict[str, Any] = {
         "kind": kind,
         "format": run.base_model.format,
@@ -86,6 +95,16 @@ def train(run: TrainingRun) -> TrainedModel:
         arrays.update(index_arrays(train_features))
         arrays["answer_of"] = np.array([position[e.answer] for e in train_examples], dtype=np.int64)
     return TrainedModel(meta=meta, arrays=arrays)
+
+
+def _text_only(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A chat record whose every message has text content: a tool or function call becomes `name(arguments)`.
+
+    The stand-in learns to answer a call as that text (it retrieves answers, it does not call tools).
+    """
+    if "messages" not in record or all(isinstance(m.get("content"), str) for m in record["messages"]):
+        return record
+    return {"messages": [{"role": m["role"], "content": message_text(m)} for m in record["messages"]]}
 
 
 def _retrieval(

@@ -182,7 +182,8 @@ def test_cancel_stops_a_running_job(remote_env, tmp_path):
 
 
 def test_a_failing_job_reports_its_error_in_one_line(remote_env, tmp_path, capsys):
-    bad = remote_env.client.files.create(file=("bad.jsonl", b'{"messages": []}\nnot json\n'), purpose="fine-tune")
+    # JSON objects, so the upload is taken (as OpenAI takes it), but no chat records: the job fails
+    bad = remote_env.client.files.create(file=("bad.jsonl", b'{"messages": []}\n' * 12), purpose="fine-tune")
     job = remote_env.client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=bad.id)
     assert cli.main(["follow", job.id, "--project", str(tmp_path)]) == 1
     error = capsys.readouterr().err.strip().splitlines()[-1]

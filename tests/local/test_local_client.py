@@ -141,14 +141,20 @@ def test_local_serve_runs_standalone_with_a_token(tmp_path):
     try:
         line = process.stdout.readline()
         assert f"http://127.0.0.1:{port}/v1" in line
+        usage = process.stdout.readline()
+        assert "OPENAI_API_KEY=" in usage and "t0ken" not in usage  # a secret is never printed
         client = openai.OpenAI(api_key="t0ken", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0)
         assert client.models.list().data
         with pytest.raises(openai.AuthenticationError):
             openai.OpenAI(api_key="wrong", base_url=f"http://127.0.0.1:{port}/v1", max_retries=0).models.list()
+        # the fault header is off in a standalone server: no client can make it misbehave
+        faulty = client.with_options(default_headers={"X-Rasa-GPT3-Fault": "status=500"})
+        assert faulty.models.list().data
         assert (tmp_path / "s" / "files").is_dir()
     finally:
         process.terminate()
-        process.wait(timeout=10)
+        out, err = process.communicate(timeout=10)
+    assert "t0ken" not in out + err
 
 
 def test_local_serve_bad_input_is_one_line_and_non_zero(tmp_path):

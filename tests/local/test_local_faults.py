@@ -133,3 +133,28 @@ def test_request_log_counts_requests_across_processes(local_backend, tmp_path, m
     local_backend.client.files.list()
     lines = log.read_text().splitlines()
     assert [line.split(" ", 2)[2] for line in lines] == ["GET /v1/models", "GET /v1/files"]
+
+
+def test_header_faults_come_after_the_token(start_local_backend):
+    guarded = start_local_backend(token="s3cret")  # header faults enabled, as for every test backend
+
+    def client(key, spec):
+        headers = {FAULT: spec}
+        return openai.OpenAI(api_key=key, base_url=guarded.base_url, max_retries=0, timeout=10, default_headers=headers)
+
+    for spec in ("status=500", "hang=1e9", "drop", "explode"):
+        with pytest.raises(openai.AuthenticationError):  # a hang would time out, a drop fail to connect
+            client("wrong", spec).models.list()
+    with pytest.raises(openai.InternalServerError):
+        client("s3cret", "status=500").models.list()
+
+
+def test_the_fault_header_is_ignored_unless_enabled(start_local_backend, monkeypatch):
+    monkeypatch.delenv("RASA_GPT3_HEADER_FAULTS", raising=False)
+    by_environment = start_local_backend(header_faults=None)  # as `local serve` and the embedded backend start
+    assert _client(by_environment, "status=500", max_retries=0).models.list().data
+    monkeypatch.setenv("RASA_GPT3_HEADER_FAULTS", "1")
+    with pytest.raises(openai.InternalServerError):
+        _client(by_environment, "status=500", max_retries=0).models.list()
+    switched_off = start_local_backend(header_faults=False)
+    assert _client(switched_off, "status=500", max_retries=0).models.list().data

@@ -1,8 +1,10 @@
 """The aiohttp application of a local backend: its middlewares, the local-only routes and every resource's routes.
 
-Middlewares, outermost first: errors (every failure in OpenAI's error shape, never a traceback) and service
-(request counting, injected faults, the bearer token). Outside /v1: GET /health, GET /_local/stats (request
-counts), POST /_local/stats/reset and POST /_local/faults (the fault spec at run time).
+Middlewares, outermost first: request ids (every response, errors and streams too, carries OpenAI's `x-request-id`
+and `openai-processing-ms` headers, set just before its headers are sent), errors (every failure in OpenAI's error
+shape, never a traceback) and service (request counting, the bearer token, then injected faults). Outside /v1:
+GET /health, GET /_local/stats (request counts), POST /_local/stats/reset and POST /_local/faults (the fault spec
+at run time).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import logging
 import math
 import time
+import uuid
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +26,25 @@ from rasa_gpt3.local.api.params import json_body
 from rasa_gpt3.local.faults import HEADER, RETRY_COUNT_HEADER, FaultSpecError
 
 logger = logging.getLogger(__name__)
+
+# where a request keeps its id and start time for the headers of its response
+_REQUEST_ID = "rasa_gpt3.request_id"
+_STARTED = "rasa_gpt3.started"
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler):
+    """Gives every request an id and a start time; the response's headers get both (see _stamp_headers)."""
+    request[_REQUEST_ID] = "req_" + uuid.uuid4().hex
+    request[_STARTED] = time.perf_counter()
+    return await handler(request)
+
+
+async def _stamp_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """OpenAI's `x-request-id` and `openai-processing-ms` on every response, as its headers are about to be sent."""
+    if _REQUEST_ID in request:
+        response.headers["x-request-id"] = request[_REQUEST_ID]
+        response.headers["openai-processing-ms"] = str(int((time.perf_counter() - request[_STARTED]) * 1000))
 
 
 @web.middleware
@@ -56,7 +78,7 @@ async def errors_middleware(request: web.Request, handler):
 
 @web.middleware
 async def service_middleware(request: web.Request, handler):
-    """Counts API requests, applies injected faults, and checks the bearer token."""
+    """Counts API requests, checks the bearer token, then applies injected faults (never before the token)."""
     backend: Backend = request.app[BACKEND]
     path = request.path
     if not path.startswith("/v1/"):
@@ -65,6 +87,7 @@ async def service_middleware(request: web.Request, handler):
         return await handler(request)
     route = request.match_info.route.resource.canonical if request.match_info.route.resource else path
     backend.count(f"{request.method} {route}")
+    _check_token(request, backend)
     try:
         faults = backend.faults.for_request(path, request.headers.get(HEADER), request.headers.get(RETRY_COUNT_HEADER))
     except FaultSpecError as error:
@@ -90,12 +113,7 @@ async def service_middleware(request: web.Request, handler):
             return error_response(fault.status, f"Injected fault: status {fault.status}.", type_, None, code, headers)
         if fault.garbage:
             request["garbage"] = True
-    _check_token(request, backend)
-    started = time.perf_counter()
-    response = await handler(request)
-    if not response.prepared:  # streamed responses have sent their headers already
-        response.headers["openai-processing-ms"] = f"{(time.perf_counter() - started) * 1000:.1f}"
-    return response
+    return await handler(request)
 
 
 def _check_token(request: web.Request, backend: Backend) -> None:
@@ -150,11 +168,25 @@ def create_app(
     faults: Optional[str] = None,
     max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
     run_jobs: bool = True,
+    header_faults: Optional[bool] = None,
 ) -> web.Application:
-    """The aiohttp application of a local backend on `state_dir` (its job runner starts with the app)."""
-    backend = Backend(Path(state_dir), token=token, faults=faults, max_upload_bytes=max_upload_bytes, run_jobs=run_jobs)
-    app = web.Application(middlewares=[errors_middleware, service_middleware], client_max_size=max_upload_bytes)
+    """The aiohttp application of a local backend on `state_dir` (its job runner starts with the app).
+
+    `header_faults`: whether the X-Rasa-GPT3-Fault header injects faults (None: RASA_GPT3_HEADER_FAULTS=1 says so).
+    """
+    backend = Backend(
+        Path(state_dir),
+        token=token,
+        faults=faults,
+        max_upload_bytes=max_upload_bytes,
+        run_jobs=run_jobs,
+        header_faults=header_faults,
+    )
+    app = web.Application(
+        middlewares=[request_id_middleware, errors_middleware, service_middleware], client_max_size=max_upload_bytes
+    )
     app[BACKEND] = backend
+    app.on_response_prepare.append(_stamp_headers)
     for resource in (files, fine_tuning, models, completions):
         app.router.add_routes(resource.routes)
     app.router.add_routes(local_routes)

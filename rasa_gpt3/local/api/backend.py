@@ -37,10 +37,11 @@ class Backend:
         faults: Optional[str] = None,
         max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
         run_jobs: bool = True,
+        header_faults: Optional[bool] = None,
     ) -> None:
         self.store = Store(state_dir)
         self.token = token or None
-        self.faults = FaultPlan(faults)
+        self.faults = FaultPlan(faults, header_faults=header_faults)
         self.max_upload_bytes = max_upload_bytes
         self.runner = JobRunner(self.store)
         self.run_jobs = run_jobs

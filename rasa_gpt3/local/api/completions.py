@@ -15,7 +15,13 @@ from aiohttp import web
 
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.api.backend import BACKEND
-from rasa_gpt3.local.api.completion_request import answer, read_completion_request, serving_engine, usage
+from rasa_gpt3.local.api.completion_request import (
+    answer,
+    prompt_tokens_within_context,
+    read_completion_request,
+    serving_engine,
+    usage,
+)
 from rasa_gpt3.local.api.params import json_body
 from rasa_gpt3.local.engines import Generation
 
@@ -28,10 +34,11 @@ routes = web.RouteTableDef()
 async def chat_completions(request: web.Request) -> web.StreamResponse:
     wanted = read_completion_request(await json_body(request), chat=True)
     engine = serving_engine(request.app[BACKEND], wanted)
+    prompt_counts = await prompt_tokens_within_context(engine, wanted)
     answers = await answer(engine, wanted, wanted.prompts[0], garbage=bool(request.get("garbage")))
     created = int(time.time())
     completion_id = "chatcmpl-" + ids.new_id("file")[5:]
-    counted = usage(engine, wanted.prompts, answers)
+    counted = usage(engine, prompt_counts, answers)
     if wanted.stream:
         response = await _start_stream(request)
         base = {
@@ -125,6 +132,7 @@ def _token_bytes(token: str) -> List[int]:
 async def completions(request: web.Request) -> web.StreamResponse:
     wanted = read_completion_request(await json_body(request), chat=False)
     engine = serving_engine(request.app[BACKEND], wanted)
+    prompt_counts = await prompt_tokens_within_context(engine, wanted)
     choices = []
     all_answers = []
     for prompt in wanted.prompts:
@@ -142,7 +150,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         "model": wanted.model_id,
         "choices": choices,
         "system_fingerprint": SYSTEM_FINGERPRINT,
-        "usage": usage(engine, wanted.prompts, all_answers),
+        "usage": usage(engine, prompt_counts, all_answers),
     }
     if wanted.stream:
         response = await _start_stream(request)

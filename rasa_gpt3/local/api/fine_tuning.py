@@ -11,12 +11,15 @@ from aiohttp import web
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.api.backend import BACKEND, Backend
 from rasa_gpt3.local.api.errors import ApiError
-from rasa_gpt3.local.api.params import expect, id_or_404, json_body, page, query_int
+from rasa_gpt3.local.api.params import expect, id_or_404, int_in, json_body, page, query_int, string_of_length
 from rasa_gpt3.local.engine_registry import engine_for_base_model
 from rasa_gpt3.local.jobs import job_event
 from rasa_gpt3.local.store import ACTIVE_STATUSES, PRIVATE, NotFound, public
 
 ORGANIZATION_ID = "org-local"
+# the spec's ranges for a job's seed and the length of its suffix
+SEED_RANGE = (0, 2**31 - 1)
+SUFFIX_LENGTH = (1, 64)
 # each hyperparameter's type and allowed range (besides "auto")
 HYPERPARAMETER_RANGES = {
     "n_epochs": (int, 1, 50),
@@ -74,6 +77,17 @@ async def create_job(request: web.Request) -> web.Response:
             code="model_not_available",
         ) from None
     hyperparameters = _hyperparameters(body)
+    # the values are checked against the spec before any file is looked up, as the API does
+    suffix = string_of_length(body, "suffix", *SUFFIX_LENGTH)
+    seed = int_in(body, "seed", *SEED_RANGE)
+    metadata = expect(body, "metadata", dict) or None
+    if metadata is not None:
+        if len(metadata) > 16 or any(
+            not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in metadata.items()
+        ):
+            raise ApiError(
+                400, "Invalid 'metadata': at most 16 string keys (64 chars) with string values (512).", param="metadata"
+            )
     training_file = expect(body, "training_file", str, required=True)
     validation_file = expect(body, "validation_file", str)
     for param, file_id in (("training_file", training_file), ("validation_file", validation_file)):
@@ -85,18 +99,6 @@ async def create_job(request: web.Request) -> web.Response:
             backend.store.get_file(file_id)
         except NotFound:
             raise ApiError(400, f"invalid {param}: {file_id[:80]}", param=param, code="invalid_file") from None
-    suffix = expect(body, "suffix", str)
-    if suffix is not None and len(suffix) > 64:
-        raise ApiError(400, "Invalid 'suffix': at most 64 characters.", param="suffix")
-    seed = expect(body, "seed", int)
-    metadata = expect(body, "metadata", dict) or None
-    if metadata is not None:
-        if len(metadata) > 16 or any(
-            not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512 for k, v in metadata.items()
-        ):
-            raise ApiError(
-                400, "Invalid 'metadata': at most 16 string keys (64 chars) with string values (512).", param="metadata"
-            )
     job = {
         "id": ids.new_id("job"),
         "object": "fine_tuning.job",
@@ -108,7 +110,7 @@ async def create_job(request: web.Request) -> web.Response:
         "model": base.name,
         "organization_id": ORGANIZATION_ID,
         "result_files": [],
-        "seed": seed if seed is not None else random.randint(0, 2**31 - 1),
+        "seed": seed if seed is not None else random.randint(*SEED_RANGE),
         "status": "validating_files",
         "trained_tokens": None,
         "training_file": training_file,
