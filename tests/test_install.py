@@ -1,4 +1,5 @@
 """The installed environment: dependency pins agree, every public module imports, the CLI answers."""
+
 import importlib
 import pkgutil
 import subprocess
@@ -37,14 +38,24 @@ def test_every_public_module_imports(name):
 def test_cli_help_lists_every_verb():
     result = subprocess.run([sys.executable, "-m", "rasa_gpt3.cli", "--help"], capture_output=True, text=True)
     assert result.returncode == 0
-    for verb in ("export", "validate", "fine-tune", "follow", "status", "cancel", "list", "results", "models",
-                 "evaluate", "local"):
+    for verb in (
+        "export",
+        "validate",
+        "fine-tune",
+        "follow",
+        "status",
+        "cancel",
+        "list",
+        "results",
+        "models",
+        "evaluate",
+        "local",
+    ):
         assert verb in result.stdout
 
 
 def _lora_requirements():
     import tomli
-
     from packaging.requirements import Requirement
 
     with open(Path(rasa_gpt3.__file__).resolve().parents[1] / "pyproject.toml", "rb") as handle:
@@ -63,7 +74,9 @@ def test_lora_extra_is_installed_at_its_pins():
     assert {r.name for r in requirements} >= {"torch", "transformers", "peft", "safetensors"}
     for requirement in requirements:
         assert requirement.specifier.contains(version(requirement.name), prereleases=True), (
-            requirement, version(requirement.name))
+            requirement,
+            version(requirement.name),
+        )
 
 
 def test_lora_libraries_work_in_one_process_with_rasa_and_tensorflow():

@@ -1,5 +1,6 @@
 """Fixtures of the LoRA engine's tests: the tiny stand-in base model, financial-demo's intent records relabelled
 for its tokenizer, and one adapter trained on them. CPU only; nothing is downloaded."""
+
 from __future__ import annotations
 
 import os
@@ -73,15 +74,21 @@ def tiny_records(financial_demo_export, tiny_codec):
 @pytest.fixture(scope="session")
 def trained(tiny_base, tiny_records, tmp_path_factory):
     """An adapter trained for 2 epochs on all of financial-demo's training records, with what the callbacks saw."""
+    from rasa_gpt3.local.engines import Hyperparameters
     from rasa_gpt3.local.lora.training import train_adapter
-    from rasa_gpt3.local.trainer import Hyperparameters
 
     steps: List[Dict[str, Any]] = []
     epochs: List[Dict[str, Any]] = []
     train, valid = tiny_records
     result = train_adapter(
-        tiny_base, train, valid,
+        tiny_base,
+        train,
+        valid,
         Hyperparameters(n_epochs=2, batch_size=16, learning_rate_multiplier=TINY_LEARNING_RATE_MULTIPLIER),
-        tmp_path_factory.mktemp("lora-run"), seed=7, on_step=steps.append, on_epoch=epochs.append, device="cpu",
+        tmp_path_factory.mktemp("lora-run"),
+        seed=7,
+        on_step=steps.append,
+        on_epoch=epochs.append,
+        device="cpu",
     )
     return result, steps, epochs

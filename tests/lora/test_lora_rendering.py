@@ -1,4 +1,5 @@
 """Records → token ids with the tokenizer's own chat template, answer-only labels, and tokenizer-aware labels."""
+
 from __future__ import annotations
 
 from rasa_gpt3 import prompts
@@ -53,13 +54,17 @@ def test_label_hook_says_which_labels_are_one_emitted_token(tiny_tokenizer):
     assert not is_single_token_label(tiny_tokenizer, "check_balance", "chat")
     # completion labels are emitted with their leading space, followed by the stop sequence
     assert is_single_token_label(tiny_tokenizer, "balance", "completion") == (
-        len(tiny_tokenizer(" balance", add_special_tokens=False)["input_ids"]) == 1)
-    assert LabelTokenizer(tiny_tokenizer, "chat").encode_ordinary("balance") == tiny_tokenizer(
-        "balance", add_special_tokens=False)["input_ids"]
+        len(tiny_tokenizer(" balance", add_special_tokens=False)["input_ids"]) == 1
+    )
+    assert (
+        LabelTokenizer(tiny_tokenizer, "chat").encode_ordinary("balance")
+        == tiny_tokenizer("balance", add_special_tokens=False)["input_ids"]
+    )
 
 
-def test_label_codec_built_on_the_served_tokenizer_gives_single_token_labels(tiny_codec, tiny_tokenizer,
-                                                                             financial_demo_export):
+def test_label_codec_built_on_the_served_tokenizer_gives_single_token_labels(
+    tiny_codec, tiny_tokenizer, financial_demo_export
+):
     assert set(tiny_codec.labels) == set(financial_demo_export.codec.labels)  # every intent of the bot
     assert len(set(tiny_codec.labels.values())) == len(tiny_codec.labels)
     for label in tiny_codec.labels.values():

@@ -1,4 +1,5 @@
 """Serving the tiny stand-in with LoRA adapters: real next-token logprobs, stops, seeds, swaps, export, errors."""
+
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from collections import Counter
 import pytest
 
 from rasa_gpt3 import prompts
-from rasa_gpt3.local.lora.adapter_export import export_adapter, vllm_instructions
+from rasa_gpt3.local.lora.adapter_files import read_adapter, vllm_instructions, write_adapter
 from rasa_gpt3.local.lora.errors import BASE_MODEL_NOT_FOUND, CONTEXT_LENGTH_EXCEEDED, INVALID_ADAPTER, LoraError
 from rasa_gpt3.local.lora.serving import MAX_TOP_LOGPROBS, AdapterHost, host_for
 
@@ -29,8 +30,7 @@ def _vocabulary_pieces(tokenizer):
 
 def test_top_20_are_tokenizer_pieces_with_the_models_probabilities(host, trained, tiny_tokenizer, tiny_codec):
     result, _, _ = trained
-    generation = host.generate(result.path, messages=_question("what is my balance"), max_tokens=1,
-                               top_logprobs=20)
+    generation = host.generate(result.path, messages=_question("what is my balance"), max_tokens=1, top_logprobs=20)
     assert generation.finish_reason == "length"
     assert len(generation.tokens) == len(generation.logprobs) == len(generation.top) == 1
     top = generation.top[0]
@@ -78,8 +78,10 @@ def test_base_model_and_adapter_differ_and_swapping_back_restores_each(host, tra
 
 def test_seeded_sampling_repeats_and_seeds_differ(host, trained):
     result, _, _ = trained
-    sample = lambda seed: host.generate(result.path, prompt="hello there", max_tokens=8, temperature=1.5,  # noqa: E731
-                                        seed=seed).text
+
+    def sample(seed):
+        return host.generate(result.path, prompt="hello there", max_tokens=8, temperature=1.5, seed=seed).text
+
     assert sample(11) == sample(11)
     assert len({sample(seed) for seed in range(6)}) > 1
     greedy = [host.generate(result.path, prompt="hello there", max_tokens=8, temperature=0).text for _ in range(2)]
@@ -100,15 +102,19 @@ def test_concurrent_requests_on_two_adapters_get_their_own_answers(host, trained
     result, _, _ = trained
     adapters = [result.path, result.checkpoints[0].path]
     questions = [_question(text) for text in ("hi", "show my transactions", "bye", "send money to Anna")]
-    expected = {(a, q): host.generate(adapters[a], messages=questions[q], max_tokens=3, top_logprobs=2).top
-                for a in range(2) for q in range(4)}
+    expected = {
+        (a, q): host.generate(adapters[a], messages=questions[q], max_tokens=3, top_logprobs=2).top
+        for a in range(2)
+        for q in range(4)
+    }
     assert expected[(0, 0)] != expected[(1, 0)]
     got = {}
 
     def ask(a, q):
         for _ in range(3):
             got.setdefault((a, q), []).append(
-                host.generate(adapters[a], messages=questions[q], max_tokens=3, top_logprobs=2).top)
+                host.generate(adapters[a], messages=questions[q], max_tokens=3, top_logprobs=2).top
+            )
 
     threads = [threading.Thread(target=ask, args=key) for key in expected]
     for thread in threads:
@@ -129,25 +135,47 @@ def test_counts_and_context_length_come_from_tokenizer_and_config(host, tiny_tok
     assert raised.value.code == CONTEXT_LENGTH_EXCEEDED and "1024" in raised.value.message
 
 
-def test_an_exported_adapter_is_peft_format_and_answers_the_same(host, trained, tmp_path):
+def test_an_adapter_read_into_arrays_and_written_back_answers_the_same(host, trained, tmp_path):
     result, _, _ = trained
-    written = export_adapter(result.path, tmp_path / "export", base_model_name="ORG/tiny")
+    weights = read_adapter(result.path)
+    assert weights.config["r"] == 16 and all(value.dtype.name == "float32" for value in weights.tensors.values())
+    written = write_adapter(weights, tmp_path / "export", base_model_name="ORG/tiny")
     assert sorted(p.name for p in written) == ["adapter_config.json", "adapter_model.safetensors"]
-    assert json.loads((tmp_path / "export" / "adapter_config.json").read_text())["base_model_name_or_path"] == "ORG/tiny"
+    config = json.loads((tmp_path / "export" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "ORG/tiny" and config["peft_type"] == "LORA"
     question = _question("are you a bot")
-    assert (host.generate(tmp_path / "export", messages=question, max_tokens=3, top_logprobs=5).top
-            == host.generate(result.path, messages=question, max_tokens=3, top_logprobs=5).top)
-    assert host.unload_adapter(tmp_path / "export") and not host.unload_adapter(tmp_path / "export")
+    answers = [
+        host.generate(adapter, messages=question, max_tokens=3, top_logprobs=5).top
+        for adapter in (result.path, tmp_path / "export", weights)
+    ]
+    assert answers[0] == answers[1] == answers[2]
+    assert host.unload_adapter(weights) and not host.unload_adapter(weights)
     text = vllm_instructions("ORG/tiny", "bot-intents", tmp_path / "export", rank=32)
     assert "--enable-lora" in text and "--max-logprobs 20" in text and "--max-lora-rank 32" in text
+
+
+def test_weights_that_do_not_fit_the_base_model_are_refused_and_leave_the_others(host, trained, tmp_path):
+    from rasa_gpt3.local.lora.adapter_files import AdapterWeights
+
+    result, _, _ = trained
+    weights = read_adapter(result.path)
+    question = _question("bye")
+    before = host.generate(result.path, messages=question, max_tokens=2, top_logprobs=3).top
+    renamed = AdapterWeights(
+        config=weights.config, tensors={k.replace("layers.0", "layers.7"): v for k, v in weights.tensors.items()}
+    )
+    with pytest.raises(LoraError) as raised:
+        host.generate(renamed, messages=question, max_tokens=1)
+    assert raised.value.code == INVALID_ADAPTER
+    assert host.generate(result.path, messages=question, max_tokens=2, top_logprobs=3).top == before
 
 
 def test_not_an_adapter_fails_clearly(host, tmp_path):
     with pytest.raises(LoraError) as raised:
         host.generate(tmp_path, prompt="hi", max_tokens=1)
-    assert raised.value.code == INVALID_ADAPTER
+    assert raised.value.code == INVALID_ADAPTER and str(tmp_path) in raised.value.message
     with pytest.raises(LoraError):
-        export_adapter(tmp_path, tmp_path / "out")
+        read_adapter(tmp_path)
 
 
 def test_missing_base_model_directory_fails_clearly(tmp_path):
@@ -169,7 +197,8 @@ def test_hub_model_offline_and_not_cached_is_refused_in_one_line(tmp_path, monke
         resolve_base_model("hf:Qwen/Qwen2.5-0.5B-Instruct", announce=announced.append)
     message = raised.value.message
     assert raised.value.code == BASE_MODEL_NOT_FOUND and "\n" not in message
-    assert "hf:Qwen/Qwen2.5-0.5B-Instruct" in message and str(tmp_path / "hub") in message and "HF_HUB_OFFLINE" in message
+    assert "hf:Qwen/Qwen2.5-0.5B-Instruct" in message and str(tmp_path / "hub") in message
+    assert "HF_HUB_OFFLINE" in message
     assert announced == []
 
 

@@ -1,4 +1,5 @@
 """LoRA training on financial-demo with the tiny stand-in model: loss, metrics, checkpoints, adapter, seed, cancel."""
+
 from __future__ import annotations
 
 import json
@@ -7,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from rasa_gpt3.local.engines import Hyperparameters, TrainingCancelled
 from rasa_gpt3.local.lora.errors import INVALID_SETTINGS, NO_CHAT_TEMPLATE, LoraError
 from rasa_gpt3.local.lora.training import LoraSettings, train_adapter
-from rasa_gpt3.local.trainer import Hyperparameters, TrainingCancelled
 from tests.lora.conftest import TINY_LEARNING_RATE_MULTIPLIER
 
 
@@ -26,7 +27,8 @@ def test_training_loss_falls_and_every_step_is_reported(trained, tiny_records):
     first, last = _mean(row["train_loss"] for row in steps[:3]), _mean(row["train_loss"] for row in steps[-3:])
     assert last < 0.6 * first, (first, last)
     assert _mean(row["train_mean_token_accuracy"] for row in steps[-3:]) > _mean(
-        row["train_mean_token_accuracy"] for row in steps[:3])
+        row["train_mean_token_accuracy"] for row in steps[:3]
+    )
     assert all(0 <= row["train_mean_token_accuracy"] <= 1 for row in steps)
     assert {row["epoch"] for row in steps} == {1, 2}
     assert result.trained_tokens > 2 * len(tiny_records[0]) * 10  # each record is dozens of tokens
@@ -60,10 +62,16 @@ def test_final_adapter_is_on_disk_in_peft_format(trained, tiny_base):
 
 def _small_run(tiny_base, tiny_records, out_dir, seed, **options):
     train, valid = tiny_records
-    return train_adapter(tiny_base, train[:48], valid[:16],
-                         Hyperparameters(n_epochs=1, batch_size=8,
-                                         learning_rate_multiplier=TINY_LEARNING_RATE_MULTIPLIER),
-                         out_dir, seed=seed, device="cpu", **options)
+    return train_adapter(
+        tiny_base,
+        train[:48],
+        valid[:16],
+        Hyperparameters(n_epochs=1, batch_size=8, learning_rate_multiplier=TINY_LEARNING_RATE_MULTIPLIER),
+        out_dir,
+        seed=seed,
+        device="cpu",
+        **options,
+    )
 
 
 def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(tiny_base, tiny_records, tmp_path):
@@ -79,8 +87,9 @@ def test_same_seed_gives_the_same_adapter_and_another_seed_does_not(tiny_base, t
 def test_cancel_stops_training_within_a_step(tiny_base, tiny_records, tmp_path):
     seen = []
     with pytest.raises(TrainingCancelled):
-        _small_run(tiny_base, tiny_records, tmp_path / "run", seed=0, on_step=seen.append,
-                   should_stop=lambda: len(seen) >= 2)
+        _small_run(
+            tiny_base, tiny_records, tmp_path / "run", seed=0, on_step=seen.append, should_stop=lambda: len(seen) >= 2
+        )
     assert len(seen) == 2  # 6 steps were planned; the third step's forward pass did not start
     assert not (tmp_path / "run" / "adapter").exists()
 
@@ -89,8 +98,9 @@ def test_chat_records_on_a_tokenizer_without_chat_template_fail_clearly(tmp_path
     from rasa_gpt3.local.lora.base_model import resolve_base_model
     from rasa_gpt3.local.lora.tiny import build_tiny_model
 
-    base = resolve_base_model(str(build_tiny_model(tmp_path / "plain", ["hello there", "bye now"] * 20,
-                                                   vocab_size=300, chat_template=False)))
+    base = resolve_base_model(
+        str(build_tiny_model(tmp_path / "plain", ["hello there", "bye now"] * 20, vocab_size=300, chat_template=False))
+    )
     with pytest.raises(LoraError) as raised:
         _small_run(base, tiny_records, tmp_path / "run", seed=0)
     assert raised.value.code == NO_CHAT_TEMPLATE
@@ -103,19 +113,35 @@ def test_completion_records_train_without_a_chat_template(tmp_path):
     from rasa_gpt3.local.lora.tiny import build_tiny_model
 
     texts = ["hello there", "good morning", "bye now", "see you later"] * 5
-    base = resolve_base_model(str(build_tiny_model(tmp_path / "plain", texts + [prompts.SEPARATOR],
-                                                   vocab_size=300, chat_template=False)))
-    records = [prompts.intent_record(text, "greet" if i % 4 < 2 else "bye", "completion")
-               for i, text in enumerate(texts)]
-    result = train_adapter(base, records, [], Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0),
-                           tmp_path / "run", seed=0, device="cpu")
+    base = resolve_base_model(
+        str(build_tiny_model(tmp_path / "plain", texts + [prompts.SEPARATOR], vocab_size=300, chat_template=False))
+    )
+    records = [
+        prompts.intent_record(text, "greet" if i % 4 < 2 else "bye", "completion") for i, text in enumerate(texts)
+    ]
+    result = train_adapter(
+        base,
+        records,
+        [],
+        Hyperparameters(n_epochs=1, batch_size=4, learning_rate_multiplier=1.0),
+        tmp_path / "run",
+        seed=0,
+        device="cpu",
+    )
     assert result.steps == 5 and (result.path / "adapter_model.safetensors").is_file()
     assert len(result.checkpoints) == 1 and "full_valid_loss" not in result.checkpoints[0].metrics
 
 
 def test_lora_settings_come_from_job_metadata_strings():
-    settings = LoraSettings.from_metadata({"lora_rank": "8", "lora_alpha": "16", "lora_dropout": "0",
-                                           "lora_target_modules": "q_proj, v_proj", "task": "intent"})
+    settings = LoraSettings.from_metadata(
+        {
+            "lora_rank": "8",
+            "lora_alpha": "16",
+            "lora_dropout": "0",
+            "lora_target_modules": "q_proj, v_proj",
+            "task": "intent",
+        }
+    )
     assert (settings.rank, settings.alpha, settings.dropout) == (8, 16, 0.0)
     assert settings.target_modules == ("q_proj", "v_proj")
     assert LoraSettings.from_metadata(None) == LoraSettings()
@@ -127,6 +153,7 @@ def test_lora_settings_come_from_job_metadata_strings():
 
 def test_target_modules_that_do_not_exist_fail_clearly(tiny_base, tiny_records, tmp_path):
     with pytest.raises(LoraError) as raised:
-        _small_run(tiny_base, tiny_records, tmp_path / "run", seed=0,
-                   settings=LoraSettings(target_modules=("no_such_layer",)))
+        _small_run(
+            tiny_base, tiny_records, tmp_path / "run", seed=0, settings=LoraSettings(target_modules=("no_such_layer",))
+        )
     assert raised.value.code == INVALID_SETTINGS and "no_such_layer" in raised.value.message

@@ -7,9 +7,11 @@ imports none of them, so `is_installed()` can be asked cheaply before anything h
 - rendering: records and requests → token ids with the tokenizer's own chat template; tokenizer-aware labels.
 - training: LoRA fine-tuning with transformers' Trainer and peft, with per-step metrics, checkpoints and cancel.
 - serving: one base model loaded once, adapters swapped on it, generation with real next-token logprobs.
-- adapter_export: an adapter in PEFT format for other servers (vLLM).
+- adapter_files: an adapter in PEFT format: read into arrays, written back for other servers (vLLM).
+- engine: the LoRA engine behind the local backend's engine seam (rasa_gpt3/local/engines.py).
 - tiny: a tiny random model and tokenizer built on the spot, the stand-in that tests and benchmarks use.
 """
+
 from __future__ import annotations
 
 import importlib.util

@@ -5,6 +5,7 @@ Hugging Face id is looked up in the cache and, when it is not there, downloaded 
 in one line when downloads are off (HF_HUB_OFFLINE=1) or impossible. `load_tokenizer` and `load_causal_lm` then
 load what the trainer and the server need; the heavy libraries are imported only there.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -63,17 +64,20 @@ def downloads_disabled() -> bool:
 def resolve_base_model(name: str, *, announce: Callable[[str], None] = print) -> BaseModelSource:
     """The directory of base model `name`, downloading a Hub model not yet cached; raises LoraError."""
     if name.startswith(HF_PREFIX):
-        repo_id = name[len(HF_PREFIX):].strip()
+        repo_id = name[len(HF_PREFIX) :].strip()
         if repo_id.count("/") != 1 or not all(repo_id.split("/")):
             raise LoraError(BASE_MODEL_NOT_FOUND, f"base model '{name}' is not of the form hf:ORG/NAME")
         return BaseModelSource(name=name, path=_hub_snapshot(name, repo_id, announce), repo_id=repo_id)
     path = Path(name).expanduser()
     if not path.is_dir():
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"base model directory {path} does not exist "
-                                              "(give a directory written by save_pretrained, or hf:ORG/NAME)")
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND,
+            f"base model directory {path} does not exist (give a directory written by save_pretrained, or hf:ORG/NAME)",
+        )
     if not (path / "config.json").is_file():
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"{path} is not a model directory as save_pretrained writes it "
-                                              "(no config.json)")
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND, f"{path} is not a model directory as save_pretrained writes it (no config.json)"
+        )
     return BaseModelSource(name=name, path=path.resolve())
 
 
@@ -84,29 +88,40 @@ def _hub_snapshot(name: str, repo_id: str, announce: Callable[[str], None]) -> P
 
     cache = hf_cache_dir()
     try:
-        return Path(snapshot_download(repo_id, cache_dir=cache, local_files_only=True,
-                                      allow_patterns=list(DOWNLOAD_PATTERNS)))
+        return Path(
+            snapshot_download(repo_id, cache_dir=cache, local_files_only=True, allow_patterns=list(DOWNLOAD_PATTERNS))
+        )
     except LocalEntryNotFoundError:
         pass
     if downloads_disabled():
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"base model {name} is not in the Hugging Face cache {cache} and "
-                                              "downloads are off (HF_HUB_OFFLINE); download it where you are online "
-                                              "or give a local model directory")
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND,
+            f"base model {name} is not in the Hugging Face cache {cache} and "
+            "downloads are off (HF_HUB_OFFLINE); download it where you are online "
+            "or give a local model directory",
+        )
     try:
         info = HfApi().model_info(repo_id, files_metadata=True)
-        size = sum(sibling.size or 0 for sibling in info.siblings or []
-                   if any(fnmatch.fnmatch(sibling.rfilename, pattern) for pattern in DOWNLOAD_PATTERNS))
+        size = sum(
+            sibling.size or 0
+            for sibling in info.siblings or []
+            if any(fnmatch.fnmatch(sibling.rfilename, pattern) for pattern in DOWNLOAD_PATTERNS)
+        )
         announce(f"Downloading base model {name} ({_human_size(size)}) into {cache}")
         return Path(snapshot_download(repo_id, cache_dir=cache, allow_patterns=list(DOWNLOAD_PATTERNS)))
     except RepositoryNotFoundError:
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"base model {name}: no such model on Hugging Face "
-                                              "(or it is gated: log in with `hf auth login`)") from None
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND,
+            f"base model {name}: no such model on Hugging Face (or it is gated: log in with `hf auth login`)",
+        ) from None
     except LoraError:
         raise
     except Exception as error:  # network, disk: the job fails with the reason, the process keeps running
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"base model {name} is not in the Hugging Face cache {cache} and "
-                                              f"could not be downloaded: {reason[:200]}") from None
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND,
+            f"base model {name} is not in the Hugging Face cache {cache} and could not be downloaded: {reason[:200]}",
+        ) from None
 
 
 def _human_size(size: int) -> str:
@@ -125,11 +140,16 @@ def load_tokenizer(source: BaseModelSource, *, needs_chat_template: bool) -> Any
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(source.path))
     except (OSError, ValueError) as error:
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"cannot load the tokenizer of base model {source.name}: "
-                                              f"{str(error).splitlines()[0][:200]}") from None
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND,
+            f"cannot load the tokenizer of base model {source.name}: {str(error).splitlines()[0][:200]}",
+        ) from None
     if needs_chat_template and not getattr(tokenizer, "chat_template", None):
-        raise LoraError(NO_CHAT_TEMPLATE, f"the tokenizer of base model {source.name} has no chat template: use an "
-                                          "instruct/chat model, or export completion records (--format completion)")
+        raise LoraError(
+            NO_CHAT_TEMPLATE,
+            f"the tokenizer of base model {source.name} has no chat template: use an "
+            "instruct/chat model, or export completion records (--format completion)",
+        )
     if tokenizer.pad_token_id is None:
         # padding positions are masked out of attention and loss, so any token will do
         tokenizer.pad_token = tokenizer.eos_token
@@ -154,8 +174,10 @@ def load_causal_lm(source: BaseModelSource, device: Optional[str] = None) -> Any
     try:
         model = AutoModelForCausalLM.from_pretrained(str(source.path), dtype=dtype)
     except (OSError, ValueError) as error:
-        raise LoraError(BASE_MODEL_NOT_FOUND, f"cannot load base model {source.name} as a causal language model: "
-                                              f"{str(error).splitlines()[0][:200]}") from None
+        raise LoraError(
+            BASE_MODEL_NOT_FOUND,
+            f"cannot load base model {source.name} as a causal language model: {str(error).splitlines()[0][:200]}",
+        ) from None
     return model.to(device).eval()
 
 

@@ -1,4 +1,5 @@
 """The one error type of the LoRA engine: a code a fine-tuning job can carry and a one-line message."""
+
 from __future__ import annotations
 
 from rasa_gpt3.errors import RasaGPT3Error
@@ -27,5 +28,6 @@ class LoraError(RasaGPT3Error):
 def require_installed() -> None:
     """Raises LoraError(MISSING_DEPENDENCY) when the `lora` extra is not installed."""
     if not is_installed():
-        raise LoraError(MISSING_DEPENDENCY, f"fine-tuning open-weights models needs {', '.join(REQUIRED_MODULES)}: "
-                                            f"{INSTALL_HINT}")
+        raise LoraError(
+            MISSING_DEPENDENCY, f"fine-tuning open-weights models needs {', '.join(REQUIRED_MODULES)}: {INSTALL_HINT}"
+        )

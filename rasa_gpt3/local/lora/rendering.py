@@ -8,6 +8,7 @@ Prompt and answer are tokenized separately, exactly as the server later tokenize
 generates, and only the answer's tokens carry a training label (loss on the assistant turn only). Earlier
 assistant turns of a conversation are context, not trained.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,34 +35,47 @@ class EncodedExample:
 
     def as_features(self) -> Dict[str, List[int]]:
         """The dict a data collator takes."""
-        return {"input_ids": list(self.input_ids), "labels": list(self.labels),
-                "attention_mask": [1] * len(self.input_ids)}
+        return {
+            "input_ids": list(self.input_ids),
+            "labels": list(self.labels),
+            "attention_mask": [1] * len(self.input_ids),
+        }
 
 
 def chat_messages(messages: Iterable[Dict[str, Any]]) -> List[Dict[str, str]]:
     """Messages as chat templates expect them: string content, OpenAI's `developer` role as `system`."""
-    return [{"role": "system" if message.get("role") == "developer" else str(message.get("role")),
-             "content": "" if message.get("content") is None else str(message.get("content"))}
-            for message in messages]
+    return [
+        {
+            "role": "system" if message.get("role") == "developer" else str(message.get("role")),
+            "content": "" if message.get("content") is None else str(message.get("content")),
+        }
+        for message in messages
+    ]
 
 
 def _render(tokenizer: Any, messages: List[Dict[str, str]], add_generation_prompt: bool) -> str:
     if not getattr(tokenizer, "chat_template", None):
-        raise LoraError(NO_CHAT_TEMPLATE, f"the tokenizer of {tokenizer.name_or_path} has no chat template: "
-                                          "chat messages need one (use completion records or an instruct model)")
+        raise LoraError(
+            NO_CHAT_TEMPLATE,
+            f"the tokenizer of {tokenizer.name_or_path} has no chat template: "
+            "chat messages need one (use completion records or an instruct model)",
+        )
     try:
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=add_generation_prompt)
     except Exception as error:  # jinja2 TemplateError: e.g. a template that refuses a system message
-        raise LoraError(CHAT_TEMPLATE_FAILED, f"the chat template of {tokenizer.name_or_path} rejects these "
-                                              f"messages: {str(error).splitlines()[0][:200]}") from None
+        raise LoraError(
+            CHAT_TEMPLATE_FAILED,
+            f"the chat template of {tokenizer.name_or_path} rejects these messages: {str(error).splitlines()[0][:200]}",
+        ) from None
 
 
 def _ids(tokenizer: Any, text: str, special: bool = False) -> List[int]:
     return list(tokenizer(text, add_special_tokens=special)["input_ids"])
 
 
-def prompt_ids(tokenizer: Any, *, messages: Optional[Sequence[Dict[str, Any]]] = None,
-               prompt: Optional[str] = None) -> List[int]:
+def prompt_ids(
+    tokenizer: Any, *, messages: Optional[Sequence[Dict[str, Any]]] = None, prompt: Optional[str] = None
+) -> List[int]:
     """The token ids the model reads before it answers: chat messages with the generation prompt, or a prompt."""
     if messages is not None:
         return _ids(tokenizer, _render(tokenizer, chat_messages(messages), add_generation_prompt=True))
@@ -77,7 +91,7 @@ def _chat_answer_text(tokenizer: Any, messages: List[Dict[str, str]]) -> Tuple[s
     prompt = _render(tokenizer, messages[:-1], add_generation_prompt=True)
     full = _render(tokenizer, messages, add_generation_prompt=False)
     if full.startswith(prompt):
-        return prompt, full[len(prompt):]
+        return prompt, full[len(prompt) :]
     # templates that rewrite earlier turns once an answer follows: the answer then its end-of-sequence token
     return prompt, messages[-1]["content"] + (tokenizer.eos_token or "")
 
@@ -140,8 +154,9 @@ def emitted_label_ids(tokenizer: Any, label_text: str, fmt: str) -> List[int]:
     """
     prompts.label_token(label_text, fmt)  # raises ValueError for an unknown format
     if fmt == "chat":
-        _, answer_text = _chat_answer_text(tokenizer, [{"role": "user", "content": _PROBE_USER},
-                                                       {"role": "assistant", "content": label_text}])
+        _, answer_text = _chat_answer_text(
+            tokenizer, [{"role": "user", "content": _PROBE_USER}, {"role": "assistant", "content": label_text}]
+        )
     else:
         answer_text = label_text + prompts.STOP
     ids = _ids(tokenizer, answer_text)

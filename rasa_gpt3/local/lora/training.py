@@ -12,6 +12,7 @@ same dict keys as the stand-in trainer of rasa_gpt3.local.trainer), `on_epoch` g
 loss and accuracy together with the checkpoint the Trainer just saved (the adapter in PEFT format), and
 `should_stop` is asked before every forward pass: when it says yes, TrainingCancelled leaves within one step.
 """
+
 from __future__ import annotations
 
 import math
@@ -21,11 +22,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Union
 
-from rasa_gpt3.local.lora.base_model import BaseModelSource, context_length, load_causal_lm, load_tokenizer
-from rasa_gpt3.local.lora.base_model import pick_device
+from rasa_gpt3.local.engines import Hyperparameters, TrainingCancelled
+from rasa_gpt3.local.lora.base_model import BaseModelSource, context_length, load_causal_lm, load_tokenizer, pick_device
 from rasa_gpt3.local.lora.errors import INVALID_SETTINGS, OUT_OF_MEMORY, LoraError, require_installed
 from rasa_gpt3.local.lora.rendering import IGNORE_INDEX, EncodedExample, encode_record, stop_token_ids
-from rasa_gpt3.local.trainer import Hyperparameters, TrainingCancelled
 
 # AdamW step size at learning_rate_multiplier 1.0: the usual LoRA rate (PEFT's and QLoRA's examples use 1e-4..3e-4)
 BASE_LEARNING_RATE = 2e-4
@@ -46,12 +46,16 @@ class LoraSettings:
     max_length: int = 1024  # longest training example in tokens (capped by the model's context)
 
     @classmethod
-    def from_metadata(cls, metadata: Optional[Dict[str, Any]]) -> "LoraSettings":
+    def from_metadata(cls, metadata: Optional[Dict[str, Any]]) -> LoraSettings:
         """The defaults with a job's metadata overrides applied; LoraError(INVALID_SETTINGS) for a bad value."""
         metadata = metadata or {}
         settings = cls()
-        readers = {"lora_rank": ("rank", int), "lora_alpha": ("alpha", int), "lora_dropout": ("dropout", float),
-                   "max_length": ("max_length", int)}
+        readers = {
+            "lora_rank": ("rank", int),
+            "lora_alpha": ("alpha", int),
+            "lora_dropout": ("dropout", float),
+            "max_length": ("max_length", int),
+        }
         for key, (name, kind) in readers.items():
             if metadata.get(key) not in (None, ""):
                 try:
@@ -64,16 +68,24 @@ class LoraSettings:
                 targets = tuple(part.strip() for part in targets.split(",") if part.strip())
             settings = replace(settings, target_modules=targets)
         if settings.rank < 1 or settings.alpha < 1 or not 0 <= settings.dropout < 1 or settings.max_length < 8:
-            raise LoraError(INVALID_SETTINGS, f"LoRA settings out of range: rank {settings.rank} and alpha "
-                                              f"{settings.alpha} must be >= 1, dropout {settings.dropout} in [0, 1), "
-                                              f"max_length {settings.max_length} >= 8")
+            raise LoraError(
+                INVALID_SETTINGS,
+                f"LoRA settings out of range: rank {settings.rank} and alpha "
+                f"{settings.alpha} must be >= 1, dropout {settings.dropout} in [0, 1), "
+                f"max_length {settings.max_length} >= 8",
+            )
         return settings
 
     def as_dict(self) -> Dict[str, Any]:
         """The settings as a job or model reports them."""
         targets = self.target_modules if isinstance(self.target_modules, str) else list(self.target_modules)
-        return {"rank": self.rank, "alpha": self.alpha, "dropout": self.dropout, "target_modules": targets,
-                "max_length": self.max_length}
+        return {
+            "rank": self.rank,
+            "alpha": self.alpha,
+            "dropout": self.dropout,
+            "target_modules": targets,
+            "max_length": self.max_length,
+        }
 
 
 @dataclass
@@ -113,8 +125,12 @@ class _Meter:
             predicted = logits[:, :-1, :].float()
             targets = labels[:, 1:]
             mask = targets != IGNORE_INDEX
-            loss = torch.nn.functional.cross_entropy(predicted.reshape(-1, predicted.shape[-1]), targets.reshape(-1),
-                                                     ignore_index=IGNORE_INDEX, reduction="sum")
+            loss = torch.nn.functional.cross_entropy(
+                predicted.reshape(-1, predicted.shape[-1]),
+                targets.reshape(-1),
+                ignore_index=IGNORE_INDEX,
+                reduction="sum",
+            )
             correct = ((predicted.argmax(dim=-1) == targets) & mask).sum()
             sums = self.sums[training]
             sums[0] += float(loss)
@@ -143,16 +159,23 @@ def _trainer_class() -> Any:
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if self.should_stop is not None and self.should_stop():
                 raise TrainingCancelled()
-            loss, outputs = super().compute_loss(model, inputs, return_outputs=True,
-                                                 num_items_in_batch=num_items_in_batch)
+            loss, outputs = super().compute_loss(
+                model, inputs, return_outputs=True, num_items_in_batch=num_items_in_batch
+            )
             self.meter.add(outputs.logits, inputs["labels"], training=model.training)
             return (loss, outputs) if return_outputs else loss
 
     return MeteredTrainer
 
 
-def _callback(meter: _Meter, steps_per_epoch: int, on_step: Optional[StepCallback],
-              on_epoch: Optional[StepCallback], rows: List[Dict[str, Any]], checkpoints: List[Checkpoint]) -> Any:
+def _callback(
+    meter: _Meter,
+    steps_per_epoch: int,
+    on_step: Optional[StepCallback],
+    on_epoch: Optional[StepCallback],
+    rows: List[Dict[str, Any]],
+    checkpoints: List[Checkpoint],
+) -> Any:
     from transformers import TrainerCallback
 
     class Reporter(TrainerCallback):
@@ -165,9 +188,13 @@ def _callback(meter: _Meter, steps_per_epoch: int, on_step: Optional[StepCallbac
             measured = meter.pop(training=True)
             if measured is None:
                 return
-            metrics = {"step": state.global_step, "total_steps": state.max_steps,
-                       "epoch": min(math.ceil(state.global_step / steps_per_epoch), int(args.num_train_epochs)),
-                       "train_loss": measured["loss"], "train_mean_token_accuracy": measured["accuracy"]}
+            metrics = {
+                "step": state.global_step,
+                "total_steps": state.max_steps,
+                "epoch": min(math.ceil(state.global_step / steps_per_epoch), int(args.num_train_epochs)),
+                "train_loss": measured["loss"],
+                "train_mean_token_accuracy": measured["accuracy"],
+            }
             rows.append(metrics)
             if on_step is not None:
                 on_step(metrics)
@@ -183,16 +210,23 @@ def _callback(meter: _Meter, steps_per_epoch: int, on_step: Optional[StepCallbac
                 summary["full_valid_mean_token_accuracy"] = self.validation["accuracy"]
             self.validation = None
             path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            checkpoints.append(Checkpoint(step=state.global_step, epoch=epoch, path=path,
-                                          metrics={k: v for k, v in summary.items() if k.startswith("full_")}))
+            checkpoints.append(
+                Checkpoint(
+                    step=state.global_step,
+                    epoch=epoch,
+                    path=path,
+                    metrics={k: v for k, v in summary.items() if k.startswith("full_")},
+                )
+            )
             if on_epoch is not None:
                 on_epoch({**summary, "checkpoint": str(path)})
 
     return Reporter()
 
 
-def encode_records(tokenizer: Any, records: Sequence[Dict[str, Any]], max_length: int,
-                   generation_config: Any = None) -> List[EncodedExample]:
+def encode_records(
+    tokenizer: Any, records: Sequence[Dict[str, Any]], max_length: int, generation_config: Any = None
+) -> List[EncodedExample]:
     """Every record as token ids with answer-only labels (see rendering.encode_record)."""
     stops = stop_token_ids(tokenizer, generation_config)
     return [encode_record(tokenizer, record, stops, max_length) for record in records]
@@ -237,21 +271,34 @@ def train_adapter(
     tokenizer = load_tokenizer(base, needs_chat_template=needs_template)
     model = load_causal_lm(base, device)
     max_length = min(settings.max_length, context_length(model.config, tokenizer))
-    train = [example.as_features() for example in encode_records(tokenizer, train_records, max_length,
-                                                                 model.generation_config)]
-    valid = [example.as_features() for example in encode_records(tokenizer, valid_records, max_length,
-                                                                 model.generation_config)]
+    train = [
+        example.as_features()
+        for example in encode_records(tokenizer, train_records, max_length, model.generation_config)
+    ]
+    valid = [
+        example.as_features()
+        for example in encode_records(tokenizer, valid_records, max_length, model.generation_config)
+    ]
     set_seed(seed)  # the LoRA matrices' initial values come from torch's generator
     try:
-        model = get_peft_model(model, LoraConfig(r=settings.rank, lora_alpha=settings.alpha,
-                                                 lora_dropout=settings.dropout,
-                                                 target_modules=settings.target_modules
-                                                 if isinstance(settings.target_modules, str)
-                                                 else list(settings.target_modules),
-                                                 task_type="CAUSAL_LM"))
+        model = get_peft_model(
+            model,
+            LoraConfig(
+                r=settings.rank,
+                lora_alpha=settings.alpha,
+                lora_dropout=settings.dropout,
+                target_modules=settings.target_modules
+                if isinstance(settings.target_modules, str)
+                else list(settings.target_modules),
+                task_type="CAUSAL_LM",
+            ),
+        )
     except ValueError as error:
-        raise LoraError(INVALID_SETTINGS, f"LoRA target modules {settings.as_dict()['target_modules']} do not fit "
-                                          f"{base.name}: {str(error).splitlines()[0][:200]}") from None
+        raise LoraError(
+            INVALID_SETTINGS,
+            f"LoRA target modules {settings.as_dict()['target_modules']} do not fit "
+            f"{base.name}: {str(error).splitlines()[0][:200]}",
+        ) from None
     batch_size = max(1, min(hyperparameters.batch_size, len(train)))
     steps_per_epoch = math.ceil(len(train) / batch_size)
     args = TrainingArguments(
@@ -280,10 +327,14 @@ def train_adapter(
     rows: List[Dict[str, Any]] = []
     checkpoints: List[Checkpoint] = []
     trainer = _trainer_class()(
-        model=model, args=args, train_dataset=train, eval_dataset=valid or None,
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=valid or None,
         data_collator=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=IGNORE_INDEX, padding=True),
         callbacks=[_callback(meter, steps_per_epoch, on_step, on_epoch, rows, checkpoints)],
-        meter=meter, should_stop=should_stop,
+        meter=meter,
+        should_stop=should_stop,
     )
     trainer.remove_callback(PrinterCallback)  # it prints every log dict to stdout; the callbacks report instead
     started = time.perf_counter()
@@ -293,8 +344,12 @@ def train_adapter(
         raise
     except Exception as error:
         if _is_out_of_memory(error):
-            raise LoraError(OUT_OF_MEMORY, f"out of memory training {base.name} on {device} with batch_size "
-                                           f"{batch_size}: use a smaller batch_size, max_length or base model") from None
+            raise LoraError(
+                OUT_OF_MEMORY,
+                f"out of memory training {base.name} on {device} with batch_size "
+                f"{batch_size}: use a smaller batch_size, max_length or base "
+                "model",
+            ) from None
         raise
     seconds = time.perf_counter() - started
     adapter_dir = out_dir / ADAPTER_DIR
@@ -304,5 +359,13 @@ def train_adapter(
     model.peft_config["default"].base_model_name_or_path = base.serving_name
     model.save_pretrained(str(adapter_dir))
     trained_tokens = sum(len(example["input_ids"]) for example in train) * hyperparameters.n_epochs
-    return TrainedAdapter(path=adapter_dir, base=base, settings=settings, checkpoints=checkpoints,
-                          steps=len(rows), trained_tokens=trained_tokens, seconds=seconds, rows=rows)
+    return TrainedAdapter(
+        path=adapter_dir,
+        base=base,
+        settings=settings,
+        checkpoints=checkpoints,
+        steps=len(rows),
+        trained_tokens=trained_tokens,
+        seconds=seconds,
+        rows=rows,
+    )
