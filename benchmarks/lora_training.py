@@ -42,11 +42,13 @@ def export_records(base, tokenizer):
     from rasa_gpt3.data.export import export_task
     from rasa_gpt3.data.labels import LabelCodec
     from rasa_gpt3.data.project import load_project
-    from rasa_gpt3.local.lora.rendering import LabelTokenizer
+    from rasa_gpt3.local.lora.rendering import one_token_predicate, tokenizer_name
 
     project = load_project(FINANCIAL_DEMO)
     exported = export_task("intent", project.nlu, project.domain, project.stories)
-    codec = LabelCodec.build(exported.codec.labels, LabelTokenizer(tokenizer, "chat"), "chat")
+    codec = LabelCodec.build(
+        exported.codec.labels, tokenizer_name(tokenizer), "chat", is_one_token=one_token_predicate(tokenizer, "chat")
+    )
 
     def relabel(records):
         return [

@@ -57,11 +57,16 @@ def relabel(records: List[Dict[str, Any]], old_codec, new_codec) -> List[Dict[st
 
 @pytest.fixture(scope="session")
 def tiny_codec(financial_demo_export, tiny_tokenizer):
-    """The label codec built for the tiny model's tokenizer through rendering.LabelTokenizer."""
+    """The label codec built for the tiny model's tokenizer through rendering.one_token_predicate."""
     from rasa_gpt3.data.labels import LabelCodec
-    from rasa_gpt3.local.lora.rendering import LabelTokenizer
+    from rasa_gpt3.local.lora.rendering import one_token_predicate, tokenizer_name
 
-    return LabelCodec.build(financial_demo_export.codec.labels, LabelTokenizer(tiny_tokenizer, "chat"), "chat")
+    return LabelCodec.build(
+        financial_demo_export.codec.labels,
+        tokenizer_name(tiny_tokenizer),
+        "chat",
+        is_one_token=one_token_predicate(tiny_tokenizer, "chat"),
+    )
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from rasa_gpt3 import prompts
 from rasa_gpt3.local.lora.rendering import (
     IGNORE_INDEX,
-    LabelTokenizer,
+    emitted_label_ids,
     encode_record,
     is_single_token_label,
     prompt_ids,
@@ -57,9 +57,10 @@ def test_label_hook_says_which_labels_are_one_emitted_token(tiny_tokenizer):
         len(tiny_tokenizer(" balance", add_special_tokens=False)["input_ids"]) == 1
     )
     assert (
-        LabelTokenizer(tiny_tokenizer, "chat").encode_ordinary("balance")
+        emitted_label_ids(tiny_tokenizer, "balance", "chat")
         == tiny_tokenizer("balance", add_special_tokens=False)["input_ids"]
     )
+    assert len(emitted_label_ids(tiny_tokenizer, "check_balance", "chat")) == 3  # check, _, balance
 
 
 def test_label_codec_built_on_the_served_tokenizer_gives_single_token_labels(

@@ -12,7 +12,7 @@ assistant turns of a conversation are context, not trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.local.lora.errors import CHAT_TEMPLATE_FAILED, NO_CHAT_TEMPLATE, LoraError
@@ -171,23 +171,19 @@ def emitted_label_ids(tokenizer: Any, label_text: str, fmt: str) -> List[int]:
 
 def is_single_token_label(tokenizer: Any, label: str, fmt: str) -> bool:
     """Whether intent label `label` is exactly one token of `tokenizer` as the model emits it after the prompt."""
-    return len(emitted_label_ids(tokenizer, prompts.label_token(label, fmt), fmt)) == 1
+    return one_token_predicate(tokenizer, fmt)(prompts.label_token(label, fmt))
 
 
-class LabelTokenizer:
-    """The served tokenizer seen the way rasa_gpt3.data.labels.LabelCodec sees a tiktoken encoding.
+def tokenizer_name(tokenizer: Any) -> str:
+    """The name a label codec records for an open-weights model's tokenizer (`hf:` and where it came from)."""
+    return f"hf:{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}"
 
-    LabelCodec.build(intents, LabelTokenizer(tokenizer, fmt), fmt) then gives each intent a label that is one
-    token of this model as it emits it after the prompt: `encode_ordinary(text)` answers with the emitted tokens
-    of `text` (which the codec passes as `prompts.label_token(label, fmt)`), and `name` is what the codec records
-    as its encoding.
+
+def one_token_predicate(tokenizer: Any, fmt: str) -> Callable[[str], bool]:
+    """The `is_one_token` of rasa_gpt3.data.labels.LabelCodec.build for this tokenizer: whether a label's emitted
+    text (`prompts.label_token`) is one token of it right after the prompt (see emitted_label_ids).
+
+    LabelCodec.build(intents, tokenizer_name(tokenizer), fmt, is_one_token=one_token_predicate(tokenizer, fmt))
+    gives every intent a label the served model writes as one token.
     """
-
-    def __init__(self, tokenizer: Any, fmt: str) -> None:
-        self.tokenizer = tokenizer
-        self.fmt = fmt
-        self.name = f"hf:{getattr(tokenizer, 'name_or_path', '') or 'tokenizer'}"
-
-    def encode_ordinary(self, text: str) -> List[int]:
-        """The token ids the model emits for `text` right after the prompt (see emitted_label_ids)."""
-        return emitted_label_ids(self.tokenizer, text, self.fmt)
+    return lambda text: len(emitted_label_ids(tokenizer, text, fmt)) == 1
