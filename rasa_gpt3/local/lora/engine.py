@@ -16,6 +16,7 @@ import json
 import logging
 import tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
@@ -25,6 +26,7 @@ from rasa_gpt3.local.engines import EngineKind, Prompt, TrainedModel, TrainingRu
 from rasa_gpt3.local.lora.adapter_files import AdapterWeights, read_adapter
 from rasa_gpt3.local.lora.base_model import (
     HF_PREFIX,
+    context_length,
     hf_cache_dir,
     is_open_weights_name,
     pick_device,
@@ -72,9 +74,7 @@ def _context_from_config(directory: Path) -> Optional[int]:
         config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    limits = [config.get(key) for key in ("max_position_embeddings", "n_positions", "seq_length")]
-    limits = [value for value in limits if isinstance(value, int) and value > 0]
-    return min(limits) if limits else None
+    return context_length(SimpleNamespace(**config)) if isinstance(config, dict) else None
 
 
 def describe(name: str) -> BaseModel:
