@@ -33,10 +33,17 @@ def clean_suffix(suffix: Optional[str]) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "-", str(suffix))[:64]
 
 
+def id_base(base_model: str) -> str:
+    """A base model's part of a fine-tuned model id: OpenAI's names as they are; an open-weights base model
+    (`hf:ORG/NAME` or a directory) by its last part, other characters than letters, digits, '.', '_', '-' as '-'."""
+    last = base_model.rstrip("/").rsplit("/", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9._-]", "-", last.removeprefix("hf:"))[:80] or "model"
+
+
 def new_model_id(base_model: str, suffix: Optional[str]) -> str:
-    """A fine-tuned model id `ft:<base>:local:<suffix>:<key>`."""
+    """A fine-tuned model id `ft:<base>:local:<suffix>:<key>` (the base as id_base writes it)."""
     key = "".join(secrets.choice(_ALPHABET) for _ in range(8))
-    return f"ft:{base_model}:{ORGANIZATION}:{clean_suffix(suffix)}:{key}"
+    return f"ft:{id_base(base_model)}:{ORGANIZATION}:{clean_suffix(suffix)}:{key}"
 
 
 def model_key(model_id: str) -> Optional[str]:
