@@ -35,7 +35,7 @@ class BaseModel:
     training_price: float
     input_price: float
     output_price: float
-    # the day the provider retires the model and its fine-tunes (None: none announced), and the announcement
+    # the day the provider retires the model and its fine-tunes (None: none announced), and who announced it
     shutdown: Optional[_dt.date] = None
     shutdown_source: Optional[str] = None
 
@@ -68,7 +68,7 @@ def _from_row(name: str, row: dict) -> BaseModel:
         input_price=float(row["input"]),
         output_price=float(row["output"]),
         shutdown=row.get("shutdown"),
-        shutdown_source=_table().get("shutdown_sources", {}).get(row.get("source")),
+        shutdown_source=(_table().get("shutdown_sources", {}).get(row.get("source")) or {}).get("title"),
     )
 
 

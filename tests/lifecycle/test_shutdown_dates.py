@@ -10,6 +10,7 @@ import pytest
 from rasa_gpt3.data.base_models import ENV_SHUTDOWN_DATES, resolve_base_model, shutdown_date
 from rasa_gpt3.errors import RasaGPT3Error
 from rasa_gpt3.local.faults import FaultSpecError, parse_faults
+from rasa_gpt3.model_lifecycle import FROM_BACKEND, WARNING_DAYS, model_lifecycle, parse_shutdown_date
 from tests.conftest import small_intent_records
 
 pytestmark = pytest.mark.timeout(120)
@@ -51,6 +52,37 @@ def test_the_local_backend_announces_only_the_overridden_dates(local_backend, mo
     assert listed[job.fine_tuned_model] == "2026-12-30"
     assert listed["gpt-4.1-mini-2025-04-14"] is None
     assert local_backend.client.models.retrieve(job.fine_tuned_model).shutdown_date == "2026-12-30"
+
+
+def test_the_lifecycle_takes_the_backends_date_first_and_gives_one_line(local_backend, monkeypatch):
+    monkeypatch.delenv(ENV_SHUTDOWN_DATES, raising=False)
+    model = local_backend.fine_tune(small_intent_records(), model="gpt-4o-mini").fine_tuned_model
+    today = dt.date.today()
+    quiet = model_lifecycle(model, "local", client=local_backend.client)
+    assert quiet.shutdown is None and quiet.days_text() == "-" and not quiet.warning("intent")
+
+    monkeypatch.setenv(ENV_SHUTDOWN_DATES, f"gpt-4o-mini={today + dt.timedelta(days=30)}")
+    soon = model_lifecycle(model, "local", client=local_backend.client)
+    assert (soon.days_left, soon.source, soon.due_soon, soon.retired) == (30, FROM_BACKEND, True, False)
+    line = soon.warning("intent")
+    assert "30 days left" in line and f"rasa-gpt3 evaluate --models {model},NEW" in line
+    assert "rasa-gpt3 fine-tune --task intent --base-model" in line and "\n" not in line
+
+    monkeypatch.setenv(ENV_SHUTDOWN_DATES, f"gpt-4o-mini={today - dt.timedelta(days=1)}")
+    gone = model_lifecycle(model, "local", client=local_backend.client)
+    assert gone.retired and gone.days_text() == "shut down" and gone.warning("intent") is None
+    assert "shut down on" in gone.error("intent", "every message gets nlu_fallback")
+
+    # a backend that does not answer: the schedule (here the environment) decides, without raising
+    local_backend.set_faults("status=500")
+    assert model_lifecycle(model, "local", client=local_backend.client).source == ENV_SHUTDOWN_DATES
+    # on a remote backend the provider's table counts; on the local one it does not
+    monkeypatch.delenv(ENV_SHUTDOWN_DATES)
+    remote = model_lifecycle("ft:gpt-4o-mini-2024-07-18:acme:bot:X", "api.openai.com", today=dt.date(2026, 12, 1))
+    assert remote.days_left == 44 and remote.due_soon and "2026-05-07" in remote.source
+    assert model_lifecycle(model, "local", today=dt.date(2027, 6, 1)).days_left is None
+    assert WARNING_DAYS == 60 and not model_lifecycle("x", "api.openai.com", base_model="babbage-002").shutdown
+    assert parse_shutdown_date("2027-01-14") == parse_shutdown_date(1799884800)  # a Unix timestamp
 
 
 def test_refuse_fine_tune_answers_like_a_provider_that_stopped_fine_tuning(local_backend):
