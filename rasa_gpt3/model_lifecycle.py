@@ -161,3 +161,26 @@ def model_lifecycle(
     else:
         source = resolve_base_model(base).shutdown_source or "base_models.yml"
     return ModelLifecycle(model, backend, base, day, source, today)
+
+
+def fine_tune_refusal(error: BaseException, base_model: str, backend: str) -> Optional[str]:
+    """The one line for a provider's refusal to fine-tune, else None.
+
+    A refusal is a 403 at job creation (OpenAI's answer, since 2026-05-07, to organisations without fine-tuning
+    access) or a 400 about the model (a base model that can no longer be fine-tuned).
+    """
+    import openai
+
+    if isinstance(error, openai.PermissionDeniedError):
+        what = f"{backend} refuses to fine-tune for this organisation (HTTP 403)"
+    elif isinstance(error, openai.BadRequestError) and (
+        getattr(error, "code", None) == "model_not_available" or getattr(error, "param", None) == "model"
+    ):
+        what = f"{backend} no longer fine-tunes {base_model} (HTTP 400, {getattr(error, 'code', None) or 'model'})"
+    else:
+        return None
+    return (
+        f"{what}; nothing was registered. Alternatives: another base model (`--base-model NAME`), or the local "
+        "backend's open-weights path (`RASA_GPT3_LOCAL=1 rasa-gpt3 fine-tune --base-model hf:ORG/NAME`, or a model "
+        "directory)"
+    )

@@ -10,7 +10,13 @@ import pytest
 from rasa_gpt3.data.base_models import ENV_SHUTDOWN_DATES, resolve_base_model, shutdown_date
 from rasa_gpt3.errors import RasaGPT3Error
 from rasa_gpt3.local.faults import FaultSpecError, parse_faults
-from rasa_gpt3.model_lifecycle import FROM_BACKEND, WARNING_DAYS, model_lifecycle, parse_shutdown_date
+from rasa_gpt3.model_lifecycle import (
+    FROM_BACKEND,
+    WARNING_DAYS,
+    fine_tune_refusal,
+    model_lifecycle,
+    parse_shutdown_date,
+)
 from tests.conftest import small_intent_records
 
 pytestmark = pytest.mark.timeout(120)
@@ -103,6 +109,14 @@ def test_refuse_fine_tune_answers_like_a_provider_that_stopped_fine_tuning(local
     with pytest.raises(openai.BadRequestError) as refused:
         refused_model.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file)
     assert refused.value.code == "model_not_available"
+    access_line = fine_tune_refusal(denied.value, "gpt-4o-mini-2024-07-18", "local")
+    model_line = fine_tune_refusal(refused.value, "gpt-4o-mini-2024-07-18", "local")
+    assert "refuses to fine-tune" in access_line and "no longer fine-tunes gpt-4o-mini-2024-07-18" in model_line
+    for line in (access_line, model_line):
+        assert "nothing was registered" in line and "--base-model" in line and "hf:ORG/NAME" in line
+    with pytest.raises(openai.BadRequestError) as other:
+        local_backend.client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file="file-nope")
+    assert fine_tune_refusal(other.value, "gpt-4o-mini-2024-07-18", "local") is None
     # no job was created, and without the fault the same request works
     assert len(local_backend.client.fine_tuning.jobs.list().data) == before
     assert local_backend.client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file).id
