@@ -16,7 +16,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from rasa_gpt3.data.base_models import (
     ENV_SHUTDOWN_DATES,
@@ -163,24 +163,54 @@ def model_lifecycle(
     return ModelLifecycle(model, backend, base, day, source, today)
 
 
+def lifecycle_on(settings: Any, model: str, base_model: Optional[str] = None) -> ModelLifecycle:
+    """The lifecycle of `model` on the backend of `settings`, asking that backend (one GET, no retry).
+
+    A backend that cannot be reached leaves the schedule to decide; raises RasaGPT3Error only when
+    RASA_GPT3_SHUTDOWN_DATES is malformed.
+    """
+    from rasa_gpt3.client import make_client
+    from rasa_gpt3.errors import RasaGPT3Error
+
+    try:
+        client = make_client(settings, timeout=LOOKUP_TIMEOUT, max_retries=0)
+    except RasaGPT3Error as error:  # the local backend could not start: the schedule decides
+        logger.debug("no shutdown date from the backend for %s: %s", model, error)
+        client = None
+    try:
+        return model_lifecycle(model, settings.backend_name, client=client, base_model=base_model)
+    finally:
+        if client is not None:
+            client.close()
+
+
+def schedule_state(base_model: str, backend: str, today: Optional[_dt.date] = None) -> List[Any]:
+    """[shutdown date, "soon" | "shut down" | None] from the schedule alone (no request): what retraining hinges on."""
+    lifecycle = model_lifecycle(base_model, backend, today=today)
+    if lifecycle.shutdown is None:
+        return [None, None]
+    state = "shut down" if lifecycle.retired else ("soon" if lifecycle.due_soon else None)
+    return [lifecycle.shutdown.isoformat(), state]
+
+
 def fine_tune_refusal(error: BaseException, base_model: str, backend: str) -> Optional[str]:
     """The one line for a provider's refusal to fine-tune, else None.
 
     A refusal is a 403 at job creation (OpenAI's answer, since 2026-05-07, to organisations without fine-tuning
     access) or a 400 about the model (a base model that can no longer be fine-tuned).
     """
-    import openai
+    from rasa_gpt3.client import classify_api_error
 
-    if isinstance(error, openai.PermissionDeniedError):
-        what = f"{backend} refuses to fine-tune for this organisation (HTTP 403)"
-    elif isinstance(error, openai.BadRequestError) and (
-        getattr(error, "code", None) == "model_not_available" or getattr(error, "param", None) == "model"
-    ):
-        what = f"{backend} no longer fine-tunes {base_model} (HTTP 400, {getattr(error, 'code', None) or 'model'})"
+    failure = classify_api_error(error)
+    about_model = getattr(error, "code", None) == "model_not_available" or getattr(error, "param", None) == "model"
+    if failure.forbidden:
+        what = f"{backend} refuses to fine-tune for this organisation"
+    elif failure.status == 400 and about_model:
+        what = f"{backend} no longer fine-tunes {base_model}"
     else:
         return None
     return (
-        f"{what}; nothing was registered. Alternatives: another base model (`--base-model NAME`), or the local "
-        "backend's open-weights path (`RASA_GPT3_LOCAL=1 rasa-gpt3 fine-tune --base-model hf:ORG/NAME`, or a model "
-        "directory)"
+        f"{what} ({failure.message}); nothing was registered. Alternatives: another base model (`--base-model "
+        "NAME`), or the local backend's open-weights path (`RASA_GPT3_LOCAL=1 rasa-gpt3 fine-tune --base-model "
+        "hf:ORG/NAME`, or a model directory)"
     )
