@@ -26,8 +26,6 @@ from rasa_gpt3.settings import LOCAL_BACKEND
 
 ACTIVE = "active"
 TASK = "intent"
-# how many jobs are searched for the one that made a model the registry does not know
-JOB_SEARCH_LIMIT = 100
 
 
 @dataclass
@@ -187,15 +185,13 @@ def _training_records(client: Any, model: str, entry: Any) -> Optional[List[Dict
     """The records of the training file of the job that made `model`; None when the backend does not serve them."""
     import openai
 
+    from rasa_gpt3.fine_tune_jobs import job_of_model
+
     try:
-        job = None
         if entry is not None and entry.job:
             job = client.fine_tuning.jobs.retrieve(entry.job)
         else:
-            for candidate in client.fine_tuning.jobs.list(limit=JOB_SEARCH_LIMIT).data:
-                if candidate.fine_tuned_model == model:
-                    job = candidate
-                    break
+            job = job_of_model(client, model)
         if job is None or not job.training_file:
             return None
         text = client.files.content(job.training_file).text
