@@ -120,3 +120,19 @@ def test_refuse_fine_tune_answers_like_a_provider_that_stopped_fine_tuning(local
     # no job was created, and without the fault the same request works
     assert len(local_backend.client.fine_tuning.jobs.list().data) == before
     assert local_backend.client.fine_tuning.jobs.create(model="gpt-4o-mini", training_file=training_file).id
+
+
+def test_entering_the_last_60_days_or_passing_the_date_changes_the_components_fingerprint(tmp_path, monkeypatch):
+    import json
+
+    from rasa_gpt3.nlu.intent_classifier import GPT3IntentClassifier
+
+    monkeypatch.setenv("RASA_GPT3_LOCAL", "1")
+    monkeypatch.delenv(ENV_SHUTDOWN_DATES, raising=False)
+    states = []
+    for days in (None, 90, 80, 30, -1):
+        if days is not None:
+            monkeypatch.setenv(ENV_SHUTDOWN_DATES, f"gpt-4o-mini={dt.date.today() + dt.timedelta(days=days)}")
+        states.append(json.loads(GPT3IntentClassifier.fingerprint_addon({"project": str(tmp_path)}))["shutdown"])
+    assert states[0] == [None, None] and states[1][1] is None and states[3][1] == "soon" and states[4][1] == "shut down"
+    assert states[1] != states[2]  # a new date is a new fingerprint too
