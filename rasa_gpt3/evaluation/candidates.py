@@ -149,7 +149,7 @@ def prepare(candidate: Candidate, project: Any, client: Any) -> Candidate:
     """
     import openai
 
-    from rasa_gpt3.data.base_models import resolve_base_model
+    from rasa_gpt3.data.base_models import base_model_name
     from rasa_gpt3.data.export import export_task
 
     try:
@@ -157,13 +157,10 @@ def prepare(candidate: Candidate, project: Any, client: Any) -> Candidate:
     except openai.NotFoundError:
         raise DataError(f"{candidate.backend} has no model '{candidate.model}'; see `rasa-gpt3 models`") from None
     entry = candidate.entry
-    try:
-        base = resolve_base_model((entry.base_model if entry else None) or candidate.model)
-    except ValueError as error:
-        raise DataError(f"{candidate.model}: {error}") from None
-    fmt = (entry.format if entry else None) or base.format
-    exported = export_task(TASK, project.nlu, fmt=fmt, base_model=base.name, validate=False)
-    candidate.base_model, candidate.fmt, candidate.exported = base, fmt, exported
+    base = (entry.base_model if entry else None) or base_model_name(candidate.model)
+    # export resolves the base model and its format, as for fine-tuning (a DataError names an unknown one)
+    exported = export_task(TASK, project.nlu, fmt=entry.format if entry else None, base_model=base, validate=False)
+    candidate.base_model, candidate.fmt, candidate.exported = exported.base_model, exported.fmt, exported
     if entry is not None and entry.fingerprint == exported.fingerprint:
         candidate.labels = "verified: trained on this project's current data"
         return candidate
