@@ -46,6 +46,7 @@ from rasa_gpt3.fine_tune_jobs import (
     job_metrics,
     model_exists,
 )
+from rasa_gpt3.model_lifecycle import fine_tune_refusal
 from rasa_gpt3.progress import JobProgress, ProgressReporter, apply_event
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
 from rasa_gpt3.registry import Registry, RegistryEntry, register_job
@@ -424,15 +425,22 @@ def ensure_fine_tuned(
         "already uploaded" if reused_train and reused_valid else "uploaded",
     )
     with api_errors(f"creating the fine-tuning job on {backend}"):
-        job = client.fine_tuning.jobs.create(
-            model=base_model.name,
-            training_file=train_id,
-            validation_file=valid_id,
-            seed=seed,
-            suffix=suffix or default_suffix(project_name),
-            method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-            metadata=job_metadata(exported, project_name, key),
-        )
+        try:
+            job = client.fine_tuning.jobs.create(
+                model=base_model.name,
+                training_file=train_id,
+                validation_file=valid_id,
+                seed=seed,
+                suffix=suffix or default_suffix(project_name),
+                method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
+                metadata=job_metadata(exported, project_name, key),
+            )
+        except SDK_ERRORS as error:
+            # a provider that no longer fine-tunes (for this organisation, or this base model) is not a glitch
+            refusal = fine_tune_refusal(error, base_model.name, backend)
+            if refusal is None:
+                raise
+            raise BackendError(refusal) from None
     logger.info("started fine-tuning job %s (%s, %s) on %s", job.id, exported.task, base_model.name, backend)
     files = tuple(file_id for file_id in (train_id, valid_id) if file_id)
     if not wait:

@@ -2,8 +2,10 @@
 
 Model ids: the config's `intent_model` / `entities_model` / `response_model`, else `RASA_GPT3_INTENT_MODEL` /
 `RASA_GPT3_ENTITIES_MODEL` / `RASA_GPT3_RESPONSE_MODEL`, else the registry's active model for the backend
-(`gpt3_models.yml`, re-read when it changes). The intent model's label codec and the known entity types come from
-the bot's own training data, exported as for fine-tuning.
+(`gpt3_models.yml`, re-read when it changes). A model within 60 days of its shutdown date gets one warning line at
+start-up; a model past it one error line, and the action does without it (`rasa_gpt3.model_lifecycle`). The
+intent model's label codec and the known entity types come from the bot's own training data, exported as for
+fine-tuning.
 """
 
 from __future__ import annotations
@@ -70,6 +72,8 @@ class ModelLoader:
         self._project_data: Any = None
         self._exports: Dict[Tuple[str, Optional[str], Optional[str]], Any] = {}
         self._warned: set = set()
+        # models whose shutdown date has passed (the action does without them)
+        self._shut_down: set = set()
 
     def start_background(self) -> None:
         """Starts loading in a daemon thread (errors are logged and retried on the first request)."""
@@ -130,14 +134,22 @@ class ModelLoader:
         entities = None
         if config.reclassify and config.extract_entities:
             entities = self._task_model("entities", registry, backend)
+        if intent is not None and not self._in_service(settings, "intent", intent.model, intent.base_model):
+            intent = None
+        if entities is not None and not self._in_service(settings, "entities", entities.model, entities.base_model):
+            entities = None
         intent_model = IntentModel.from_task_model(intent) if intent is not None else None
         entity_model = EntityModel.from_task_model(entities) if entities is not None else None
         response_choice = self._choose("response", registry, backend) if config.generate else None
+        if response_choice is not None and not self._in_service(
+            settings, "response", response_choice.model, response_choice.base_model
+        ):
+            response_choice = None
         response = (response_choice.model, response_choice.fmt) if response_choice is not None else None
         synonyms: Dict[str, str] = {}
         if intent is not None or entities is not None:
             synonyms = {str(text).lower(): str(value) for text, value in self._project().nlu.entity_synonyms.items()}
-        if intent_model is None and response is None and (config.reclassify or config.generate):
+        if intent_model is None and response is None and (config.reclassify or config.generate) and not self._shut_down:
             self._warn_once(
                 "no-models",
                 "action_gpt3_fallback: the registry (%s) has no intent or response model for %s; the action will "
@@ -197,7 +209,31 @@ class ModelLoader:
             body = prompts.response_request([prompts.Turn("user", "hello")], response[1])
             caller.warm_up(response[0], dict(body, max_tokens=self.config.max_tokens))
 
-    def _warn_once(self, key: str, message: str, *args: Any) -> None:
+    def _in_service(self, settings: Settings, task: str, model: str, base_model: Optional[str]) -> bool:
+        """False once `model` has shut down (one error line); one warning line within 60 days of it."""
+        from rasa_gpt3.errors import RasaGPT3Error
+        from rasa_gpt3.model_lifecycle import lifecycle_on
+
+        try:
+            lifecycle = lifecycle_on(settings, model, base_model)
+        except RasaGPT3Error as error:
+            self._warn_once("shutdown-dates", "action_gpt3_fallback: %s", error)
+            return True
+        if lifecycle.retired:
+            self._shut_down.add(model)
+            without = "the action does without it" + (
+                f" (it answers with {self.config.failure_response} when nothing else helps)"
+                if task != "entities"
+                else ""
+            )
+            self._warn_once(
+                f"shut-down-{model}", "action_gpt3_fallback: %s", lifecycle.error(task, without), level=logging.ERROR
+            )
+        elif lifecycle.due_soon:
+            self._warn_once(f"shuts-down-{model}", "action_gpt3_fallback: %s", lifecycle.warning(task))
+        return not lifecycle.retired
+
+    def _warn_once(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
         if key not in self._warned:
             self._warned.add(key)
-            logger.warning(message, *args)
+            logger.log(level, message, *args)

@@ -24,6 +24,8 @@ def add_verbs(verbs: Verbs) -> None:
             "rasa-gpt3 evaluate --project path/to/bot  # all examples, 20% of each intent held out",
             "rasa-gpt3 evaluate --shots 1,2,5,10,all --repeats 3  # the few-shot curve",
             "rasa-gpt3 evaluate --test-file tests/test_nlu.yml --out results  # a fixed test set",
+            "rasa-gpt3 evaluate --models ft:gpt-4o-mini-2024-07-18:acme:bot:AbC,ft:gpt-4.1-mini-2025-04-14:acme:bot:XyZ"
+            "  # existing models vs. the model in use, before `rasa-gpt3 models use`",
         ],
     )
     add_project(parser)
@@ -58,6 +60,21 @@ def add_verbs(verbs: Verbs) -> None:
         metavar="INTENT",
         help="the intent for messages the bot cannot handle (default: one named out_of_scope or oos)",
     )
+    parser.add_argument(
+        "--models",
+        default=None,
+        metavar="A,B[,C]",
+        help="compare these existing intent models (ids, or `active`; MODEL@BACKEND for another backend) and the "
+        "model in use with the baseline, and say of each whether it is at least as good; nothing is fine-tuned",
+    )
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=None,
+        metavar="T",
+        help="with --models: how much lower accuracy and macro-F1 (and higher fallback rate) may be and still count "
+        "as at least as good (default: 0.01)",
+    )
     parser.add_argument("--out", default="evaluation", metavar="DIR", help="where the results go (default: evaluation)")
     parser.add_argument("--yes", action="store_true", help="do not ask before spending money on a remote API")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -71,6 +88,10 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     from rasa_gpt3.evaluation.report import curve_table, full_run_table
     from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, run_evaluation
 
+    if args.models is not None:
+        return _run_comparison(args)
+    if args.tolerance is not None:
+        raise RasaGPT3Error("--tolerance goes with --models")
     options = EvaluationOptions(
         project=Path(args.project),
         out=Path(args.out),
@@ -93,6 +114,60 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     print(curve_table(results))
     print()
     print(f"results in {args.out}/: " + ", ".join(sorted(path.name for path in evaluation.files.values())))
+    return 0
+
+
+def _run_comparison(args: argparse.Namespace) -> int:
+    """`evaluate --models`: the side-by-side table, one verdict line per model, and where the files are."""
+    from pathlib import Path
+
+    from rasa_gpt3.evaluation.candidates import parse_model_references
+    from rasa_gpt3.evaluation.comparison import DEFAULT_TOLERANCE, run_comparison
+    from rasa_gpt3.evaluation.report import comparison_legend, comparison_table
+    from rasa_gpt3.evaluation.runner import EvaluationOptions
+
+    fine_tune_only = [
+        flag
+        for flag, given in (
+            ("--shots", args.shots != "all"),
+            ("--repeats", args.repeats != 1),
+            ("--base-model", args.base_model is not None),
+            ("--format", args.format is not None),
+            ("--epochs", args.epochs is not None),
+        )
+        if given
+    ]
+    if fine_tune_only:
+        raise RasaGPT3Error(f"--models compares existing models; {', '.join(fine_tune_only)} only apply to fine-tuning")
+    options = EvaluationOptions(
+        project=Path(args.project),
+        out=Path(args.out),
+        baseline=Path(args.baseline) if args.baseline else None,
+        test_file=Path(args.test_file) if args.test_file else None,
+        test_fraction=args.test_fraction,
+        seed=args.seed,
+        out_of_scope_intent=args.out_of_scope_intent,
+        progress=not args.no_progress,
+        models=args.models,
+        tolerance=args.tolerance,
+    )
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
+    comparison = run_comparison(
+        options,
+        parse_model_references(args.models),
+        tolerance,
+        confirm=lambda plan: confirm_spending(plan.describe(), args.yes),
+    )
+    results = comparison.results
+    print(comparison_table(results))
+    print()
+    for line in comparison_legend(results):
+        print(line)
+    print()
+    for model in results["models"]:
+        print(model["verdict"])
+    print()
+    print(f"results in {args.out}/: " + ", ".join(sorted(path.name for path in comparison.files.values())))
     return 0
 
 

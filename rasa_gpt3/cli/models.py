@@ -34,8 +34,10 @@ def add_verbs(verbs: Verbs) -> None:
         models_verbs,
         "list",
         summary="list the registry's models, the active ones marked",
-        description="One row per model: task, backend, whether it is active, when it was made, the fingerprint of "
-        "its training data and its validation metrics.",
+        description="One row per model: task, backend, whether it is active, its base model, the days until the "
+        "provider shuts it down (the backend's shutdown_date, else the schedule in base_models.yml), when it was "
+        "made, the fingerprint of its training data and its validation metrics. An active model shutting down within "
+        "60 days, or shut down, gets one more line saying what to do.",
         examples=["rasa-gpt3 models list", "rasa-gpt3 models list --project path/to/bot"],
     )
     add_project(parser, default=argparse.SUPPRESS)
@@ -75,17 +77,26 @@ def add_verbs(verbs: Verbs) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    """Lists the registry's models with their data fingerprint and validation metrics; the active ones are marked."""
+    """Lists the registry's models with base model, days until shutdown, data fingerprint and validation metrics.
+
+    The active ones are marked; for each active model shutting down within 60 days, or shut down, one line follows.
+    """
     from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
     from rasa_gpt3.registry import Registry
 
     settings = project_settings(args)
     registry = Registry.load(settings.registry_path)
-    rows = [("TASK", "BACKEND", "", "MODEL", "CREATED", "DATA", "VALID LOSS", "VALID ACC")]
+    rows = [("TASK", "BACKEND", "", "MODEL", "BASE", "DAYS LEFT", "CREATED", "DATA", "VALID LOSS", "VALID ACC")]
+    notices = []
     for task, backend, entry, active in registry.entries():
         note = "active" if active else ""
         if active and entry.prompt_format and entry.prompt_format != PROMPT_FORMAT_VERSION:
             note = "active (old prompt format)"
+        lifecycle = _lifecycle(settings, entry, ask_backend=active and backend == settings.backend_name)
+        if active and lifecycle.retired:
+            notices.append(f"error: {lifecycle.error(task)}")
+        elif active and lifecycle.due_soon:
+            notices.append(f"warning: {lifecycle.warning(task)}")
         metrics = entry.metrics
         rows.append(
             (
@@ -93,6 +104,8 @@ def _run_list(args: argparse.Namespace) -> int:
                 backend,
                 note,
                 entry.model,
+                lifecycle.base_model,
+                lifecycle.days_text(),
                 entry.created or "-",
                 (entry.fingerprint or "-")[:12],
                 _metric(metrics.get("valid_loss")),
@@ -103,7 +116,18 @@ def _run_list(args: argparse.Namespace) -> int:
         print(f"no models in {settings.registry_path} yet; run `rasa-gpt3 fine-tune --task intent`")
         return 0
     print(format_columns(rows))
+    for line in notices:
+        print(line)
     return 0
+
+
+def _lifecycle(settings, entry, ask_backend: bool):
+    """The entry's shutdown date: the backend's answer for an active model of the backend in use, else the schedule."""
+    from rasa_gpt3.model_lifecycle import lifecycle_on, model_lifecycle
+
+    if ask_backend:
+        return lifecycle_on(settings, entry.model, entry.base_model)
+    return model_lifecycle(entry.model, entry.backend, base_model=entry.base_model)
 
 
 def _run_use(args: argparse.Namespace) -> int:

@@ -1,7 +1,16 @@
-"""What is known about each fine-tunable base model: record format, tokenizer, context size and prices."""
+"""What is known about each fine-tunable base model: record format, tokenizer, context size, prices, shutdown date.
+
+Shutdown dates are the provider's (OpenAI's) schedule, from base_models.yml. RASA_GPT3_SHUTDOWN_DATES overrides
+them without editing the package, e.g. `gpt-4o-mini-2024-07-18=2027-01-14,babbage-002=none` (`none` clears a
+date): for a date announced after this release, and for tests, which use it to put a model's shutdown 30 days
+ahead or in the past. The embedded local backend announces only these overrides: its models are its own and are
+retired by no provider.
+"""
 
 from __future__ import annotations
 
+import datetime as _dt
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -9,7 +18,10 @@ from typing import Dict, Optional
 
 import yaml
 
+from rasa_gpt3.errors import RasaGPT3Error
+
 _TABLE = Path(__file__).with_name("base_models.yml")
+ENV_SHUTDOWN_DATES = "RASA_GPT3_SHUTDOWN_DATES"
 
 
 @dataclass(frozen=True)
@@ -23,6 +35,9 @@ class BaseModel:
     training_price: float
     input_price: float
     output_price: float
+    # the day the provider retires the model and its fine-tunes (None: none announced), and who announced it
+    shutdown: Optional[_dt.date] = None
+    shutdown_source: Optional[str] = None
 
     def training_cost(self, trained_tokens: int) -> float:
         """USD for training on `trained_tokens` (tokens per epoch times epochs)."""
@@ -52,6 +67,8 @@ def _from_row(name: str, row: dict) -> BaseModel:
         training_price=float(row["training"]),
         input_price=float(row["input"]),
         output_price=float(row["output"]),
+        shutdown=row.get("shutdown"),
+        shutdown_source=(_table().get("shutdown_sources", {}).get(row.get("source")) or {}).get("title"),
     )
 
 
@@ -64,14 +81,55 @@ def resolve_base_model(name: Optional[str], fmt: Optional[str] = None) -> BaseMo
     """Looks a base model up by full name, alias or fine-tuned id (`ft:<base>:...`); raises ValueError if unknown."""
     if not name:
         name = default_base_model(fmt or "chat")
-    if name.startswith("ft:"):
-        name = name.split(":")[1]
     table = _table()
-    full = table.get("aliases", {}).get(name, name)
+    full = base_model_name(name)
     if full not in table["models"]:
         known = ", ".join(sorted(table["models"]))
         raise ValueError(f"unknown base model '{name}' (known: {known}; add it to {_TABLE.name})")
     return _from_row(full, table["models"][full])
+
+
+def base_model_name(model: str) -> str:
+    """The full base model name of a fine-tuned id (`ft:<base>:...`), an alias or a full name (else `model` itself)."""
+    if model.startswith("ft:"):
+        model = model.split(":")[1]
+    return _table().get("aliases", {}).get(model, model)
+
+
+def shutdown_overrides() -> Dict[str, Optional[_dt.date]]:
+    """The dates of RASA_GPT3_SHUTDOWN_DATES by full base model name (None: cleared); raises RasaGPT3Error."""
+    overrides: Dict[str, Optional[_dt.date]] = {}
+    for item in os.environ.get(ENV_SHUTDOWN_DATES, "").split(","):
+        model, _, value = (part.strip() for part in item.partition("="))
+        if not model and not value:
+            continue
+        overrides[base_model_name(model)] = _override_date(model, value, item)
+    return overrides
+
+
+def _override_date(model: str, value: str, item: str) -> Optional[_dt.date]:
+    if model and value.lower() == "none":
+        return None
+    try:
+        if model:
+            return _dt.date.fromisoformat(value)
+    except ValueError:
+        pass
+    raise RasaGPT3Error(f"{ENV_SHUTDOWN_DATES}: '{item.strip()[:80]}' is not MODEL=YYYY-MM-DD (or MODEL=none)")
+
+
+def shutdown_date(model: str, provider_schedule: bool = True) -> Optional[_dt.date]:
+    """The day `model` (a base model, alias or fine-tuned id) shuts down, None when none is announced.
+
+    RASA_GPT3_SHUTDOWN_DATES first, then (with `provider_schedule`) the table's date of its base model. Raises
+    RasaGPT3Error when the environment variable is malformed.
+    """
+    name = base_model_name(model)
+    overrides = shutdown_overrides()
+    if name in overrides:
+        return overrides[name]
+    row = _table()["models"].get(name) if provider_schedule else None
+    return row.get("shutdown") if row else None
 
 
 def default_epochs(n_examples: int) -> int:

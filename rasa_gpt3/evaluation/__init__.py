@@ -7,10 +7,15 @@ loaded Rasa model (`Agent.parse_message`, as `rasa test nlu` does), the fine-tun
 accuracy, macro-F1 and per-intent precision/recall/F1 (Rasa's `intent_report.json` shape, computed by Rasa's own
 report code), out-of-scope handling, latency p50/p95 per message, API calls, tokens and cost.
 
+`rasa-gpt3 evaluate --models A,B[,C]` fine-tunes nothing: it asks existing intent models, the model in use among
+them, and the baseline about the same held-out messages and says of each model whether it is at least as good as
+the model in use (`comparison`, whose docstring states the rule and why).
+
 The package (a module imports only modules named before it): `results` (the vocabulary: the two sides, `all`, file
 names, `Prediction`), `samples` (test split and k-shot samples), `metrics`, `baseline` (the bot's own pipeline
-through Rasa), `finetuned` (export, fine-tune, serving calls), `report` (tables, summary, plots, the files) and
-`runner` (`run_evaluation`, what the CLI calls).
+through Rasa), `finetuned` (export, fine-tune, serving calls), `report` (tables, summary, plots, the files),
+`runner` (`run_evaluation`, what the CLI calls), `candidates` (the models `--models` names, their backends and
+label codecs) and `comparison` (`run_comparison`, what `--models` calls).
 
 Decisions (the issue is silent on these):
 - Test set: a stratified, seeded hold-out per (full) intent with export's `stratified_split` (an intent with a

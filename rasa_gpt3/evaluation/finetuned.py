@@ -72,7 +72,6 @@ class FineTunedSide:
     def train(self, exported: Any, seed: int) -> FineTunedModel:
         """Fine-tunes on `exported` (or reuses the identical model) and returns it; raises BackendError/BudgetError."""
         from rasa_gpt3.finetune import default_suffix, ensure_fine_tuned
-        from rasa_gpt3.inference import IntentModel
 
         started = time.perf_counter()
         outcome = ensure_fine_tuned(
@@ -83,21 +82,41 @@ class FineTunedSide:
             seed=seed,
             suffix=default_suffix(f"eval-{self.project_name}"),
         )
-        intent_model = IntentModel(
-            model=outcome.model, fmt=exported.fmt, labels=dict(exported.codec.labels), fallback_intent=NLU_FALLBACK
-        )
-        if self.settings.uses_local_backend:
-            # the local backend loads a model on its first request; that is not a serving latency
-            self.caller.warm_up(outcome.model, intent_model.request_body("hello"))
         return FineTunedModel(
             model=outcome.model,
-            intent_model=intent_model,
+            intent_model=self._intent_model(outcome.model, exported),
             job_id=outcome.job_id,
             reused=outcome.reused,
             trained_tokens=outcome.estimate.trained_tokens,
             training_usd=outcome.estimate.usd,
             seconds=time.perf_counter() - started,
         )
+
+    def existing(self, model: str, exported: Any) -> FineTunedModel:
+        """A model that already exists, read with the label codec of `exported` (nothing is trained or spent)."""
+        started = time.perf_counter()
+        intent_model = self._intent_model(model, exported)
+        return FineTunedModel(
+            model=model,
+            intent_model=intent_model,
+            job_id=None,
+            reused=True,
+            trained_tokens=0,
+            training_usd=0.0,
+            seconds=time.perf_counter() - started,
+        )
+
+    def _intent_model(self, model: str, exported: Any) -> Any:
+        """The serving description of `model` with `exported`'s codec, warmed up on the local backend."""
+        from rasa_gpt3.inference import IntentModel
+
+        intent_model = IntentModel(
+            model=model, fmt=exported.fmt, labels=dict(exported.codec.labels), fallback_intent=NLU_FALLBACK
+        )
+        if self.settings.uses_local_backend:
+            # the local backend loads a model on its first request; that is not a serving latency
+            self.caller.warm_up(model, intent_model.request_body("hello"))
+        return intent_model
 
     def _request_tokens(self, exported: Any, texts: Sequence[str]) -> List[int]:
         from rasa_gpt3 import prompts

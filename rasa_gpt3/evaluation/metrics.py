@@ -20,6 +20,18 @@ def intent_report(targets: Sequence[str], predicted: Sequence[str]) -> Dict[str,
     return report
 
 
+AVERAGES = ("macro avg", "weighted avg", "micro avg", "accuracy")
+
+
+def per_intent_f1(report: Dict[str, Any]) -> Dict[str, float]:
+    """Each intent's F1 in a Rasa intent report (averages left out)."""
+    return {
+        name: float(row.get("f1-score", 0.0))
+        for name, row in report.items()
+        if isinstance(row, dict) and "support" in row and name not in AVERAGES
+    }
+
+
 def latency_summary(latencies_ms: Sequence[float]) -> Dict[str, float]:
     """p50, p95 and mean of per-message latencies in milliseconds."""
     import numpy as np

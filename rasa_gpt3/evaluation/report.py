@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.atomic_files import write_atomic
+from rasa_gpt3.evaluation.metrics import per_intent_f1
 from rasa_gpt3.evaluation.results import (
     ALL,
     BASELINE,
@@ -346,3 +347,94 @@ def write_outputs(
     files["summary"] = write_atomic(out / SUMMARY_FILE, summary_markdown(results))
     files["results"] = write_atomic(out / RESULTS_FILE, json.dumps(results, indent=2, ensure_ascii=False) + "\n")
     return files
+
+
+# ---------------------------------------------------------------------------------------------- --models
+
+
+def comparison_table(results: Dict[str, Any]) -> str:
+    """`evaluate --models`: the baseline and every model side by side, as a Markdown table."""
+    systems = [(BASELINE, results["baseline"]["metrics"])] + [
+        (model["name"] + (" (in use)" if model["in_use"] else ""), model["metrics"]) for model in results["models"]
+    ]
+
+    def row(label: str, read) -> List[str]:
+        return [label] + [read(metrics) for _, metrics in systems]
+
+    def money(metrics: Dict[str, Any]) -> str:
+        cost = metrics.get("cost_usd")
+        return f"${cost['per_1000_messages']:.4f}" if cost else "$0"
+
+    models = results["models"]
+    rows = [
+        row("accuracy", lambda s: _number(s["accuracy"])),
+        row("macro-F1", lambda s: _number(s["macro_f1"])),
+        row("would fall back", lambda s: f"{s['fallback_rate']:.1%}"),
+        row("latency p50 / p95 (ms)", lambda s: f"{s['latency_ms']['p50']:.1f} / {s['latency_ms']['p95']:.1f}"),
+        row("cost per 1,000 messages", money),
+        ["backend", "Rasa"] + [model["backend"] for model in models],
+        ["base model", "–"] + [model["base_model"] for model in models],
+        ["days until shutdown", "–"]
+        + ["–" if model["days_left"] is None else str(model["days_left"]) for model in models],
+    ]
+    data = results["data"]
+    header = [f"{data['test']} held-out messages"] + [name for name, _ in systems]
+    return _table(header, rows, ["---"] + ["---:"] * len(systems))
+
+
+def comparison_legend(results: Dict[str, Any]) -> List[str]:
+    """One line per model: its letter, id, backend and how its labels were checked."""
+    return [
+        f"{model['name']} = {model['model']} on {model['backend']}{' (in use)' if model['in_use'] else ''}; "
+        f"labels {model['labels']}"
+        for model in results["models"]
+    ]
+
+
+def comparison_per_intent_table(results: Dict[str, Any]) -> str:
+    """Per intent: the reference's F1 and each other model's F1 difference from it."""
+    reference, others = results["models"][0], results["models"][1:]
+    f1 = per_intent_f1(reference["metrics"]["report"])
+    baseline = per_intent_f1(results["baseline"]["metrics"]["report"])
+    rows = []
+    for intent in sorted(f1):
+        cells = [intent, _number(baseline.get(intent), 2), _number(f1[intent], 2)]
+        cells += [f"{model['vs_reference']['per_intent_f1'].get(intent, 0.0):+.2f}" for model in others]
+        rows.append(cells)
+    header = ["intent", "baseline F1", f"{reference['name']} F1"] + [
+        f"{m['name']} − {reference['name']}" for m in others
+    ]
+    return _table(header, rows)
+
+
+def comparison_markdown(results: Dict[str, Any]) -> str:
+    """The summary.md of `evaluate --models`: setup, the side-by-side table, the verdicts, per-intent F1 changes."""
+    data = results["data"]
+    fallback = data.get("fallback_rule")
+    lines = [
+        f"# {results['project']['name']}: fine-tuned intent models compared",
+        "",
+        f"- command: `{results['command']}`" if results.get("command") else "- command: (library call)",
+        f"- test set: {data['test']} messages ({data['test_source']})",
+        f"- baseline: {results['baseline']['source']}",
+        "- fallback rule: "
+        + (
+            f"confidence below {fallback['threshold']:g} or top two within {fallback['ambiguity_threshold']:g}"
+            if fallback
+            else "none (no FallbackClassifier configured)"
+        ),
+        f"- verdict rule: {results['rule']} (tolerance {results['tolerance']:g})",
+        *[f"- {line}" for line in comparison_legend(results)],
+        "",
+        comparison_table(results),
+        "",
+        "## Verdicts",
+        "",
+        *[f"- {model['verdict']}" for model in results["models"]],
+        "",
+        "## Per intent",
+        "",
+        comparison_per_intent_table(results),
+        "",
+    ]
+    return "\n".join(lines)

@@ -68,13 +68,21 @@ class EvaluationOptions:
     epochs: Optional[int] = None
     progress: bool = True
     command: Optional[str] = None
+    # `--models`: compare these existing models instead of fine-tuning (see comparison.py), with this tolerance
+    models: Optional[str] = None
+    tolerance: Optional[float] = None
 
     def as_command(self) -> str:
         """The `rasa-gpt3 evaluate` command line that runs this evaluation (what the report shows to reproduce it)."""
         parts = ["rasa-gpt3", "evaluate", "--project", str(self.project)]
         if self.baseline is not None:
             parts += ["--baseline", str(self.baseline)]
-        parts += ["--shots", ",".join(shots_name(s) for s in self.shots), "--repeats", str(self.repeats)]
+        if self.models is not None:
+            parts += ["--models", self.models]
+            if self.tolerance is not None:
+                parts += ["--tolerance", f"{self.tolerance:g}"]
+        else:
+            parts += ["--shots", ",".join(shots_name(s) for s in self.shots), "--repeats", str(self.repeats)]
         if self.test_file is not None:
             parts += ["--test-file", str(self.test_file)]
         elif self.test_fraction != 0.2:
@@ -104,6 +112,8 @@ class EvaluationOptions:
             raise DataError(f"baseline config '{self.baseline}' does not exist")
         if self.epochs is not None and self.epochs < 1:
             raise DataError(f"--epochs must be at least 1, not {self.epochs}")
+        if self.tolerance is not None and not 0 <= self.tolerance < 1:
+            raise DataError(f"--tolerance must be between 0 and 1, not {self.tolerance}")
 
 
 def training_and_test_data(project: Any, options: EvaluationOptions) -> Tuple[Any, List[Any], str]:
@@ -193,10 +203,23 @@ def evaluation_settings(out: Path) -> Any:
     return Settings.from_env(out)
 
 
-def _progress_bar(enabled: bool, **options: Any) -> Any:
+def progress_bar(enabled: bool, **options: Any) -> Any:
+    """A tqdm progress bar, or a silent one when not `enabled`."""
     from tqdm import tqdm
 
     return tqdm(disable=not enabled, dynamic_ncols=True, **options)
+
+
+def import_rasa_quietly() -> None:
+    """Imports the parts of Rasa an evaluation uses, without the warnings their imports print."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Rasa's imports warn about SQLAlchemy 2.0, jax and pyparsing names, and some of them reset the warning
+    # filters while they load; nothing a user can act on, so their stderr is dropped (exceptions still propagate)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        import rasa.core.agent  # noqa: F401
+        import rasa.model_training  # noqa: F401
+        import rasa.nlu.test  # noqa: F401
 
 
 def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostPlan], bool]] = None) -> Evaluation:
@@ -205,15 +228,8 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     `confirm` is asked before anything is spent on a remote API; without it (or when it says no) a remote run is
     refused with BudgetError. Raises ProjectError, DataError, BackendError or BudgetError with one line.
     """
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     options.check()
-    # Rasa's imports warn about SQLAlchemy 2.0, jax and pyparsing names, and some of them reset the warning
-    # filters while they load; nothing a user can act on, so their stderr is dropped (exceptions still propagate)
-    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
-        warnings.simplefilter("ignore")
-        import rasa.core.agent  # noqa: F401
-        import rasa.model_training  # noqa: F401
-        import rasa.nlu.test  # noqa: F401
+    import_rasa_quietly()
     from rasa_gpt3.data.project import load_project
     from rasa_gpt3.prompts import normalize_text
 
@@ -246,7 +262,7 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
     predictions: Dict[Tuple[str, int, str], List[Prediction]] = {}
     rasa_side = RasaBaseline(baseline, project.domain, work_dir, fallback)
     try:
-        overall = _progress_bar(options.progress, total=len(runs), desc="evaluate", unit="run", position=0)
+        overall = progress_bar(options.progress, total=len(runs), desc="evaluate", unit="run", position=0)
         with overall:
             for run in runs:
                 sample = samples[run]
@@ -255,7 +271,7 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
                 started = time.perf_counter()
                 model_path = rasa_side.train(sample, run.name)
                 baseline_seconds = time.perf_counter() - started
-                with _progress_bar(
+                with progress_bar(
                     options.progress,
                     total=len(test_examples),
                     desc=f"{run.name} {BASELINE}",
@@ -269,7 +285,7 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
                 overall.set_description(f"{run.name}: fine-tuning")
                 model = fine_tuned.train(exports[run], run.seed)
                 calls_before = fine_tuned.caller.calls_sent
-                with _progress_bar(
+                with progress_bar(
                     options.progress,
                     total=len(test_examples),
                     desc=f"{run.name} {FINE_TUNED}",

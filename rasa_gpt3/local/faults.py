@@ -14,6 +14,10 @@ A fault spec is a comma-separated list of items; several specs are joined with '
                            `x-stainless-retry-count`, so `status=500,first=1` fails once and the retry succeeds;
                            by configuration: only the first 2 matching requests this server sees
     path=/v1/chat          apply only to request paths starting with this prefix
+    refuse_fine_tune       POST /v1/fine_tuning/jobs refuses as a provider does that no longer fine-tunes: `=access`
+                           (the default) a 403 for an organisation without fine-tuning access, `=model` a 400
+                           `model_not_available` for a base model that can no longer be fine-tuned (always applies;
+                           p and first do not count it)
 
 Sources: the server option `faults=...` (`rasa-gpt3 local serve --faults`), the environment variable
 RASA_GPT3_FAULTS (read on every request, so a test can change it while the embedded server runs), POST
@@ -56,6 +60,7 @@ class Fault:
     probability: float = 1.0
     first: Optional[int] = None
     path: Optional[str] = None
+    refuse_fine_tune: Optional[str] = None
     text: str = field(default="", compare=False)
 
     def matches_path(self, path: str) -> bool:
@@ -104,13 +109,18 @@ def parse_faults(spec: str) -> Tuple[Fault, ...]:
                 values["probability"] = probability
             elif key == "first":
                 values["first"] = _number(key, value, int)
+            elif key == "refuse_fine_tune":
+                if value not in ("", "access", "model"):
+                    raise FaultSpecError(f"refuse_fine_tune is 'access' or 'model', not '{value}'")
+                values[key] = value or "access"
             elif key == "path":
                 if not value.startswith("/"):
                     raise FaultSpecError("fault path must start with '/'")
                 values["path"] = value
             else:
                 raise FaultSpecError(
-                    f"unknown fault '{key}' (use latency, status, retry_after, hang, drop, garbage, p, first, path)"
+                    f"unknown fault '{key}' (use latency, status, retry_after, hang, drop, garbage, p, first, path, "
+                    "refuse_fine_tune)"
                 )
         faults.append(Fault(text=part, **values))
     return tuple(faults)
@@ -175,3 +185,11 @@ class FaultPlan:
                         continue
                     chosen.append(fault)
         return chosen
+
+    def fine_tune_refusal(self, header: Optional[str]) -> Optional[str]:
+        """'access' or 'model' when the request header, the configuration or the environment refuses fine-tunes."""
+        for spec in (header or "", self.configured, os.environ.get(ENV_FAULTS, "")):
+            for fault in parse_faults(spec):
+                if fault.refuse_fine_tune:
+                    return fault.refuse_fine_tune
+        return None

@@ -1,9 +1,11 @@
 """What GPT3IntentClassifier and GPT3EntityExtractor share: one GraphComponent serving one task's fine-tuned model.
 
 The base class trains (finds or fine-tunes the task's model, see `task_model`), persists and loads it, warns when
-the backend changed since training, warms the model up on the local backend, holds the process-wide bounded caller
-and decides which messages are never sent. A subclass names its `TASK`, builds the model it serves from the
-`TaskModel` and says what a message gets from it.
+the backend changed since training, checks the model's shutdown date when trained and loaded (one warning line
+within 60 days; past the date one error line, and the model is no longer asked: `rasa_gpt3.model_lifecycle`), warms
+the model up on the local backend, holds the process-wide bounded caller and decides which messages are never
+sent. A subclass names its `TASK`, builds the model it serves from the `TaskModel` and says what a message gets
+from it.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from rasa.shared.nlu.constants import TEXT
 from rasa.shared.nlu.training_data.message import Message
 from rasa.shared.nlu.training_data.training_data import TrainingData
 
+from rasa_gpt3.errors import RasaGPT3Error
 from rasa_gpt3.inference.calls import BoundedCaller, CallPolicy, caller_for
 from rasa_gpt3.intent_names import is_shortcut
 from rasa_gpt3.nlu.task_model import (
@@ -62,6 +65,8 @@ class GPT3Component(GraphComponent):
         self._settings = settings_from_config(self.component_config)
         self._policy = CallPolicy.from_config(self.component_config)
         self._caller: Optional[BoundedCaller] = None
+        # set when the served model's shutdown date has passed: it is no longer asked
+        self._shut_down = False
         self._serve(task_model)
 
     def _validate_config(self, config: Dict[str, Any]) -> None:
@@ -96,6 +101,7 @@ class GPT3Component(GraphComponent):
         """Exports the task's data, finds or fine-tunes the model for it, and persists what serving it needs."""
         self._serve(obtain_task_model(self.TASK, training_data, self.component_config, type(self).__name__))
         persist_task_model(self.task_model, self._model_storage, self._resource)
+        self._check_shutdown()
         return self._resource
 
     @classmethod
@@ -111,8 +117,14 @@ class GPT3Component(GraphComponent):
         task_model = load_task_model(model_storage, resource, cls.__name__)
         component = cls(config, model_storage, resource, execution_context, task_model)
         component._check_backend()
+        component._check_shutdown()
         model = component.served_model
-        if model is not None and component.component_config["warm_up"] and component._settings.uses_local_backend:
+        if (
+            model is not None
+            and not component._shut_down
+            and component.component_config["warm_up"]
+            and component._settings.uses_local_backend
+        ):
             component.caller.warm_up(model.model, model.request_body("hello"))
         return component
 
@@ -125,6 +137,28 @@ class GPT3Component(GraphComponent):
                 self.task_model.backend,
                 self._settings.backend_name,
             )
+
+    def _check_shutdown(self) -> None:
+        """Logs one line when the served model shuts down within 60 days or has; past the date it is not asked."""
+        if self.task_model is None:
+            return
+        from rasa_gpt3.model_lifecycle import lifecycle_on
+
+        name = type(self).__name__
+        try:
+            lifecycle = lifecycle_on(self._settings, self.task_model.model, self.task_model.base_model)
+        except RasaGPT3Error as error:
+            logger.error("%s: %s", name, error)
+            return
+        self._shut_down = lifecycle.retired
+        if lifecycle.retired:
+            logger.error("%s: %s", name, lifecycle.error(self.TASK, self._without_model()))
+        elif lifecycle.due_soon:
+            logger.warning("%s: %s", name, lifecycle.warning(self.TASK))
+
+    def _without_model(self) -> str:
+        """What messages get while the model is not asked (for the shut-down error line)."""
+        return "the model is no longer asked"
 
     @property
     def caller(self) -> BoundedCaller:
@@ -143,10 +177,12 @@ class GPT3Component(GraphComponent):
         raise NotImplementedError
 
     def _skip_reason(self, message: Message) -> Optional[str]:
-        """Why the model is not asked about `message` (no model, empty text, an intent shortcut), or None."""
+        """Why the model is not asked about `message` (no model, it shut down, empty text, a shortcut), or None."""
         text = message.get(TEXT) or ""
         if self.served_model is None:
             return "no_model"
+        if self._shut_down:
+            return "model_shut_down"
         if not text.strip():
             return "empty_text"
         if is_shortcut(text):

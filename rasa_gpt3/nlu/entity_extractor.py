@@ -46,6 +46,9 @@ class GPT3EntityExtractor(GPT3Component, EntityExtractorMixin):
     def _served_model(self, task_model: TaskModel) -> EntityModel:
         return EntityModel.from_task_model(task_model, max_tokens=int(self.component_config["max_tokens"]))
 
+    def _without_model(self) -> str:
+        return "the model is no longer asked: it adds no entities"
+
     def _process_message(self, message: Message) -> None:
         """Adds the located entities to ENTITIES and a `gpt3_entities` record."""
         reason = self._skip_reason(message)

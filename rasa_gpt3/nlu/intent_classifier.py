@@ -94,6 +94,12 @@ class GPT3IntentClassifier(GPT3Component, IntentClassifier):
             top_logprobs=int(self.component_config["top_logprobs"]),
         )
 
+    def _without_model(self) -> str:
+        return (
+            f"the model is no longer asked: every message gets {self.component_config['fallback_intent']} at "
+            "confidence 0 (in routing mode the earlier classifier's intent stays)"
+        )
+
     def _process_message(self, message: Message) -> None:
         """Sets INTENT, `intent_ranking` and the `gpt3` record."""
         previous = message.get(INTENT)

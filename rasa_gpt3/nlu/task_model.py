@@ -128,8 +128,11 @@ def fingerprint_addon(task: str, config: Dict[str, Any]) -> str:
     So `rasa train` retrains the component after `rasa-gpt3 fine-tune` / `models use`, after switching between
     the local backend and an API, and after a prompt-format change.
     """
+    from rasa_gpt3.model_lifecycle import schedule_state
+
     settings = settings_from_config(config)
     active = None
+    entry = None
     try:
         from rasa_gpt3.registry import Registry
 
@@ -138,12 +141,19 @@ def fingerprint_addon(task: str, config: Dict[str, Any]) -> str:
             active = [entry.model, entry.fingerprint]
     except RasaGPT3Error:
         active = "unreadable"  # train() reports the broken registry with its own message
+    # entering the last 60 days or passing the shutdown date retrains the component, so `rasa train` says so
+    base = (entry.base_model if entry is not None else None) or _base_model_name(config) or "gpt-4o-mini"
+    try:
+        shutdown = schedule_state(base, settings.backend_name)
+    except RasaGPT3Error:
+        shutdown = "unreadable"  # train() reports the malformed RASA_GPT3_SHUTDOWN_DATES
     return json.dumps(
         {
             "component": COMPONENT_VERSION,
             "prompt_format": prompts.PROMPT_FORMAT_VERSION,
             "backend": settings.backend_name,
             "registry_active": active,
+            "shutdown": shutdown,
         },
         sort_keys=True,
     )

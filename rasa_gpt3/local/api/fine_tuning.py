@@ -13,6 +13,7 @@ from rasa_gpt3.local.api.backend import BACKEND, Backend
 from rasa_gpt3.local.api.errors import ApiError
 from rasa_gpt3.local.api.params import expect, id_or_404, int_in, json_body, page, query_int, string_of_length
 from rasa_gpt3.local.engine_registry import engine_for_base_model
+from rasa_gpt3.local.faults import HEADER
 from rasa_gpt3.local.jobs import job_event
 from rasa_gpt3.local.store import ACTIVE_STATUSES, PRIVATE, NotFound, public
 
@@ -67,7 +68,19 @@ async def create_job(request: web.Request) -> web.Response:
     backend: Backend = request.app[BACKEND]
     body = await json_body(request)
     model = expect(body, "model", str, required=True)
+    refusal = backend.faults.fine_tune_refusal(request.headers.get(HEADER))
+    if refusal == "access":
+        # OpenAI answers organisations without fine-tuning access (since 2026-05-07) with a permission error; its
+        # exact text is not published, this one says what users report ("permission denied") and why
+        raise ApiError(
+            403,
+            "Fine-tuning is not available to your organization: you do not have access to create fine-tuning jobs.",
+            "permission_error",
+            code="fine_tuning_not_available",
+        )
     try:
+        if refusal == "model":
+            raise ValueError(model)
         _, base = engine_for_base_model(model)
     except ValueError:
         raise ApiError(
