@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -103,3 +104,29 @@ def wait_for(condition, what: str, timeout: float = 60.0) -> None:
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
 
+
+@pytest.fixture(scope="session")
+def redis_port():
+    """A redis-server on a free 127.0.0.1 port, nothing saved to disk."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
+    port = free_port()
+    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    try:
+        import redis
+
+        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
+
+        def answers() -> bool:
+            try:
+                return bool(client.ping())
+            except redis.RedisError:
+                return False
+
+        wait_for(answers, "redis-server to answer", timeout=30)
+        yield port
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

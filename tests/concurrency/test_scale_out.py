@@ -1,5 +1,6 @@
-"""Scale-out on Rasa's own machinery: `SANIC_WORKERS=2 rasa run` with a RedisLockStore and a RedisTrackerStore on a
-real redis-server, each worker with the GPT intent model and its own embedded local backend on the one project
+"""Scale-out on Rasa's own machinery: `SANIC_WORKERS=2 rasa run` with a Redis lock store (rasa_gpt3's
+AtomicRedisLockStore: Rasa 3.6's RedisLockStore loses such messages) and Rasa's RedisTrackerStore on a real
+redis-server, each worker with the GPT intent model and its own embedded local backend on the one project
 `.rasa_gpt3/local`.
 
 Conversations run at once, and inside each conversation two messages are sent at the same moment, so they may reach
@@ -8,8 +9,6 @@ the other's turn. Every conversation must end with its own values, each turn onc
 """
 from __future__ import annotations
 
-import shutil
-import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -39,33 +38,6 @@ def _served_by(request_log: Path) -> Dict[int, int]:
 
 
 @pytest.fixture(scope="module")
-def redis_port(local_bot):
-    """A redis-server on a free 127.0.0.1 port, nothing saved to disk."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
-    port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-    try:
-        import redis
-
-        client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=1)
-
-        def answers() -> bool:
-            try:
-                return bool(client.ping())
-            except redis.RedisError:
-                return False
-
-        wait_for(answers, "redis-server to answer", timeout=30)
-        yield port
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-
-
-@pytest.fixture(scope="module")
 def workers(local_bot, redis_port):
     """`rasa run` with WORKERS Sanic workers sharing conversations through Redis; (server, request log)."""
     project = local_bot.project
@@ -73,7 +45,8 @@ def workers(local_bot, redis_port):
     endpoints = local_bot.write("endpoints_scale_out.yml", (
         f'action_endpoint:\n  url: "{local_bot.actions_url}"\n'
         f"tracker_store:\n  type: redis\n  url: 127.0.0.1\n  port: {redis_port}\n  db: 0\n"
-        f"lock_store:\n  type: redis\n  url: 127.0.0.1\n  port: {redis_port}\n  db: 1\n"))
+        f"lock_store:\n  type: rasa_gpt3.lock_store.AtomicRedisLockStore\n  url: 127.0.0.1\n  port: {redis_port}\n"
+        "  db: 1\n"))
     port = free_port()
     server = start_server("rasa run (workers)", [
         sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p", str(port), "-m",
