@@ -24,6 +24,7 @@ Rasa, by patching MessageProcessor.parse_message in this benchmark only). Last, 
 --conversations requests for action_gpt3_fallback at once (the generate path: one model call each), straight to its
 /webhook as Rasa sends them. Nothing here asserts; it prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,8 +50,11 @@ from rasa_gpt3.demo import Server, fine_tune_models, free_port, rasa_train, star
 
 CONFIG = "config_gpt3_only.yml"
 # one message per rule of example_bot; the number makes each text unique, the model still decides it confidently
-TEMPLATES = ("what is my account balance? ref {n}", "thank you very much, customer {n}",
-             "I want to transfer money ({n})")
+TEMPLATES = (
+    "what is my account balance? ref {n}",
+    "thank you very much, customer {n}",
+    "I want to transfer money ({n})",
+)
 # the alternative to the NLU server, measured for the README's comparison only: Rasa's pipeline on a thread pool
 IN_PROCESS_POOL = """
 import asyncio, concurrent.futures, sys
@@ -106,8 +110,11 @@ def most_at_once(request_log: Path, window: float) -> int:
     """The most chat completions that arrived within `window` seconds of each other (calls in flight together)."""
     if not request_log.exists():
         return 0
-    arrivals = sorted(float(line.split(" ", 1)[0]) for line in request_log.read_text().splitlines()
-                      if line.endswith("/chat/completions"))
+    arrivals = sorted(
+        float(line.split(" ", 1)[0])
+        for line in request_log.read_text().splitlines()
+        if line.endswith("/chat/completions")
+    )
     best, start = 0, 0
     for end, arrival in enumerate(arrivals):
         while arrivals[start] <= arrival - window:
@@ -152,8 +159,9 @@ async def _conversation(session, url: str, sender: str, texts: Sequence[str], sa
 def _session():
     import aiohttp
 
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600),
-                                 connector=aiohttp.TCPConnector(force_close=True, limit=0))
+    return aiohttp.ClientSession(
+        timeout=aiohttp.ClientTimeout(total=600), connector=aiohttp.TCPConnector(force_close=True, limit=0)
+    )
 
 
 async def _measure(url: str, conversations: Dict[str, List[str]], at_once: bool) -> tuple[List[Sample], float]:
@@ -161,8 +169,9 @@ async def _measure(url: str, conversations: Dict[str, List[str]], at_once: bool)
     async with _session() as session:
         started = time.monotonic()
         if at_once:
-            await asyncio.gather(*(_conversation(session, url, sender, texts, samples)
-                                   for sender, texts in conversations.items()))
+            await asyncio.gather(
+                *(_conversation(session, url, sender, texts, samples) for sender, texts in conversations.items())
+            )
         else:
             for sender, texts in conversations.items():
                 await _conversation(session, url, sender, texts, samples)
@@ -215,9 +224,16 @@ class Bench:
     def env(self, request_log: Optional[Path] = None, **extra: str) -> Dict[str, str]:
         """A child's environment: the embedded local backend with the model latency, no telemetry."""
         env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "RASA_GPT3_"))}
-        env.update({"RASA_GPT3_LOCAL": "1", "RASA_GPT3_PROJECT": str(self.project),
-                    "RASA_GPT3_FAULTS": f"latency={self.latency},path=/v1/chat", "RASA_TELEMETRY_ENABLED": "false",
-                    "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"})
+        env.update(
+            {
+                "RASA_GPT3_LOCAL": "1",
+                "RASA_GPT3_PROJECT": str(self.project),
+                "RASA_GPT3_FAULTS": f"latency={self.latency},path=/v1/chat",
+                "RASA_TELEMETRY_ENABLED": "false",
+                "TF_CPP_MIN_LOG_LEVEL": "2",
+                "PYTHONUNBUFFERED": "1",
+            }
+        )
         if request_log is not None:
             env["RASA_GPT3_REQUEST_LOG"] = str(request_log)
         env.update(extra)
@@ -232,17 +248,42 @@ class Bench:
         wait_ready(server, ready)
         return server
 
-    def rasa(self, stack: ExitStack, name: str, endpoints: str, env: Dict[str, str],
-             launcher: Sequence[str] = ("-m", "rasa")) -> Server:
+    def rasa(
+        self, stack: ExitStack, name: str, endpoints: str, env: Dict[str, str], launcher: Sequence[str] = ("-m", "rasa")
+    ) -> Server:
         """`rasa run --enable-api` on the GPT-only model."""
-        return self.start(stack, name, [sys.executable, *launcher, "run", "--enable-api", "-i", "127.0.0.1", "-p",
-                                        "{port}", "-m", str(self.archive), "--endpoints", endpoints,
-                                        "--credentials", "credentials.yml"], env, "/status")
+        return self.start(
+            stack,
+            name,
+            [
+                sys.executable,
+                *launcher,
+                "run",
+                "--enable-api",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                "{port}",
+                "-m",
+                str(self.archive),
+                "--endpoints",
+                endpoints,
+                "--credentials",
+                "credentials.yml",
+            ],
+            env,
+            "/status",
+        )
 
     def nlu_server(self, stack: ExitStack, env: Dict[str, str]) -> Server:
         """`python -m rasa_gpt3.nlu_server` (what `rasa-gpt3 nlu serve` runs)."""
-        return self.start(stack, "nlu_server", [sys.executable, "-m", "rasa_gpt3.nlu_server", "--model",
-                                                str(self.archive), "--port", "{port}"], env, "/")
+        return self.start(
+            stack,
+            "nlu_server",
+            [sys.executable, "-m", "rasa_gpt3.nlu_server", "--model", str(self.archive), "--port", "{port}"],
+            env,
+            "/",
+        )
 
     def endpoints(self, name: str, text: str) -> str:
         """Writes an endpoints file into the project; returns its name."""
@@ -270,10 +311,14 @@ def setups(bench: Bench, args: argparse.Namespace, actions_url: str, redis_port:
         return bench.endpoints("endpoints_bench_nlu.yml", f'{action}nlu:\n  url: "{url}"\n  timeout: 5\n')
 
     def redis_endpoints() -> str:
-        return bench.endpoints("endpoints_bench_redis.yml", (
-            f"{action}tracker_store:\n  type: redis\n  url: 127.0.0.1\n  port: {redis_port}\n  db: 0\n"
-            f"lock_store:\n  type: rasa_gpt3.lock_store.AtomicRedisLockStore\n  url: 127.0.0.1\n  port: {redis_port}\n"
-            "  db: 1\n"))
+        return bench.endpoints(
+            "endpoints_bench_redis.yml",
+            (
+                f"{action}tracker_store:\n  type: redis\n  url: 127.0.0.1\n  port: {redis_port}\n  db: 0\n"
+                "lock_store:\n  type: rasa_gpt3.lock_store.AtomicRedisLockStore\n  url: 127.0.0.1\n"
+                f"  port: {redis_port}\n  db: 1\n"
+            ),
+        )
 
     def as_is(stack: ExitStack, log: Path) -> str:
         return bench.rasa(stack, "rasa_as_is", plain, bench.env(log)).url
@@ -289,18 +334,24 @@ def setups(bench: Bench, args: argparse.Namespace, actions_url: str, redis_port:
         def start(stack: ExitStack, log: Path) -> str:
             if nlu:
                 server = bench.nlu_server(stack, bench.env(log))
-                endpoints = bench.endpoints("endpoints_bench_redis_nlu.yml", Path(
-                    bench.project / redis_endpoints()).read_text() + f'nlu:\n  url: "{server.url}"\n  timeout: 5\n')
+                endpoints = bench.endpoints(
+                    "endpoints_bench_redis_nlu.yml",
+                    Path(bench.project / redis_endpoints()).read_text()
+                    + f'nlu:\n  url: "{server.url}"\n  timeout: 5\n',
+                )
             else:
                 endpoints = redis_endpoints()
             name = f"rasa_{count}_workers" + ("_nlu_server" if nlu else "")
             url = bench.rasa(stack, name, endpoints, bench.env(log, SANIC_WORKERS=str(count))).url
             wait_for_workers(log, count + (1 if nlu else 0))  # the NLU server warmed its own backend up too
             return url
+
         return start
 
-    chosen = [("Rasa 3.6 as it is: NLU inside the event loop", as_is),
-              ("rasa run + NLU server (`nlu: url:`)", with_nlu_server)]
+    chosen = [
+        ("Rasa 3.6 as it is: NLU inside the event loop", as_is),
+        ("rasa run + NLU server (`nlu: url:`)", with_nlu_server),
+    ]
     if args.compare_in_process:
         chosen.append(("not chosen: the pipeline on a thread pool inside Rasa (patched)", in_process))
     if redis_port is None:
@@ -317,15 +368,31 @@ def setups(bench: Bench, args: argparse.Namespace, actions_url: str, redis_port:
 
 def action_request(domain: Dict[str, Any], sender: str, text: str) -> Dict[str, Any]:
     """What Rasa posts to the action server for action_gpt3_fallback after the GPT pipeline was unsure of `text`."""
-    latest = {"text": text, "intent": {"name": "nlu_fallback", "confidence": 0.3}, "entities": [],
-              "intent_ranking": [], "gpt3": {"asked": True, "decided": False, "outcome": "ok"}}
+    latest = {
+        "text": text,
+        "intent": {"name": "nlu_fallback", "confidence": 0.3},
+        "entities": [],
+        "intent_ranking": [],
+        "gpt3": {"asked": True, "decided": False, "outcome": "ok"},
+    }
     slots = {name: slot.get("initial_value") for name, slot in (domain.get("slots") or {}).items()}
-    tracker = {"sender_id": sender, "slots": slots, "latest_message": latest, "paused": False,
-               "followup_action": None, "active_loop": {}, "latest_action_name": "action_listen",
-               "events": [{"event": "action", "name": "action_listen"},
-                          {"event": "user", "text": text, "parse_data": latest}]}
-    return {"next_action": "action_gpt3_fallback", "sender_id": sender, "tracker": tracker, "domain": domain,
-            "version": "3.6.21"}
+    tracker = {
+        "sender_id": sender,
+        "slots": slots,
+        "latest_message": latest,
+        "paused": False,
+        "followup_action": None,
+        "active_loop": {},
+        "latest_action_name": "action_listen",
+        "events": [{"event": "action", "name": "action_listen"}, {"event": "user", "text": text, "parse_data": latest}],
+    }
+    return {
+        "next_action": "action_gpt3_fallback",
+        "sender_id": sender,
+        "tracker": tracker,
+        "domain": domain,
+        "version": "3.6.21",
+    }
 
 
 def play_actions(row: Row, url: str, domain: Dict[str, Any], args: argparse.Namespace) -> None:
@@ -345,8 +412,11 @@ def play_actions(row: Row, url: str, domain: Dict[str, Any], args: argparse.Name
             for _ in range(args.single * args.messages):
                 row.single.append(await _post(session, f"{url}/webhook", body("single"), answered))
             started = time.monotonic()
-            row.load = list(await asyncio.gather(*(_post(session, f"{url}/webhook", body("load"), answered)
-                                                   for _ in range(args.conversations))))
+            row.load = list(
+                await asyncio.gather(
+                    *(_post(session, f"{url}/webhook", body("load"), answered) for _ in range(args.conversations))
+                )
+            )
             row.wall = time.monotonic() - started
 
     asyncio.run(measure())
@@ -362,8 +432,11 @@ def prepare(workdir: Path) -> Bench:
     from rasa_gpt3.settings import Settings
 
     project = workdir / "example_bot"
-    shutil.copytree(REPO / "example_bot", project, ignore=shutil.ignore_patterns(
-        "models", "results", ".rasa", ".rasa_gpt3", "gpt3_models.yml", "__pycache__"))
+    shutil.copytree(
+        REPO / "example_bot",
+        project,
+        ignore=shutil.ignore_patterns("models", "results", ".rasa", ".rasa_gpt3", "gpt3_models.yml", "__pycache__"),
+    )
     logs = workdir / "logs"
     logs.mkdir()
     print(f"fine-tuning example_bot's models on the local backend ({project})", flush=True)
@@ -383,8 +456,11 @@ def start_redis(stack: ExitStack) -> Optional[int]:
     if binary is None:
         return None
     port = free_port()
-    process = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
-                                "no"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     stack.callback(process.wait, 10)
     stack.callback(process.terminate)
     import redis
@@ -416,7 +492,8 @@ def table(rows: List[Row], args: argparse.Namespace) -> str:
         lines.append(
             f"| {row.setup} | {single * 1000:,.0f} ms | {quantile(load, 0.5) * 1000:,.0f} ms | {p95 * 1000:,.0f} ms | "
             f"{max(load) * 1000:,.0f} ms | {p95 / single:.1f}x | {len(load) / row.wall:.1f} msg/s | {row.lost} | "
-            f"{row.twice} | {row.at_once} |")
+            f"{row.twice} | {row.at_once} |"
+        )
     return "\n".join(lines)
 
 
@@ -428,8 +505,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--single", type=int, default=4, help="conversations played one at a time (default: 4)")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per model call (default: 0.2)")
     parser.add_argument("--workers", default="1,2,4", help="SANIC_WORKERS values (default: 1,2,4)")
-    parser.add_argument("--compare-in-process", action="store_true",
-                        help="also measure the pipeline on a thread pool inside Rasa (a patch, not shipped)")
+    parser.add_argument(
+        "--compare-in-process",
+        action="store_true",
+        help="also measure the pipeline on a thread pool inside Rasa (a patch, not shipped)",
+    )
     parser.add_argument("--only", default=None, metavar="TEXT", help="run only the setups whose name contains TEXT")
     parser.add_argument("--keep", default=None, metavar="DIR", help="work in DIR and keep it (logs, trained bot)")
     args = parser.parse_args(argv)
@@ -446,8 +526,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with ExitStack() as shared:
             redis_port = start_redis(shared)
             action_log = workdir / "requests_action_server.log"
-            actions = bench.start(shared, "action_server", [sys.executable, "-m", "rasa_sdk", "--actions", "actions",
-                                                            "--port", "{port}"], bench.env(action_log), "/health")
+            actions = bench.start(
+                shared,
+                "action_server",
+                [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", "{port}"],
+                bench.env(action_log),
+                "/health",
+            )
             for number, (name, starter) in enumerate(setups(bench, args, f"{actions.url}/webhook", redis_port)):
                 if args.only and args.only not in name:
                     continue

@@ -23,6 +23,7 @@ lock_store:
   db: 1
 ```
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -112,8 +113,14 @@ class AtomicRedisLockStore(LockStore):
             key_prefix = options.get("key_prefix", key_prefix)
             socket_timeout = options.get("socket_timeout", socket_timeout)
             poll_seconds = options.get("poll_seconds", poll_seconds)
-        self.red = redis.StrictRedis(host=host, port=int(port), db=int(db), password=password, ssl=bool(use_ssl),
-                                     socket_timeout=float(socket_timeout))
+        self.red = redis.StrictRedis(
+            host=host,
+            port=int(port),
+            db=int(db),
+            password=password,
+            ssl=bool(use_ssl),
+            socket_timeout=float(socket_timeout),
+        )
         if key_prefix and not (isinstance(key_prefix, str) and key_prefix.isalnum()):
             raise LockError(f"AtomicRedisLockStore: key_prefix must be alphanumeric, not {key_prefix!r}")
         self.key_prefix = f"{key_prefix}:{DEFAULT_KEY_PREFIX}" if key_prefix else DEFAULT_KEY_PREFIX
@@ -149,8 +156,9 @@ class AtomicRedisLockStore(LockStore):
             await asyncio.sleep(self.poll_seconds)
 
     @asynccontextmanager
-    async def lock(self, conversation_id: str, lock_lifetime: float = LOCK_LIFETIME,
-                   wait_time_in_seconds: float = 1) -> AsyncGenerator[TicketLock, None]:
+    async def lock(
+        self, conversation_id: str, lock_lifetime: float = LOCK_LIFETIME, wait_time_in_seconds: float = 1
+    ) -> AsyncGenerator[TicketLock, None]:
         """Holds the lock of `conversation_id` for the block; waits (polling every `poll_seconds`) for its turn."""
         ticket = self.issue_ticket(conversation_id, lock_lifetime)
         try:

@@ -3,6 +3,7 @@
 `add_parser(subparsers)` adds the `nlu` group with its verb `serve` to an argparse sub-parser set; `run(args)` is the
 handler it installs (`args.run`). Rasa and the model load only when the verb runs, so `--help` answers at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,35 +19,64 @@ DEFAULT_PORT = 5006
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options of `nlu serve`."""
-    parser.add_argument("--model", "-m", default="models", metavar="PATH",
-                        help="a Rasa model archive, or a directory: its newest archive (default: models)")
+    parser.add_argument(
+        "--model",
+        "-m",
+        default="models",
+        metavar="PATH",
+        help="a Rasa model archive, or a directory: its newest archive (default: models)",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    parser.add_argument("--port", "-p", type=int, default=DEFAULT_PORT,
-                        help=f"port to listen on, 0 for a free one (default: {DEFAULT_PORT})")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="messages parsed at once (default: 32); more wait in a queue inside the budget")
-    parser.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                        help="answer every message within this time, with the fallback intent if the pipeline is "
-                             "not done (default: the GPT components' timeouts added up + 0.5)")
-    parser.add_argument("--token", default=None, help="require ?token=T (or \"token\" in the body), as `rasa run "
-                                                      "--auth-token` does")
-    parser.add_argument("--fallback-intent", default=DEFAULT_FALLBACK_INTENT, metavar="NAME",
-                        help=f"the intent of a message the pipeline did not parse in time (default: "
-                             f"{DEFAULT_FALLBACK_INTENT})")
+    parser.add_argument(
+        "--port",
+        "-p",
+        type=int,
+        default=DEFAULT_PORT,
+        help=f"port to listen on, 0 for a free one (default: {DEFAULT_PORT})",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="messages parsed at once (default: 32); more wait in a queue inside the budget",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="answer every message within this time, with the fallback intent if the pipeline is "
+        "not done (default: the GPT components' timeouts added up + 0.5)",
+    )
+    parser.add_argument(
+        "--token", default=None, help='require ?token=T (or "token" in the body), as `rasa run --auth-token` does'
+    )
+    parser.add_argument(
+        "--fallback-intent",
+        default=DEFAULT_FALLBACK_INTENT,
+        metavar="NAME",
+        help=f"the intent of a message the pipeline did not parse in time (default: {DEFAULT_FALLBACK_INTENT})",
+    )
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Adds `nlu` and its verb `serve` to `subparsers`; returns the `nlu` parser."""
     parser = subparsers.add_parser(
-        "nlu", help="a Rasa-compatible NLU server that parses many messages at once",
+        "nlu",
+        help="a Rasa-compatible NLU server that parses many messages at once",
         description="Rasa 3.6 runs the NLU pipeline inside its event loop, so while the GPT model answers one "
-                    "message, every conversation of that Rasa process waits. `nlu serve` runs the pipeline of a "
-                    "trained Rasa model on a thread pool behind POST /model/parse; point Rasa at it with "
-                    "endpoints.yml `nlu: url: http://HOST:PORT`.")
+        "message, every conversation of that Rasa process waits. `nlu serve` runs the pipeline of a "
+        "trained Rasa model on a thread pool behind POST /model/parse; point Rasa at it with "
+        "endpoints.yml `nlu: url: http://HOST:PORT`.",
+    )
     verbs = parser.add_subparsers(dest="nlu_verb", metavar="VERB")
     verbs.required = True
-    serve = verbs.add_parser("serve", help="serve POST /model/parse for a trained Rasa model",
-                             description="Load the Rasa model and serve its NLU pipeline until Ctrl-C.")
+    serve = verbs.add_parser(
+        "serve",
+        help="serve POST /model/parse for a trained Rasa model",
+        description="Load the Rasa model and serve its NLU pipeline until Ctrl-C.",
+    )
     add_arguments(serve)
     serve.set_defaults(run=run)
     return parser
@@ -62,25 +92,38 @@ def run(args: argparse.Namespace) -> int:
     if not Path(args.model).exists():
         raise RasaGPT3Error(f"--model: {args.model} does not exist (train the bot with `rasa train` first)")
     if args.host not in LOOPBACK_HOSTS and not args.token:
-        print(f"warning: serving on {args.host} without --token: anyone who can reach it can parse with the model",
-              file=sys.stderr)
+        print(
+            f"warning: serving on {args.host} without --token: anyone who can reach it can parse with the model",
+            file=sys.stderr,
+        )
 
     from rasa_gpt3.nlu_server.server import DEFAULT_THREADS, NLUServer, NLUServerError, load_agent, serve
 
     _configure_logging()
     try:
         agent = load_agent(Path(args.model))
-        server = NLUServer(agent, threads=threads or DEFAULT_THREADS, timeout=args.timeout, token=args.token,
-                           fallback_intent=args.fallback_intent)
+        server = NLUServer(
+            agent,
+            threads=threads or DEFAULT_THREADS,
+            timeout=args.timeout,
+            token=args.token,
+            fallback_intent=args.fallback_intent,
+        )
     except NLUServerError as error:
         raise RasaGPT3Error(str(error)) from None
 
     def ready(port: int) -> None:
-        print(f"NLU server for {server.model_file} on http://{args.host}:{port} ({server.threads} threads, every "
-              f"message answered within {server.timeout:g} s); Ctrl-C stops it", flush=True)
+        print(
+            f"NLU server for {server.model_file} on http://{args.host}:{port} ({server.threads} threads, every "
+            f"message answered within {server.timeout:g} s); Ctrl-C stops it",
+            flush=True,
+        )
         token = f"\n  token: {args.token}" if args.token else ""
-        print(f"in Rasa's endpoints.yml:\nnlu:\n  url: http://{args.host}:{port}{token}\n"
-              f"  timeout: {server.timeout + 0.5:g}", flush=True)
+        print(
+            f"in Rasa's endpoints.yml:\nnlu:\n  url: http://{args.host}:{port}{token}\n"
+            f"  timeout: {server.timeout + 0.5:g}",
+            flush=True,
+        )
 
     try:
         serve(server, host=args.host, port=args.port, on_ready=ready)
@@ -106,9 +149,11 @@ def _configure_logging() -> None:
 
 def main(argv=None) -> int:
     """`python -m rasa_gpt3.nlu_server [options]`: `nlu serve` without the rasa-gpt3 CLI."""
-    parser = argparse.ArgumentParser(prog="python -m rasa_gpt3.nlu_server",
-                                     description="Serve POST /model/parse for a trained Rasa model, many messages "
-                                                 "at once (see `rasa-gpt3 nlu serve --help`).")
+    parser = argparse.ArgumentParser(
+        prog="python -m rasa_gpt3.nlu_server",
+        description="Serve POST /model/parse for a trained Rasa model, many messages "
+        "at once (see `rasa-gpt3 nlu serve --help`).",
+    )
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

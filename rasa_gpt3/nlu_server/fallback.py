@@ -5,6 +5,7 @@ interpreter (rasa_gpt3.nlu_server.interpreter) when the server is slow, unreacha
 `gpt3_nlu_server` record says what happened, as `gpt3` does for the intent component; a message with this record
 and no `gpt3` record was not seen by the GPT intent model, so action_gpt3_fallback re-classifies it.
 """
+
 from __future__ import annotations
 
 from typing import Any, Dict
@@ -13,8 +14,9 @@ DEFAULT_FALLBACK_INTENT = "nlu_fallback"
 RECORD_KEY = "gpt3_nlu_server"
 
 
-def fallback_parse(text: str, outcome: str, *, fallback_intent: str = DEFAULT_FALLBACK_INTENT,
-                   source: str, budget: float) -> Dict[str, Any]:
+def fallback_parse(
+    text: str, outcome: str, *, fallback_intent: str = DEFAULT_FALLBACK_INTENT, source: str, budget: float
+) -> Dict[str, Any]:
     """A parse result in Rasa's shape: `fallback_intent` at confidence 0, no entities, the original text.
 
     `outcome` names the failure (timeout, connection, http_503, bad_response, pipeline_error), `source` who gave up

@@ -24,6 +24,7 @@ nlu:
   fallback_intent: nlu_fallback   # default
 ```
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -79,11 +80,17 @@ async def bounded_parse(self: Any, message: Any) -> Dict[str, Any]:
         body["token"] = token
         params[config.token_name or "token"] = token
     try:
-        async with self.session.post(parse_url(url), json=body, params=params, headers=config.headers or None,
-                                     timeout=aiohttp.ClientTimeout(total=options["timeout"])) as response:
+        async with self.session.post(
+            parse_url(url),
+            json=body,
+            params=params,
+            headers=config.headers or None,
+            timeout=aiohttp.ClientTimeout(total=options["timeout"]),
+        ) as response:
             if response.status != 200:
-                return _degraded(text, f"http_{response.status}", f"the NLU server answered HTTP {response.status}",
-                                 options)
+                return _degraded(
+                    text, f"http_{response.status}", f"the NLU server answered HTTP {response.status}", options
+                )
             data = await response.json(content_type=None)
     except asyncio.TimeoutError:
         return _degraded(text, "timeout", f"the NLU server did not answer within {options['timeout']:g} s", options)
@@ -103,8 +110,9 @@ setattr(bounded_parse, PATCH_MARKER, True)
 
 def _degraded(text: str, outcome: str, why: str, options: Dict[str, Any]) -> Dict[str, Any]:
     logger.warning("rasa_gpt3: %s; the message gets %s", why, options["fallback_intent"])
-    return fallback_parse(text, outcome, fallback_intent=options["fallback_intent"], source="client",
-                          budget=options["timeout"])
+    return fallback_parse(
+        text, outcome, fallback_intent=options["fallback_intent"], source="client", budget=options["timeout"]
+    )
 
 
 def install() -> bool:

@@ -14,6 +14,7 @@ Routes (Rasa's shapes): `POST /model/parse` {"text": ..., "message_id": ...} -> 
 greeting; `GET /status` -> the model, the budget and what is in flight. With a token, requests need `?token=T`
 (Rasa's convention) or `"token": "T"` in the JSON body (what Rasa 3.6's interpreter sends).
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -77,8 +78,15 @@ def load_agent(model: Path) -> Any:
 class NLUServer:
     """The NLU pipeline of one loaded Rasa model, run on a thread pool behind an aiohttp app."""
 
-    def __init__(self, agent: Any, *, threads: int = DEFAULT_THREADS, timeout: Optional[float] = None,
-                 token: Optional[str] = None, fallback_intent: str = DEFAULT_FALLBACK_INTENT) -> None:
+    def __init__(
+        self,
+        agent: Any,
+        *,
+        threads: int = DEFAULT_THREADS,
+        timeout: Optional[float] = None,
+        token: Optional[str] = None,
+        fallback_intent: str = DEFAULT_FALLBACK_INTENT,
+    ) -> None:
         if threads < 1:
             raise NLUServerError("threads must be at least 1")
         if timeout is not None and timeout <= 0:
@@ -86,8 +94,11 @@ class NLUServer:
         self.agent = agent
         self.threads = threads
         budget = gpt3_budget(agent)
-        self.timeout = float(timeout) if timeout is not None else (
-            budget + PIPELINE_MARGIN if budget is not None else DEFAULT_TIMEOUT)
+        self.timeout = (
+            float(timeout)
+            if timeout is not None
+            else (budget + PIPELINE_MARGIN if budget is not None else DEFAULT_TIMEOUT)
+        )
         self.token = token or None
         self.fallback_intent = fallback_intent
         self._pool = concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="rasa-gpt3-nlu")
@@ -120,7 +131,8 @@ class NLUServer:
         try:
             # wait_for cancels the pool's future on timeout: a message still queued is then never parsed
             result = await asyncio.wait_for(
-                loop.run_in_executor(self._pool, self._parse_blocking, text, sender_id), self.timeout)
+                loop.run_in_executor(self._pool, self._parse_blocking, text, sender_id), self.timeout
+            )
         except asyncio.TimeoutError:
             return self._fallback(text, "timeout", f"no parse within {self.timeout:g} s")
         except Exception as error:  # a component that raises must not cost the conversation its answer
@@ -134,8 +146,7 @@ class NLUServer:
     def _fallback(self, text: str, outcome: str, why: str) -> Dict[str, Any]:
         self._counts["fallback"] += 1
         logger.warning("NLU server: %s; answering %s (%s)", why, self.fallback_intent, outcome)
-        return fallback_parse(text, outcome, fallback_intent=self.fallback_intent, source="server",
-                              budget=self.timeout)
+        return fallback_parse(text, outcome, fallback_intent=self.fallback_intent, source="server", budget=self.timeout)
 
     # ------------------------------------------------------------------ HTTP
 
@@ -154,11 +165,15 @@ class NLUServer:
         if not isinstance(body, dict):
             return _error(400, "BadRequest", "The request body must be a JSON object with a `text`.")
         if not self._authorised(request, body):
-            return _error(401, "NotAuthenticated", "User is not authenticated: pass ?token= or \"token\" in the body.")
+            return _error(401, "NotAuthenticated", 'User is not authenticated: pass ?token= or "token" in the body.')
         text = body.get("text")
         if not isinstance(text, str):
-            return _error(400, "BadRequest", "No text message defined in request_body. Add text message to request "
-                                             "body in order to obtain the intent and extracted entities.")
+            return _error(
+                400,
+                "BadRequest",
+                "No text message defined in request_body. Add text message to request "
+                "body in order to obtain the intent and extracted entities.",
+            )
         sender_id = body.get("message_id") if isinstance(body.get("message_id"), str) else None
         return web.json_response(await self.parse(text, sender_id))
 
@@ -172,14 +187,16 @@ class NLUServer:
         """GET /status: model, budget, threads, messages in flight and counts."""
         if self.token is not None and not self._authorised(request, {}):
             return _error(401, "NotAuthenticated", "User is not authenticated: pass ?token=.")
-        return web.json_response({
-            "model_file": self.model_file,
-            "model_id": self.agent.processor.model_metadata.model_id,
-            "timeout": self.timeout,
-            "threads": self.threads,
-            "in_flight": self._in_flight,
-            **self._counts,
-        })
+        return web.json_response(
+            {
+                "model_file": self.model_file,
+                "model_id": self.agent.processor.model_metadata.model_id,
+                "timeout": self.timeout,
+                "threads": self.threads,
+                "in_flight": self._in_flight,
+                **self._counts,
+            }
+        )
 
     def app(self) -> web.Application:
         """The aiohttp application."""
@@ -198,8 +215,15 @@ def _error(status: int, reason: str, message: str) -> web.Response:
     """An error in the shape of Rasa's server (rasa.server.ErrorResponse)."""
     import rasa
 
-    body = {"version": rasa.__version__, "status": "failure", "message": message, "reason": reason, "details": {},
-            "help": None, "code": status}
+    body = {
+        "version": rasa.__version__,
+        "status": "failure",
+        "message": message,
+        "reason": reason,
+        "details": {},
+        "help": None,
+        "code": status,
+    }
     return web.json_response(body, status=status)
 
 

@@ -5,6 +5,7 @@ Built once per session: a copy of example_bot whose intent, entities and respons
 backend, `rasa train --config config_gpt3_only.yml`, and an action server. The test modules start what they need on
 top (the NLU server and a Rasa core reaching it; redis-server and Rasa with two workers).
 """
+
 from __future__ import annotations
 
 import os
@@ -26,15 +27,16 @@ CONFIG = "config_gpt3_only.yml"
 
 def local_env(project: Path, **extra: str) -> Dict[str, str]:
     """The environment of a child process: the embedded local backend on the project's state, no telemetry."""
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("OPENAI_", "RASA_GPT3_", "SANIC_"))}
-    env.update({
-        "RASA_GPT3_LOCAL": "1",
-        "RASA_GPT3_PROJECT": str(project),
-        "RASA_TELEMETRY_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
+    env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "RASA_GPT3_", "SANIC_"))}
+    env.update(
+        {
+            "RASA_GPT3_LOCAL": "1",
+            "RASA_GPT3_PROJECT": str(project),
+            "RASA_TELEMETRY_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     env.update(extra)
     return env
 
@@ -47,11 +49,18 @@ class LocalBot:
     archive: Path
     actions_url: str
 
-    def start(self, name: str, command, port: int, env: Optional[Dict[str, str]] = None, ready: str = "/status"
-              ) -> Server:
+    def start(
+        self, name: str, command, port: int, env: Optional[Dict[str, str]] = None, ready: str = "/status"
+    ) -> Server:
         """Starts `command` in the project (output in NAME.log) and waits until GET `ready` answers 200."""
-        server = start_server(name, command, self.project, self.project / f"{name}.log", f"http://127.0.0.1:{port}",
-                              env or local_env(self.project))
+        server = start_server(
+            name,
+            command,
+            self.project,
+            self.project / f"{name}.log",
+            f"http://127.0.0.1:{port}",
+            env or local_env(self.project),
+        )
         try:
             wait_ready(server, ready)
         except Exception:
@@ -62,9 +71,28 @@ class LocalBot:
     def rasa_run(self, name: str, endpoints: str, env: Optional[Dict[str, str]] = None) -> Server:
         """`rasa run --enable-api` on the GPT-only model with `endpoints` (a file name in the project)."""
         port = free_port()
-        return self.start(name, [sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p",
-                                 str(port), "-m", str(self.archive), "--endpoints", endpoints, "--credentials",
-                                 "credentials.yml"], port, env)
+        return self.start(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "rasa",
+                "run",
+                "--enable-api",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                str(self.archive),
+                "--endpoints",
+                endpoints,
+                "--credentials",
+                "credentials.yml",
+            ],
+            port,
+            env,
+        )
 
     def write(self, name: str, text: str) -> str:
         """Writes a file into the project; returns its name."""
@@ -86,9 +114,14 @@ def local_bot(tmp_path_factory):
     stop_server(Settings(project_dir=project).local_state_dir)
     archive = rasa_train(project, project / CONFIG, project / "models", project / "train.log", env)
     port = free_port()
-    actions = start_server("action server", [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port",
-                                             str(port)], project, project / "actions.log", f"http://127.0.0.1:{port}",
-                           env)
+    actions = start_server(
+        "action server",
+        [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(port)],
+        project,
+        project / "actions.log",
+        f"http://127.0.0.1:{port}",
+        env,
+    )
     try:
         wait_ready(actions, "/health")
         yield LocalBot(project, archive, f"http://127.0.0.1:{port}/webhook")
@@ -112,8 +145,12 @@ def redis_port():
     if binary is None:
         pytest.skip("redis-server is not installed (Debian: apt-get install redis-server; .ci/run installs it)")
     port = free_port()
-    server = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         import redis
 

@@ -3,6 +3,7 @@
 Each test runs Rasa 3.6's own RasaNLUHttpInterpreter (patched by `install()`) against a small aiohttp server that
 answers, hangs, fails or talks nonsense, as an NLU server might.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -61,8 +62,14 @@ def _parse_with(handler, text: str = "where is my money", **endpoint):
 
 async def _answer(request: web.Request) -> web.Response:
     body = await request.json()
-    return web.json_response({"text": body["text"], "intent": {"name": "check_balance", "confidence": 0.9},
-                              "entities": [], "intent_ranking": [{"name": "check_balance", "confidence": 0.9}]})
+    return web.json_response(
+        {
+            "text": body["text"],
+            "intent": {"name": "check_balance", "confidence": 0.9},
+            "entities": [],
+            "intent_ranking": [{"name": "check_balance", "confidence": 0.9}],
+        }
+    )
 
 
 async def _hang(request: web.Request) -> web.Response:
@@ -108,15 +115,21 @@ def test_a_dead_nlu_server_gives_the_fallback_intent_at_once():
 
     result = asyncio.run(main())
     assert (result["intent"]["name"], result["text"], result[RECORD_KEY]["outcome"]) == (
-        "nlu_fallback", "block my card", "connection")
+        "nlu_fallback",
+        "block my card",
+        "connection",
+    )
 
 
-@pytest.mark.parametrize("status, body, outcome", [
-    (500, json.dumps({"error": "boom"}), "http_500"),
-    (401, json.dumps({"status": "failure", "reason": "NotAuthenticated"}), "http_401"),
-    (200, "<html>not json</html>", "bad_response"),
-    (200, json.dumps({"text": "x", "entities": []}), "bad_response"),
-])
+@pytest.mark.parametrize(
+    "status, body, outcome",
+    [
+        (500, json.dumps({"error": "boom"}), "http_500"),
+        (401, json.dumps({"status": "failure", "reason": "NotAuthenticated"}), "http_401"),
+        (200, "<html>not json</html>", "bad_response"),
+        (200, json.dumps({"text": "x", "entities": []}), "bad_response"),
+    ],
+)
 def test_errors_and_nonsense_give_the_fallback_intent(status, body, outcome):
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=status, text=body, content_type="application/json")
@@ -142,8 +155,13 @@ def _python(code: str) -> str:
 
 def test_importing_rasa_gpt3_inside_rasa_core_installs_the_bounded_parse_and_nowhere_else():
     # as in `rasa run`: Rasa core is loaded, then the model's components import rasa_gpt3
-    assert _python("import rasa.core.agent, rasa_gpt3.nlu.intent_classifier\n"
-                   "from rasa.core.http_interpreter import RasaNLUHttpInterpreter as I\n"
-                   "print(I.parse.__name__)").strip() == "bounded_parse"
+    assert (
+        _python(
+            "import rasa.core.agent, rasa_gpt3.nlu.intent_classifier\n"
+            "from rasa.core.http_interpreter import RasaNLUHttpInterpreter as I\n"
+            "print(I.parse.__name__)"
+        ).strip()
+        == "bounded_parse"
+    )
     # the CLI and the action server import rasa_gpt3 without Rasa core: nothing is imported or patched
     assert _python("import sys, rasa_gpt3\nprint('rasa.core.http_interpreter' in sys.modules)").strip() == "False"

@@ -1,5 +1,6 @@
 """AtomicRedisLockStore on a real redis-server: one holder at a time across processes, first come first served, a
 crashed holder's ticket expires, and Rasa creates it from endpoints.yml and allows several Sanic workers with it."""
+
 from __future__ import annotations
 
 import asyncio
@@ -79,8 +80,15 @@ def test_the_ticket_of_a_holder_that_died_expires(redis_port):
 def test_rasa_builds_it_from_endpoints_yml_and_runs_several_workers_with_it(redis_port, monkeypatch):
     from rasa.core.utils import number_of_sanic_workers
 
-    config = EndpointConfig.from_dict({"type": "rasa_gpt3.lock_store.AtomicRedisLockStore", "url": "127.0.0.1",
-                                       "port": redis_port, "db": 2, "key_prefix": "bot1"})
+    config = EndpointConfig.from_dict(
+        {
+            "type": "rasa_gpt3.lock_store.AtomicRedisLockStore",
+            "url": "127.0.0.1",
+            "port": redis_port,
+            "db": 2,
+            "key_prefix": "bot1",
+        }
+    )
     store = LockStore.create(config)
     assert isinstance(store, AtomicRedisLockStore) and store.key_prefix == "bot1:gpt3_lock:"
     assert store.red.connection_pool.connection_kwargs["db"] == 2

@@ -6,6 +6,7 @@ What is proven: a message that needs no model call is answered while another con
 NLU server answers within its budget even when every thread is busy; a hung NLU server costs a conversation at most
 the interpreter's timeout, after which the message is nlu_fallback with its text and action_gpt3_fallback handles it.
 """
+
 from __future__ import annotations
 
 import os
@@ -33,8 +34,10 @@ MODEL_LATENCY = 1.0
 SERVER_THREADS = 2
 SERVER_TIMEOUT = 1.9
 CLIENT_TIMEOUT = 3.0
-GREETING = ("Hello! I'm the Acme Bank assistant. I can check your balance, send money, block a card, give exchange "
-            "rates and find a branch.")
+GREETING = (
+    "Hello! I'm the Acme Bank assistant. I can check your balance, send money, block a card, give exchange "
+    "rates and find a branch."
+)
 BALANCE = "Your checking account balance is 2,480.15 EUR."
 
 
@@ -59,18 +62,59 @@ def deployment(local_bot):
     """The NLU server (its model answering after MODEL_LATENCY s) and `rasa run` reaching it through endpoints.yml."""
     project = local_bot.project
     nlu_port, core_port = free_port(), free_port()
-    endpoints = local_bot.write("endpoints_nlu_test.yml", (
-        f'action_endpoint:\n  url: "{local_bot.actions_url}"\n'
-        f'nlu:\n  url: "http://127.0.0.1:{nlu_port}"\n  token: "{TOKEN}"\n  timeout: {CLIENT_TIMEOUT}\n'))
-    nlu = start_server("nlu server", [
-        sys.executable, "-m", "rasa_gpt3.nlu_server", "--model", str(local_bot.archive), "--port", str(nlu_port),
-        "--threads", str(SERVER_THREADS), "--timeout", str(SERVER_TIMEOUT), "--token", TOKEN,
-    ], project, project / "nlu_server.log", f"http://127.0.0.1:{nlu_port}",
-        local_env(project, RASA_GPT3_FAULTS=f"latency={MODEL_LATENCY},path=/v1/chat"))
-    core = start_server("rasa run", [
-        sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p", str(core_port), "-m",
-        str(local_bot.archive), "--endpoints", endpoints, "--credentials", "credentials.yml",
-    ], project, project / "rasa_nlu_server.log", f"http://127.0.0.1:{core_port}", local_env(project))
+    endpoints = local_bot.write(
+        "endpoints_nlu_test.yml",
+        (
+            f'action_endpoint:\n  url: "{local_bot.actions_url}"\n'
+            f'nlu:\n  url: "http://127.0.0.1:{nlu_port}"\n  token: "{TOKEN}"\n  timeout: {CLIENT_TIMEOUT}\n'
+        ),
+    )
+    nlu = start_server(
+        "nlu server",
+        [
+            sys.executable,
+            "-m",
+            "rasa_gpt3.nlu_server",
+            "--model",
+            str(local_bot.archive),
+            "--port",
+            str(nlu_port),
+            "--threads",
+            str(SERVER_THREADS),
+            "--timeout",
+            str(SERVER_TIMEOUT),
+            "--token",
+            TOKEN,
+        ],
+        project,
+        project / "nlu_server.log",
+        f"http://127.0.0.1:{nlu_port}",
+        local_env(project, RASA_GPT3_FAULTS=f"latency={MODEL_LATENCY},path=/v1/chat"),
+    )
+    core = start_server(
+        "rasa run",
+        [
+            sys.executable,
+            "-m",
+            "rasa",
+            "run",
+            "--enable-api",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(core_port),
+            "-m",
+            str(local_bot.archive),
+            "--endpoints",
+            endpoints,
+            "--credentials",
+            "credentials.yml",
+        ],
+        project,
+        project / "rasa_nlu_server.log",
+        f"http://127.0.0.1:{core_port}",
+        local_env(project),
+    )
     try:
         wait_ready(nlu, "/")
         wait_ready(core, "/status")

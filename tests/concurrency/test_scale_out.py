@@ -7,6 +7,7 @@ Conversations run at once, and inside each conversation two messages are sent at
 different workers: the Redis lock must make the second wait for the first, or one worker's tracker write would drop
 the other's turn. Every conversation must end with its own values, each turn once and in order, each slot set once.
 """
+
 from __future__ import annotations
 
 import sys
@@ -42,17 +43,40 @@ def workers(local_bot, redis_port):
     """`rasa run` with WORKERS Sanic workers sharing conversations through Redis; (server, request log)."""
     project = local_bot.project
     request_log = project / "scale_out_requests.log"
-    endpoints = local_bot.write("endpoints_scale_out.yml", (
-        f'action_endpoint:\n  url: "{local_bot.actions_url}"\n'
-        f"tracker_store:\n  type: redis\n  url: 127.0.0.1\n  port: {redis_port}\n  db: 0\n"
-        f"lock_store:\n  type: rasa_gpt3.lock_store.AtomicRedisLockStore\n  url: 127.0.0.1\n  port: {redis_port}\n"
-        "  db: 1\n"))
+    endpoints = local_bot.write(
+        "endpoints_scale_out.yml",
+        (
+            f'action_endpoint:\n  url: "{local_bot.actions_url}"\n'
+            f"tracker_store:\n  type: redis\n  url: 127.0.0.1\n  port: {redis_port}\n  db: 0\n"
+            f"lock_store:\n  type: rasa_gpt3.lock_store.AtomicRedisLockStore\n  url: 127.0.0.1\n  port: {redis_port}\n"
+            "  db: 1\n"
+        ),
+    )
     port = free_port()
-    server = start_server("rasa run (workers)", [
-        sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p", str(port), "-m",
-        str(local_bot.archive), "--endpoints", endpoints, "--credentials", "credentials.yml",
-    ], project, project / "rasa_workers.log", f"http://127.0.0.1:{port}",
-        local_env(project, SANIC_WORKERS=str(WORKERS), RASA_GPT3_REQUEST_LOG=str(request_log)))
+    server = start_server(
+        "rasa run (workers)",
+        [
+            sys.executable,
+            "-m",
+            "rasa",
+            "run",
+            "--enable-api",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-m",
+            str(local_bot.archive),
+            "--endpoints",
+            endpoints,
+            "--credentials",
+            "credentials.yml",
+        ],
+        project,
+        project / "rasa_workers.log",
+        f"http://127.0.0.1:{port}",
+        local_env(project, SANIC_WORKERS=str(WORKERS), RASA_GPT3_REQUEST_LOG=str(request_log)),
+    )
     try:
         wait_ready(server, "/status")
         # each worker loads the model itself and warms its own local backend up: one request per worker
@@ -69,8 +93,12 @@ def _transfer(rasa: RasaServer, number: int) -> List[str]:
     assert rasa.say(sender, f"I want to transfer money ({number})") == ["How much would you like to send?"]
     amount, recipient = f"{number}17", f"Customer{number}"
     with ThreadPoolExecutor(2) as pool:
-        both = list(pool.map(lambda text: rasa.say(sender, text),
-                             [f'/inform{{"amount": "{amount}"}}', f'/inform{{"recipient": "{recipient}"}}']))
+        both = list(
+            pool.map(
+                lambda text: rasa.say(sender, text),
+                [f'/inform{{"amount": "{amount}"}}', f'/inform{{"recipient": "{recipient}"}}'],
+            )
+        )
     # whichever was second completed the form and got the confirmation question
     assert f"Send {amount} EUR to {recipient}?" in both[0] + both[1]
     return rasa.say(sender, f"yes please ({number})")
@@ -92,7 +120,9 @@ def _check_conversation(rasa: RasaServer, number: int) -> None:
             slots.setdefault(event["name"], []).append(event["value"])
     assert slots == {"amount": [amount], "recipient": [recipient]}
     assert [e["text"] for e in events if e["event"] == "bot"][-2:] == [
-        f"Send {amount} EUR to {recipient}?", f"Done: {amount} EUR are on their way to {recipient}."]
+        f"Send {amount} EUR to {recipient}?",
+        f"Done: {amount} EUR are on their way to {recipient}.",
+    ]
 
 
 def test_conversations_stay_consistent_across_workers_sharing_redis_and_the_local_backend(workers):
@@ -109,8 +139,11 @@ def test_conversations_stay_consistent_across_workers_sharing_redis_and_the_loca
     served = _served_by(request_log)
     assert set(served) == before and len(served) == WORKERS
     assert all(count >= 2 for count in served.values())  # a warm-up and at least one conversation's message each
-    decided = [event["parse_data"]["gpt3"] for number in range(CONVERSATIONS)
-               for event in rasa.events(f"transfer-{number}") if event["event"] == "user"
-               and not event["text"].startswith("/")]
+    decided = [
+        event["parse_data"]["gpt3"]
+        for number in range(CONVERSATIONS)
+        for event in rasa.events(f"transfer-{number}")
+        if event["event"] == "user" and not event["text"].startswith("/")
+    ]
     assert len(decided) == 2 * CONVERSATIONS
     assert all(record["outcome"] == "ok" and not record["cached"] for record in decided)
