@@ -113,15 +113,31 @@ class NLUServer:
 
     # ------------------------------------------------------------------ the pipeline, on a worker thread
 
+    def _thread_loop(self) -> asyncio.AbstractEventLoop:
+        loop = getattr(self._loops, "loop", None)
+        if loop is None:
+            loop = self._loops.loop = asyncio.new_event_loop()
+        return loop
+
     def _parse_blocking(self, text: str, sender_id: Optional[str]) -> Dict[str, Any]:
         """Runs the NLU pipeline on one message; called on a pool thread, each with an event loop of its own."""
         from rasa.core.channels.channel import UserMessage
 
-        loop = getattr(self._loops, "loop", None)
-        if loop is None:
-            loop = self._loops.loop = asyncio.new_event_loop()
         # MessageProcessor.parse_message never awaits anything without an NLU endpoint: it runs the graph
-        return loop.run_until_complete(self.agent.processor.parse_message(UserMessage(text, sender_id=sender_id)))
+        return self._thread_loop().run_until_complete(
+            self.agent.processor.parse_message(UserMessage(text, sender_id=sender_id))
+        )
+
+    def start_threads(self) -> None:
+        """Starts every pool thread with its event loop now, so the first burst of messages does not pay for it."""
+        ready = threading.Barrier(self.threads)
+
+        def start() -> None:
+            self._thread_loop()
+            ready.wait(timeout=30)
+
+        for future in [self._pool.submit(start) for _ in range(self.threads)]:
+            future.result()
 
     async def parse(self, text: str, sender_id: Optional[str] = None) -> Dict[str, Any]:
         """The parse result of `text` within `timeout` seconds, or the fallback parse."""
@@ -231,6 +247,7 @@ def serve(server: NLUServer, *, host: str = "127.0.0.1", port: int = 5006, on_re
     """Serves `server` in the foreground until interrupted; `on_ready(port)` once the port is bound."""
 
     async def main() -> None:
+        server.start_threads()
         runner = web.AppRunner(server.app(), access_log=None)
         await runner.setup()
         site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
