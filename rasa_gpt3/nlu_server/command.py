@@ -84,8 +84,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
 
 def run(args: argparse.Namespace) -> int:
     """Checks the options, loads the model, then serves until Ctrl-C, printing the endpoints.yml lines to use."""
-    threads = args.threads if args.threads is not None else None
-    if threads is not None and threads < 1:
+    if args.threads is not None and args.threads < 1:
         raise RasaGPT3Error("--threads must be at least 1")
     if args.timeout is not None and args.timeout <= 0:
         raise RasaGPT3Error("--timeout must be a positive number of seconds")
@@ -104,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
         agent = load_agent(Path(args.model))
         server = NLUServer(
             agent,
-            threads=threads or DEFAULT_THREADS,
+            threads=args.threads or DEFAULT_THREADS,
             timeout=args.timeout,
             token=args.token,
             fallback_intent=args.fallback_intent,
