@@ -1,12 +1,17 @@
 """How many conversations Rasa answers at once while the GPT model thinks; prints one table.
 
     .venv/bin/python benchmarks/concurrency.py [--conversations 20] [--messages 3] [--latency 0.2] [--workers 1,2,4]
+        [--backend embedded|standalone] [--realtime] [--compare-in-process]
 
 Setup: example_bot copied to a temporary directory, its models fine-tuned on the embedded local backend, and
 `rasa train --config config_gpt3_only.yml` (the GPT intent model decides every message: no DIET, no routing).
-Every process (Rasa, each Sanic worker, the NLU server, the action server) runs its own embedded local backend on the
-project's `.rasa_gpt3/local` and answers each chat completion after `--latency` seconds
-(RASA_GPT3_FAULTS=latency=0.2,path=/v1/chat).
+The model answers each chat completion after `--latency` seconds (RASA_GPT3_FAULTS=latency=0.2,path=/v1/chat).
+With `--backend embedded` (the default) every process (Rasa, each Sanic worker, the NLU server, the action server)
+runs its own embedded local backend on the project's `.rasa_gpt3/local`, so the stand-in model's own work (a few ms
+of CPU per call) is done inside the process measured; with `--backend standalone` one `rasa-gpt3 local serve` process
+answers them all over OPENAI_BASE_URL, as a remote API would. `--realtime` (root only) runs the processes of the
+setup being measured, and the load, at real-time priority (SCHED_FIFO) while they are measured, so that other work
+on a shared machine does not decide the figures; loading models stays at normal priority.
 
 Per setup, over the REST channel, every request on a new connection (as a proxy in front of Rasa opens them; a
 kept-alive connection would stay with the Sanic worker that accepted it):
@@ -14,8 +19,8 @@ kept-alive connection would stay with the Sanic worker that accepted it):
 - load: --conversations conversations at once, each sending its --messages messages one after the other.
 Texts are unique (no answer cache hides the model). After the load every conversation's tracker must hold exactly
 its messages in order, each answered: "lost" counts messages missing or unanswered, "twice" messages seen twice.
-"model calls at once" is the most chat completions the backends received within one latency of each other
-(from RASA_GPT3_REQUEST_LOG): 1 means the model calls were made one after the other.
+"model calls at once" is the most chat completions the backends received within one latency of each other during
+the load (from RASA_GPT3_REQUEST_LOG): 1 means the model calls were made one after the other.
 
 Setups: Rasa 3.6 as it is (the NLU pipeline inside Sanic's event loop); `rasa run` with `nlu: url:` pointing at
 `rasa-gpt3 nlu serve`; SANIC_WORKERS=N with Redis lock and tracker stores (needs `redis-server`); 2 workers with the
@@ -38,10 +43,10 @@ import sys
 import tempfile
 import time
 import warnings
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -49,6 +54,7 @@ sys.path.insert(0, str(REPO))
 from rasa_gpt3.demo import Server, fine_tune_models, free_port, rasa_train, start_server, wait_ready  # noqa: E402
 
 CONFIG = "config_gpt3_only.yml"
+RASA_RUN = "run --enable-api -i 127.0.0.1 -p {port} --credentials credentials.yml"
 # one message per rule of example_bot; the number makes each text unique, the model still decides it confidently
 TEMPLATES = (
     "what is my account balance? ref {n}",
@@ -94,6 +100,8 @@ class Row:
     single: List[Sample] = field(default_factory=list)
     load: List[Sample] = field(default_factory=list)
     wall: float = 0.0
+    # wall-clock start and end of the load, to count the model calls made during it
+    window: Tuple[float, float] = (0.0, 0.0)
     lost: int = 0
     twice: int = 0
     at_once: int = 0
@@ -106,15 +114,16 @@ def quantile(values: Sequence[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, math.ceil(share * len(ordered)) - 1))]
 
 
-def most_at_once(request_log: Path, window: float) -> int:
-    """The most chat completions that arrived within `window` seconds of each other (calls in flight together)."""
+def most_at_once(request_log: Path, window: float, between: Tuple[float, float]) -> int:
+    """The most chat completions in flight together: arrived within `window` seconds of each other, `between`."""
     if not request_log.exists():
         return 0
-    arrivals = sorted(
-        float(line.split(" ", 1)[0])
-        for line in request_log.read_text().splitlines()
-        if line.endswith("/chat/completions")
-    )
+    arrivals = []
+    for line in request_log.read_text().splitlines():
+        arrival, _, route = line.split(" ", 2)
+        if route.endswith("/chat/completions") and between[0] <= float(arrival) <= between[1]:
+            arrivals.append(float(arrival))
+    arrivals.sort()
     best, start = 0, 0
     for end, arrival in enumerate(arrivals):
         while arrivals[start] <= arrival - window:
@@ -204,7 +213,9 @@ def play(row: Row, url: str, texts: Texts, args: argparse.Namespace, prefix: str
     single = {f"{prefix}-single-{i}": texts.conversation(args.messages) for i in range(args.single)}
     load = {f"{prefix}-load-{i}": texts.conversation(args.messages) for i in range(args.conversations)}
     row.single, _ = asyncio.run(_measure(url, single, at_once=False))
+    started = time.time()
     row.load, row.wall = asyncio.run(_measure(url, load, at_once=True))
+    row.window = (started, time.time())
     row.lost, row.twice = asyncio.run(_check(url, load))
     row.lost += sum(1 for sample in row.load if not sample.answered)
 
@@ -220,22 +231,28 @@ class Bench:
     archive: Path
     latency: float
     logs: Path
+    # every local backend appends one line per API request here (RASA_GPT3_REQUEST_LOG)
+    request_log: Path
+    # the standalone backend's OPENAI_BASE_URL; None: each process runs its embedded backend
+    model_url: Optional[str] = None
+    started: List[Server] = field(default_factory=list)
 
-    def env(self, request_log: Optional[Path] = None, **extra: str) -> Dict[str, str]:
-        """A child's environment: the embedded local backend with the model latency, no telemetry."""
+    def env(self, **extra: str) -> Dict[str, str]:
+        """A child's environment: the model (embedded or standalone) with its latency, no telemetry."""
         env = {key: value for key, value in os.environ.items() if not key.startswith(("OPENAI_", "RASA_GPT3_"))}
         env.update(
             {
-                "RASA_GPT3_LOCAL": "1",
                 "RASA_GPT3_PROJECT": str(self.project),
-                "RASA_GPT3_FAULTS": f"latency={self.latency},path=/v1/chat",
+                "RASA_GPT3_REQUEST_LOG": str(self.request_log),
                 "RASA_TELEMETRY_ENABLED": "false",
                 "TF_CPP_MIN_LOG_LEVEL": "2",
                 "PYTHONUNBUFFERED": "1",
             }
         )
-        if request_log is not None:
-            env["RASA_GPT3_REQUEST_LOG"] = str(request_log)
+        if self.model_url is None:
+            env.update({"RASA_GPT3_LOCAL": "1", "RASA_GPT3_FAULTS": f"latency={self.latency},path=/v1/chat"})
+        else:
+            env.update({"OPENAI_BASE_URL": self.model_url, "OPENAI_API_KEY": "local"})
         env.update(extra)
         return env
 
@@ -246,44 +263,18 @@ class Bench:
         server = start_server(name, command, self.project, self.logs / f"{name}.log", f"http://127.0.0.1:{port}", env)
         stack.callback(server.stop)
         wait_ready(server, ready)
+        self.started.append(server)
         return server
 
-    def rasa(
-        self, stack: ExitStack, name: str, endpoints: str, env: Dict[str, str], launcher: Sequence[str] = ("-m", "rasa")
-    ) -> Server:
+    def rasa(self, stack: ExitStack, name: str, endpoints: str, env: Dict[str, str], launcher=("-m", "rasa")) -> Server:
         """`rasa run --enable-api` on the GPT-only model."""
-        return self.start(
-            stack,
-            name,
-            [
-                sys.executable,
-                *launcher,
-                "run",
-                "--enable-api",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                "{port}",
-                "-m",
-                str(self.archive),
-                "--endpoints",
-                endpoints,
-                "--credentials",
-                "credentials.yml",
-            ],
-            env,
-            "/status",
-        )
+        command = [sys.executable, *launcher, *RASA_RUN.split(), "-m", str(self.archive), "--endpoints", endpoints]
+        return self.start(stack, name, command, env, "/status")
 
     def nlu_server(self, stack: ExitStack, env: Dict[str, str]) -> Server:
         """`python -m rasa_gpt3.nlu_server` (what `rasa-gpt3 nlu serve` runs)."""
-        return self.start(
-            stack,
-            "nlu_server",
-            [sys.executable, "-m", "rasa_gpt3.nlu_server", "--model", str(self.archive), "--port", "{port}"],
-            env,
-            "/",
-        )
+        command = [sys.executable, "-m", "rasa_gpt3.nlu_server", "--model", str(self.archive), "--port", "{port}"]
+        return self.start(stack, "nlu_server", command, env, "/")
 
     def endpoints(self, name: str, text: str) -> str:
         """Writes an endpoints file into the project; returns its name."""
@@ -291,15 +282,27 @@ class Bench:
         return name
 
 
-def wait_for_workers(request_log: Path, workers: int, timeout: float = 900) -> None:
-    """Waits until `workers` processes warmed their backends up (each worker loads the model itself)."""
+def wait_for_workers(server: Server, workers: int, timeout: float = 900) -> None:
+    """Waits until each of `workers` Sanic workers has loaded the model (each loads it itself) and says so."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        pids = {line.split(" ")[1] for line in request_log.read_text().splitlines()} if request_log.exists() else set()
-        if len(pids) >= workers:
+        if server.log.read_text(errors="replace").count("Rasa server is up and running") >= workers:
             return
         time.sleep(0.5)
     sys.exit(f"error: {workers} workers did not load the model within {timeout:g} s")
+
+
+def realtime(servers: Sequence[Server]) -> None:
+    """Every thread of `servers` and of their child processes to real-time priority (SCHED_FIFO 10)."""
+    pending = [server.process.pid for server in servers]
+    while pending:
+        pid = pending.pop()
+        for task in Path(f"/proc/{pid}/task").glob("*"):
+            try:
+                os.sched_setscheduler(int(task.name), os.SCHED_FIFO, os.sched_param(10))
+                pending += [int(child) for child in (task / "children").read_text().split()]
+            except (OSError, ValueError):
+                continue  # a thread that ended meanwhile
 
 
 def setups(bench: Bench, args: argparse.Namespace, actions_url: str, redis_port: Optional[int]) -> List[tuple]:
@@ -320,20 +323,20 @@ def setups(bench: Bench, args: argparse.Namespace, actions_url: str, redis_port:
             ),
         )
 
-    def as_is(stack: ExitStack, log: Path) -> str:
-        return bench.rasa(stack, "rasa_as_is", plain, bench.env(log)).url
+    def as_is(stack: ExitStack) -> str:
+        return bench.rasa(stack, "rasa_as_is", plain, bench.env()).url
 
-    def with_nlu_server(stack: ExitStack, log: Path) -> str:
-        nlu = bench.nlu_server(stack, bench.env(log))
-        return bench.rasa(stack, "rasa_nlu_server", nlu_endpoints(nlu.url), bench.env(log)).url
+    def with_nlu_server(stack: ExitStack) -> str:
+        nlu = bench.nlu_server(stack, bench.env())
+        return bench.rasa(stack, "rasa_nlu_server", nlu_endpoints(nlu.url), bench.env()).url
 
-    def in_process(stack: ExitStack, log: Path) -> str:
-        return bench.rasa(stack, "rasa_in_process_pool", plain, bench.env(log), launcher=("-c", IN_PROCESS_POOL)).url
+    def in_process(stack: ExitStack) -> str:
+        return bench.rasa(stack, "rasa_in_process_pool", plain, bench.env(), launcher=("-c", IN_PROCESS_POOL)).url
 
-    def workers(count: int, nlu: bool) -> Callable[[ExitStack, Path], str]:
-        def start(stack: ExitStack, log: Path) -> str:
+    def workers(count: int, nlu: bool) -> Callable[[ExitStack], str]:
+        def start(stack: ExitStack) -> str:
             if nlu:
-                server = bench.nlu_server(stack, bench.env(log))
+                server = bench.nlu_server(stack, bench.env())
                 endpoints = bench.endpoints(
                     "endpoints_bench_redis_nlu.yml",
                     Path(bench.project / redis_endpoints()).read_text()
@@ -342,9 +345,9 @@ def setups(bench: Bench, args: argparse.Namespace, actions_url: str, redis_port:
             else:
                 endpoints = redis_endpoints()
             name = f"rasa_{count}_workers" + ("_nlu_server" if nlu else "")
-            url = bench.rasa(stack, name, endpoints, bench.env(log, SANIC_WORKERS=str(count))).url
-            wait_for_workers(log, count + (1 if nlu else 0))  # the NLU server warmed its own backend up too
-            return url
+            server = bench.rasa(stack, name, endpoints, bench.env(SANIC_WORKERS=str(count)))
+            wait_for_workers(server, count)
+            return server.url
 
         return start
 
@@ -411,13 +414,13 @@ def play_actions(row: Row, url: str, domain: Dict[str, Any], args: argparse.Name
             await _post(session, f"{url}/webhook", body("warm-up"))  # the action loads its models on the first call
             for _ in range(args.single * args.messages):
                 row.single.append(await _post(session, f"{url}/webhook", body("single"), answered))
-            started = time.monotonic()
+            started, window_start = time.monotonic(), time.time()
             row.load = list(
                 await asyncio.gather(
                     *(_post(session, f"{url}/webhook", body("load"), answered) for _ in range(args.conversations))
                 )
             )
-            row.wall = time.monotonic() - started
+            row.wall, row.window = time.monotonic() - started, (window_start, time.time())
 
     asyncio.run(measure())
     row.lost = sum(1 for sample in row.load if not sample.answered)
@@ -426,7 +429,7 @@ def play_actions(row: Row, url: str, domain: Dict[str, Any], args: argparse.Name
 # ---------------------------------------------------------------- main
 
 
-def prepare(workdir: Path) -> Bench:
+def prepare(workdir: Path) -> tuple[Bench, Dict[str, str]]:
     """Copies example_bot, fine-tunes its models on the local backend and trains the GPT-only Rasa model."""
     from rasa_gpt3.local.embedded import stop_server
     from rasa_gpt3.settings import Settings
@@ -440,14 +443,34 @@ def prepare(workdir: Path) -> Bench:
     logs = workdir / "logs"
     logs.mkdir()
     print(f"fine-tuning example_bot's models on the local backend ({project})", flush=True)
-    fine_tune_models(project, lambda line: print(line, flush=True))
+    models = fine_tune_models(project, lambda line: print(line, flush=True))
     stop_server(Settings(project_dir=project).local_state_dir)
-    bench = Bench(project, Path(), 0.0, logs)
+    bench = Bench(project, Path(), 0.0, logs, workdir / "requests.log")
     print(f"rasa train --config {CONFIG}", flush=True)
     env = bench.env()
     env.pop("RASA_GPT3_FAULTS")
     bench.archive = rasa_train(project, project / CONFIG, project / "models", logs / "train.log", env)
-    return bench
+    return bench, models
+
+
+def start_model_server(stack: ExitStack, bench: Bench, models: Dict[str, str]) -> str:
+    """`rasa-gpt3 local serve` on the project's state with the latency fault, its models loaded; its base URL."""
+    import httpx
+
+    env = bench.env()
+    env.pop("RASA_GPT3_FAULTS")  # read on every request: with --faults as well, each call would wait twice
+    state = bench.project / ".rasa_gpt3" / "local"
+    spec = f"latency={bench.latency},path=/v1/chat"
+    command = [sys.executable, "-m", "rasa_gpt3.cli", *"local serve --port {port}".split(), "--state", str(state)]
+    server = bench.start(stack, "model_server", [*command, "--faults", spec], env, "/health")
+    for model in models.values():  # a model loads on its first call: not inside a component's 2 s budget
+        httpx.post(
+            f"{server.url}/v1/chat/completions",
+            timeout=300,
+            headers={"Authorization": "Bearer local"},
+            json={"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hello"}]},
+        )
+    return f"{server.url}/v1"
 
 
 def start_redis(stack: ExitStack) -> Optional[int]:
@@ -497,6 +520,19 @@ def table(rows: List[Row], args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
+@contextmanager
+def measuring(servers: Sequence[Server], on: bool):
+    """With `on`: `servers` and this thread (the load) at real-time priority for the block."""
+    if on:
+        realtime(servers)
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(10))
+    try:
+        yield
+    finally:
+        if on:
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs every setup and prints the table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -505,6 +541,17 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--single", type=int, default=4, help="conversations played one at a time (default: 4)")
     parser.add_argument("--latency", type=float, default=0.2, help="seconds per model call (default: 0.2)")
     parser.add_argument("--workers", default="1,2,4", help="SANIC_WORKERS values (default: 1,2,4)")
+    parser.add_argument(
+        "--backend",
+        choices=("embedded", "standalone"),
+        default="embedded",
+        help="the model: each process's embedded local backend, or one `local serve` for all",
+    )
+    parser.add_argument(
+        "--realtime",
+        action="store_true",
+        help="measure at real-time priority (SCHED_FIFO, root only): other work on the machine waits",
+    )
     parser.add_argument(
         "--compare-in-process",
         action="store_true",
@@ -518,30 +565,34 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
     workdir = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="rasa-gpt3-concurrency-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the start", flush=True)
+    started_load = os.getloadavg()[0]
+    print(f"{os.cpu_count()} CPUs, load average {started_load:.1f} at the start", flush=True)
     try:
-        bench = prepare(workdir)
+        bench, models = prepare(workdir)
         bench.latency = args.latency
         texts, rows = Texts(), []
         with ExitStack() as shared:
             redis_port = start_redis(shared)
-            action_log = workdir / "requests_action_server.log"
-            actions = bench.start(
-                shared,
-                "action_server",
-                [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", "{port}"],
-                bench.env(action_log),
-                "/health",
-            )
+            if args.backend == "standalone":
+                bench.model_url = start_model_server(shared, bench, models)
+            # on another backend than the one that trained them, the action takes its models from the environment
+            explicit = {f"RASA_GPT3_{task.upper()}_MODEL": model for task, model in models.items()}
+            command = [sys.executable, "-m", "rasa_sdk", *"--actions actions --port {port}".split()]
+            env = bench.env(**(explicit if bench.model_url else {}))
+            actions = bench.start(shared, "action_server", command, env, "/health")
+            if args.realtime:
+                realtime(bench.started)  # the action server and the standalone model, shared by every setup
             for number, (name, starter) in enumerate(setups(bench, args, f"{actions.url}/webhook", redis_port)):
                 if args.only and args.only not in name:
                     continue
                 print(f"\n== {name}", flush=True)
-                row, log = Row(name), workdir / f"requests_{number}.log"
+                row = Row(name)
+                bench.started = []
                 with ExitStack() as stack:
-                    url = starter(stack, log)
-                    play(row, url, texts, args, prefix=f"setup{number}")
-                row.at_once = most_at_once(log, args.latency)
+                    url = starter(stack)
+                    with measuring(bench.started, args.realtime):
+                        play(row, url, texts, args, prefix=f"setup{number}")
+                row.at_once = most_at_once(bench.request_log, args.latency, row.window)
                 rows.append(row)
                 print(table([row], args).splitlines()[-1], flush=True)
             if not args.only or "action" in args.only:
@@ -549,13 +600,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
 
                 print("\n== action server", flush=True)
                 row = Row(f"action server: action_gpt3_fallback, {args.conversations} requests at once")
-                before = action_log.read_text().count("\n") if action_log.exists() else 0
-                play_actions(row, actions.url, Domain.load(bench.project / "domain.yml").as_dict(), args)
-                lines = action_log.read_text().splitlines()[before:]
-                (workdir / "requests_actions_measured.log").write_text("\n".join(lines) + "\n")
-                row.at_once = most_at_once(workdir / "requests_actions_measured.log", args.latency)
+                with measuring([], args.realtime):
+                    play_actions(row, actions.url, Domain.load(bench.project / "domain.yml").as_dict(), args)
+                row.at_once = most_at_once(bench.request_log, args.latency, row.window)
                 rows.append(row)
-        print(f"\nload average {os.getloadavg()[0]:.1f} at the end; logs in {workdir / 'logs'}\n")
+        print(
+            f"\nmodel: {args.backend} local backend; {'real-time priority while measuring; ' if args.realtime else ''}"
+            f"load average {started_load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end; logs in "
+            f"{workdir / 'logs'}\n"
+        )
         print(table(rows, args))
     finally:
         if not args.keep:
