@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional
 from rasa.shared.exceptions import InvalidConfigException, RasaException
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.data.base_models import check_epochs
 from rasa_gpt3.errors import RasaGPT3Error
 from rasa_gpt3.settings import Settings
 
@@ -315,3 +316,7 @@ def validate_common_config(component: str, config: Dict[str, Any]) -> None:
         raise InvalidConfigException(f"{component}: format must be chat or completion, not {config.get('format')!r}")
     if not isinstance(config.get("extra_headers") or {}, dict):
         raise InvalidConfigException(f"{component}: extra_headers must be a mapping of header names to values")
+    try:
+        check_epochs(config.get("epochs"))
+    except RasaGPT3Error as error:
+        raise InvalidConfigException(f"{component}: {error}") from None

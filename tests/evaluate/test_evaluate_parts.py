@@ -316,6 +316,9 @@ def _tiny_project(root: Path) -> Path:
         (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
         (["--baseline", "missing.yml"], "baseline config 'missing.yml' does not exist"),
         (["--test-file", "missing.yml"], "test file 'missing.yml' does not exist"),
+        (["--epochs", "0"], "epochs must be a whole number from 1 to 50, not 0"),
+        (["--epochs", "-1"], "epochs must be a whole number from 1 to 50, not -1"),
+        (["--epochs", "51"], "epochs must be a whole number from 1 to 50, not 51"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
