@@ -28,6 +28,7 @@ from rasa.shared.exceptions import InvalidConfigException, RasaException
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import check_epochs
 from rasa_gpt3.errors import RasaGPT3Error
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS
 from rasa_gpt3.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ COMMON_DEFAULTS: Dict[str, Any] = {
     "breaker_cooldown": 30.0,
     "cache_size": 1024,
     "extra_headers": {},
+    # longer messages are never sent: fallback intent, outcome too_long (why 4,096: see DEFAULT_MAX_MESSAGE_CHARS)
+    "max_message_chars": DEFAULT_MAX_MESSAGE_CHARS,
     # on the local backend, send one request when the model is loaded so the first user message is not the slow one
     "warm_up": True,
 }
@@ -316,6 +319,11 @@ def validate_common_config(component: str, config: Dict[str, Any]) -> None:
         raise InvalidConfigException(f"{component}: format must be chat or completion, not {config.get('format')!r}")
     if not isinstance(config.get("extra_headers") or {}, dict):
         raise InvalidConfigException(f"{component}: extra_headers must be a mapping of header names to values")
+    limit = config.get("max_message_chars")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidConfigException(
+            f"{component}: max_message_chars must be a whole number of characters, at least 1, not {limit!r}"
+        )
     try:
         check_epochs(config.get("epochs"))
     except RasaGPT3Error as error:

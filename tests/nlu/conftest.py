@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from .pipeline_checks import CONFIGS, TINY_BOT, AgentRunner, BackendControls, make_workspace, rasa_env
+from .pipeline_checks import CONFIGS, TINY_BOT, AgentRunner, BackendControls, archive_json, make_workspace, rasa_env
 
 
 @pytest.fixture(scope="package")
@@ -63,3 +63,38 @@ def no_faults(backend):
     backend.set_faults(None)
     yield backend
     backend.set_faults(None)
+
+
+def _task_model(full_model, task):
+    from rasa_gpt3.nlu.task_model import TaskModel
+
+    (stored,) = [m for m in archive_json(full_model, "gpt3_task_model.json") if m["task"] == task]
+    return TaskModel.from_json(stored)
+
+
+@pytest.fixture
+def intent_model(full_model):
+    """The intent model `full_model` serves, as the component builds it (default options)."""
+    from rasa_gpt3.inference.intents import IntentModel
+
+    return IntentModel.from_task_model(_task_model(full_model, "intent"))
+
+
+@pytest.fixture
+def entity_model(full_model):
+    """The entities model `full_model` serves, as the component builds it (default options)."""
+    from rasa_gpt3.inference.entities import EntityModel
+
+    return EntityModel.from_task_model(_task_model(full_model, "entities"))
+
+
+@pytest.fixture
+def local_caller(nlu_env, agent):
+    """A factory of BoundedCallers with their own breaker and cache, to the backend the agent's components use."""
+    from rasa_gpt3.inference.calls import BoundedCaller, CallPolicy
+    from rasa_gpt3.settings import Settings
+
+    def make(**policy):
+        return BoundedCaller(Settings.from_env(), CallPolicy(**policy))
+
+    return make

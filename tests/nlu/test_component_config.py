@@ -20,6 +20,9 @@ COMPONENTS = [GPT3IntentClassifier, GPT3EntityExtractor]
         ({"epochs": -1}, "epochs must be a whole number from 1 to 50, not -1"),
         ({"epochs": 51}, "epochs must be a whole number from 1 to 50, not 51"),
         ({"epochs": "3"}, "epochs must be a whole number from 1 to 50, not '3'"),
+        ({"max_message_chars": 0}, "max_message_chars must be a whole number of characters, at least 1, not 0"),
+        ({"max_message_chars": 2.5}, "max_message_chars must be a whole number of characters, at least 1, not 2.5"),
+        ({"max_message_chars": None}, "max_message_chars must be a whole number of characters, at least 1, not None"),
     ],
 )
 def test_bad_values_are_one_line(component, config, message):
@@ -33,3 +36,5 @@ def test_bad_values_are_one_line(component, config, message):
 def test_good_values_are_taken(component):
     assert component({"epochs": 3}, None, None, None).component_config["epochs"] == 3
     assert component({}, None, None, None).component_config["epochs"] is None
+    assert component({}, None, None, None).component_config["max_message_chars"] == 4096
+    assert component({"max_message_chars": 500}, None, None, None).component_config["max_message_chars"] == 500
