@@ -36,6 +36,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.entry_point import exit_code_of
 from rasa_gpt3.errors import ProjectError, RasaGPT3Error
+from rasa_gpt3.intent_names import FALLBACK_INTENT
 
 CONVERSATION_FILE = "demo_conversation.yml"
 DEMO_DIR = Path(".rasa_gpt3") / "demo"
@@ -100,8 +101,8 @@ def _nlu_view(parse_data: Dict[str, Any]) -> Tuple[str, str]:
         return GPT_ROUTING, earlier
     ranking = parse_data.get("intent_ranking") or []
     intent = parse_data.get("intent") or {}
-    if intent.get("name") == "nlu_fallback":
-        best = next((item for item in ranking if item.get("name") != "nlu_fallback"), None)
+    if intent.get("name") == FALLBACK_INTENT:
+        best = next((item for item in ranking if item.get("name") != FALLBACK_INTENT), None)
         if best is not None:
             return DIET, f"best guess {best['name']} {float(best.get('confidence') or 0):.2f}"
     return DIET, ""
