@@ -133,6 +133,12 @@ def training_and_test_data(project: Any, options: EvaluationOptions) -> Tuple[An
         test_source = f"stratified split: {options.test_fraction:g} of each intent held out, seed {options.seed}"
     if not test_examples:
         raise DataError(f"the test set ({test_source}) has no examples with text and intent")
+    trained = sorted({m.get("intent") for m in text_examples(train_pool)})
+    if len(trained) < 2:
+        raise DataError(
+            f"evaluate compares intent classifiers, which needs at least two intents in the training data; "
+            f"{options.project} has {len(trained)} ({', '.join(trained) or 'none'})"
+        )
     return train_pool, test_examples, test_source
 
 

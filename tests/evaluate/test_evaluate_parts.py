@@ -329,6 +329,23 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
+def test_a_project_with_one_intent_is_refused_with_one_line_before_any_training(tmp_path, capsys):
+    project = tmp_path / "bot"
+    (project / "data").mkdir(parents=True)
+    examples = "".join(f"    - hello number {i}\n" for i in range(20))
+    (project / "data" / "nlu.yml").write_text(f"version: '3.1'\nnlu:\n- intent: greet\n  examples: |\n{examples}")
+    (project / "domain.yml").write_text("version: '3.1'\nintents:\n- greet\n")
+    (project / "config.yml").write_text(Path(__file__).with_name("baseline_fast.yml").read_text())
+    code = cli.main(["evaluate", "--project", str(project), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (
+        "error: evaluate compares intent classifiers, which needs at least two intents in the training data; "
+        f"{project} has 1 (greet)"
+    )
+    assert not (tmp_path / "out").exists()
+
+
 def test_missing_project_is_a_one_line_error(tmp_path, capsys):
     code = cli.main(["evaluate", "--project", str(tmp_path / "nowhere"), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err.strip().splitlines()
