@@ -161,6 +161,39 @@ def test_pipeline_needing_spacy_for_intents_falls_back_to_rasas_default(monkeypa
     assert [c["name"] for c in baseline.config["pipeline"]][0] == "WhitespaceTokenizer"
 
 
+# a Rasa 2 config, as public bots still have it: Rasa 3 has no ConveRTTokenizer, and its ConveRTFeaturizer needs a
+# model_url (the model's original home is gone)
+RASA_2_CONVERT_PIPELINE = [
+    {"name": "ConveRTTokenizer"},
+    {"name": "ConveRTFeaturizer"},
+    {"name": "CountVectorsFeaturizer"},
+    {"name": "DIETClassifier", "epochs": 100},
+    {"name": "FallbackClassifier", "threshold": 0.4},
+]
+
+
+def test_components_rasa_cannot_load_mean_rasas_default_pipeline_and_how_to_choose_another(tmp_path):
+    from rasa.version import __version__ as rasa_version
+
+    baseline = resolve_baseline({"language": "en", "pipeline": RASA_2_CONVERT_PIPELINE})
+    assert baseline.source == (
+        "Rasa's default pipeline, because the project's pipeline needs what is missing here: ConveRTTokenizer (Rasa "
+        f"{rasa_version} cannot load it: a Rasa 2 component, or a custom one not importable here), ConveRTFeaturizer "
+        "(Parameter 'model_url' was not specified in the configuration of 'ConveRTFeaturizer'); choose another "
+        "baseline with --baseline CONFIG.yml (a Rasa 3 NLU pipeline)"
+    )
+    assert [c["name"] for c in baseline.config["pipeline"]][0] == "WhitespaceTokenizer"
+    custom = resolve_baseline(
+        {"pipeline": [{"name": "WhitespaceTokenizer"}, {"name": "my_bot.Classifier"}, {"name": "DIETClassifier"}]}
+    )
+    assert f"Classifier (Rasa {rasa_version} cannot load it" in custom.source
+    # a --baseline the user chose is never replaced: it is refused in one line
+    chosen = tmp_path / "old.yml"
+    chosen.write_text(yaml.safe_dump({"language": "en", "pipeline": RASA_2_CONVERT_PIPELINE}))
+    with pytest.raises(ProjectError, match=r"cannot run here: ConveRTTokenizer \(Rasa .* cannot load it"):
+        resolve_baseline(None, chosen)
+
+
 def test_rasa_gpt3_components_are_the_other_side():
     config = {
         "pipeline": [
@@ -170,7 +203,7 @@ def test_rasa_gpt3_components_are_the_other_side():
         ]
     }
     baseline = resolve_baseline(config)
-    assert "no intent classifier besides rasa_gpt3's" in baseline.source
+    assert "no intent classifier besides rasa_gpt3's" in baseline.source and "--baseline CONFIG.yml" in baseline.source
     assert baseline.dropped == [{"component": "GPT3IntentClassifier", "reason": "it is the fine-tuned side"}]
     with_diet = resolve_baseline(
         {
