@@ -189,6 +189,12 @@ def check_message_length(text: str, limit: Optional[int]) -> None:
         )
 
 
+def message_request(served_model: Any, text: str) -> Dict[str, Any]:
+    """The request an IntentModel or EntityModel makes for a user's `text`; CallFailed(too_long) over its limit."""
+    check_message_length(text, served_model.max_message_chars)
+    return served_model.request_body(text)
+
+
 def _classify(exc: BaseException) -> Any:
     # imported here: the SDK takes seconds to import, and a call that never fails never needs it
     from rasa_gpt3.client import classify_api_error

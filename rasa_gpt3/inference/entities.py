@@ -15,7 +15,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequ
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.errors import CallFailed
-from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS, BoundedCaller, check_message_length, log_failure
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS, BoundedCaller, log_failure, message_request
 from rasa_gpt3.inference.transport import Completion
 from rasa_gpt3.outcomes import Outcome
 
@@ -168,8 +168,7 @@ def read_entities(text: str, completion: Completion, entity_model: EntityModel) 
 def extract_entities(text: str, entity_model: EntityModel, caller: BoundedCaller) -> EntityExtraction:
     """Extracts entities from `text` with the fine-tuned model within the caller's budget; never raises."""
     try:
-        check_message_length(text, entity_model.max_message_chars)
-        completion = caller.complete(entity_model.model, entity_model.request_body(text))
+        completion = caller.complete(entity_model.model, message_request(entity_model, text))
     except CallFailed as failure:
         return _failed(entity_model, failure)
     return _warn_if_invalid(read_entities(text, completion, entity_model))
@@ -178,8 +177,7 @@ def extract_entities(text: str, entity_model: EntityModel, caller: BoundedCaller
 async def extract_entities_async(text: str, entity_model: EntityModel, caller: BoundedCaller) -> EntityExtraction:
     """`extract_entities` for event loops."""
     try:
-        check_message_length(text, entity_model.max_message_chars)
-        completion = await caller.complete_async(entity_model.model, entity_model.request_body(text))
+        completion = await caller.complete_async(entity_model.model, message_request(entity_model, text))
     except CallFailed as failure:
         return _failed(entity_model, failure)
     return _warn_if_invalid(read_entities(text, completion, entity_model))

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.errors import CallFailed
-from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS, BoundedCaller, check_message_length, log_failure
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS, BoundedCaller, log_failure, message_request
 from rasa_gpt3.inference.transport import Completion
 from rasa_gpt3.intent_names import FALLBACK_INTENT, base_intent, is_retrieval_intent
 from rasa_gpt3.outcomes import Outcome
@@ -187,8 +187,7 @@ def _billed_tokens(completion: Completion) -> Dict[str, int]:
 def classify(text: str, intent_model: IntentModel, caller: BoundedCaller) -> IntentPrediction:
     """Classifies `text` with the fine-tuned model within the caller's budget; never raises for API failures."""
     try:
-        check_message_length(text, intent_model.max_message_chars)
-        completion = caller.complete(intent_model.model, intent_model.request_body(text))
+        completion = caller.complete(intent_model.model, message_request(intent_model, text))
     except CallFailed as failure:
         return _failed(intent_model, failure)
     return rank_intents(completion, intent_model)
@@ -197,8 +196,7 @@ def classify(text: str, intent_model: IntentModel, caller: BoundedCaller) -> Int
 async def classify_async(text: str, intent_model: IntentModel, caller: BoundedCaller) -> IntentPrediction:
     """`classify` for event loops (the fallback action's re-classification)."""
     try:
-        check_message_length(text, intent_model.max_message_chars)
-        completion = await caller.complete_async(intent_model.model, intent_model.request_body(text))
+        completion = await caller.complete_async(intent_model.model, message_request(intent_model, text))
     except CallFailed as failure:
         return _failed(intent_model, failure)
     return rank_intents(completion, intent_model)
