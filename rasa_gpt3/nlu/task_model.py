@@ -206,16 +206,7 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
             logger.warning("%s: %s", name, resolved.warning(task))
         model = str(explicit)
     elif settings.uses_local_backend:
-        from rasa_gpt3.finetune import ensure_fine_tuned
-
-        outcome = ensure_fine_tuned(
-            settings,
-            exported,
-            project_name=_project_name(settings),
-            epochs=config.get("epochs"),
-            wait=True,
-            registry=registry,
-        )
+        outcome = _fine_tune(settings, exported, config, registry)
         verb = "reusing" if outcome.reused else "fine-tuned"
         logger.info("%s: %s %s on the local backend", name, verb, outcome.model)
         model = outcome.model
@@ -252,7 +243,7 @@ def _fine_tune_now(
     task: str, exported: Any, config: Dict[str, Any], settings: Settings, registry: Any, name: str
 ) -> Optional[str]:
     """Fine-tunes on a remote API during `rasa train`, refused above `max_cost_usd` before anything is uploaded."""
-    from rasa_gpt3.finetune import ensure_fine_tuned, estimate_cost
+    from rasa_gpt3.finetune import estimate_cost
 
     max_cost = float(config.get("max_cost_usd") or 0.0)
     estimate = estimate_cost(exported.train, exported.base_model, config.get("epochs"))
@@ -262,7 +253,16 @@ def _fine_tune_now(
             f"max_cost_usd ${max_cost:.4f}; nothing was uploaded. Raise max_cost_usd, or run "
             f"`rasa-gpt3 fine-tune --task {task} --max-cost USD` yourself"
         )
-    outcome = ensure_fine_tuned(
+    return _fine_tune(settings, exported, config, registry, max_cost).model
+
+
+def _fine_tune(
+    settings: Settings, exported: Any, config: Dict[str, Any], registry: Any, max_cost: Optional[float] = None
+) -> Any:
+    """`ensure_fine_tuned` as `rasa train` runs it: the component's epochs, quiet, waiting for the model."""
+    from rasa_gpt3.finetune import ensure_fine_tuned
+
+    return ensure_fine_tuned(
         settings,
         exported,
         project_name=_project_name(settings),
@@ -271,7 +271,6 @@ def _fine_tune_now(
         wait=True,
         registry=registry,
     )
-    return outcome.model
 
 
 def _same_base(entry: Any, exported: Any) -> bool:
