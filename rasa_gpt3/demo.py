@@ -17,6 +17,7 @@
 Exit status 0 when every turn got an answer, 1 with one line on stderr otherwise. Logs of the servers and of
 `rasa train` are kept in `<bot>/.rasa_gpt3/demo/`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,6 +37,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.entry_point import exit_code_of
 from rasa_gpt3.errors import ProjectError, RasaGPT3Error
+from rasa_gpt3.intent_names import FALLBACK_INTENT
 
 CONVERSATION_FILE = "demo_conversation.yml"
 DEMO_DIR = Path(".rasa_gpt3") / "demo"
@@ -100,8 +102,8 @@ def _nlu_view(parse_data: Dict[str, Any]) -> Tuple[str, str]:
         return GPT_ROUTING, earlier
     ranking = parse_data.get("intent_ranking") or []
     intent = parse_data.get("intent") or {}
-    if intent.get("name") == "nlu_fallback":
-        best = next((item for item in ranking if item.get("name") != "nlu_fallback"), None)
+    if intent.get("name") == FALLBACK_INTENT:
+        best = next((item for item in ranking if item.get("name") != FALLBACK_INTENT), None)
         if best is not None:
             return DIET, f"best guess {best['name']} {float(best.get('confidence') or 0):.2f}"
     return DIET, ""
@@ -166,13 +168,15 @@ def free_port() -> int:
 def child_env(extra: Optional[Dict[str, str]] = None) -> Dict[str, str]:
     """The environment of the demo's child processes: the local backend, no telemetry, unbuffered output."""
     env = dict(os.environ)
-    env.update({
-        "RASA_GPT3_LOCAL": "1",
-        "RASA_TELEMETRY_ENABLED": "false",
-        "PYTHONUNBUFFERED": "1",
-        "SANIC_HOST": "127.0.0.1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
+    env.update(
+        {
+            "RASA_GPT3_LOCAL": "1",
+            "RASA_TELEMETRY_ENABLED": "false",
+            "PYTHONUNBUFFERED": "1",
+            "SANIC_HOST": "127.0.0.1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     env.update(extra or {})
     return env
 
@@ -220,8 +224,9 @@ def start_server(name: str, command: Sequence[str], cwd: Path, log: Path, url: s
     """Starts `command` with its output in `log`; returns at once (see `wait_ready`)."""
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as out:
-        process = subprocess.Popen(list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env,
-                                   stdin=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
     return Server(name, process, url, log)
 
 
@@ -239,8 +244,10 @@ def wait_ready(server: Server, path: str, timeout: float = SERVER_START_TIMEOUT)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not server.alive():
-            raise DemoError(f"{server.name} exited with status {server.process.returncode}: {log_tail(server.log)} "
-                            f"(log: {server.log})")
+            raise DemoError(
+                f"{server.name} exited with status {server.process.returncode}: {log_tail(server.log)} "
+                f"(log: {server.log})"
+            )
         try:
             with urllib.request.urlopen(server.url + path, timeout=5) as response:
                 if response.status == 200:
@@ -272,12 +279,17 @@ def load_conversations(project: Path) -> List[Dict[str, Any]]:
     for number, item in enumerate(conversations, 1):
         messages = item.get("messages") if isinstance(item, dict) else None
         pipeline = (item or {}).get("pipeline", "bot") if isinstance(item, dict) else None
-        if not isinstance(messages, list) or not messages or not all(isinstance(m, str) and m.strip() for m in messages):
+        if (
+            not isinstance(messages, list)
+            or not messages
+            or not all(isinstance(m, str) and m.strip() for m in messages)
+        ):
             raise ProjectError(f"{path}: conversation {number} needs `messages:`, a list of non-empty texts")
         if pipeline not in ("bot", "diet_only"):
             raise ProjectError(f"{path}: conversation {number}: pipeline must be `bot` or `diet_only`")
-        checked.append({"title": str(item.get("title") or f"conversation {number}"), "pipeline": pipeline,
-                        "messages": messages})
+        checked.append(
+            {"title": str(item.get("title") or f"conversation {number}"), "pipeline": pipeline, "messages": messages}
+        )
     return checked
 
 
@@ -293,16 +305,22 @@ def diet_only_config(project: Path, out: Path) -> Path:
 
     config = yaml.safe_load((project / "config.yml").read_text(encoding="utf-8")) or {}
     pipeline = [component or {} for component in config.get("pipeline") or []]
-    routing = [c.get("only_below_confidence") for c in pipeline
-               if str(c.get("name")).endswith("GPT3IntentClassifier") and c.get("only_below_confidence") is not None]
+    routing = [
+        c.get("only_below_confidence")
+        for c in pipeline
+        if str(c.get("name")).endswith("GPT3IntentClassifier") and c.get("only_below_confidence") is not None
+    ]
     kept = [c for c in pipeline if not str(c.get("name", "")).startswith("rasa_gpt3.")]
     for component in kept:
         if component.get("name") == "FallbackClassifier" and routing:
             component["threshold"] = max(float(component.get("threshold") or 0.0), float(routing[0]))
     config["pipeline"] = kept
-    write_atomic(out, "# written by rasa_gpt3.demo: the bot's config.yml without the rasa_gpt3 components; messages\n"
-                      "# below the routing threshold go to action_gpt3_fallback (FallbackClassifier threshold)\n"
-                 + yaml.safe_dump(config, sort_keys=False))
+    write_atomic(
+        out,
+        "# written by rasa_gpt3.demo: the bot's config.yml without the rasa_gpt3 components; messages\n"
+        "# below the routing threshold go to action_gpt3_fallback (FallbackClassifier threshold)\n"
+        + yaml.safe_dump(config, sort_keys=False),
+    )
     return out
 
 
@@ -329,12 +347,25 @@ def fine_tune_models(project: Path, say) -> Dict[str, str]:
 def rasa_train(project: Path, config: Path, out: Path, log: Path, env: Dict[str, str]) -> Path:
     """Runs `rasa train` and returns the model archive (Rasa reuses its cache when nothing changed)."""
     out.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "rasa", "train", "--config", str(config), "--domain", "domain.yml",
-               "--data", "data", "--out", str(out)]
+    command = [
+        sys.executable,
+        "-m",
+        "rasa",
+        "train",
+        "--config",
+        str(config),
+        "--domain",
+        "domain.yml",
+        "--data",
+        "data",
+        "--out",
+        str(out),
+    ]
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "wb") as output:
-        status = subprocess.call(command, cwd=project, stdout=output, stderr=subprocess.STDOUT, env=env,
-                                 stdin=subprocess.DEVNULL)
+        status = subprocess.call(
+            command, cwd=project, stdout=output, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
+        )
     archives = sorted(out.glob("*.tar.gz"), key=lambda p: p.stat().st_mtime)
     if status != 0 or not archives:
         raise DemoError(f"`rasa train --config {config.name}` failed (status {status}): {log_tail(log)} (log: {log})")
@@ -395,8 +426,12 @@ def run_demo(project: Path, say=_say, diet_only: bool = True) -> int:
     with ExitStack() as stack:
         action_port = free_port()
         actions = start_server(
-            "action server", [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(action_port)],
-            project, demo_dir / "actions.log", f"http://127.0.0.1:{action_port}", env,
+            "action server",
+            [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(action_port)],
+            project,
+            demo_dir / "actions.log",
+            f"http://127.0.0.1:{action_port}",
+            env,
         )
         stack.callback(actions.stop)
         endpoints = demo_dir / "endpoints.yml"
@@ -406,10 +441,26 @@ def run_demo(project: Path, say=_say, diet_only: bool = True) -> int:
         servers = {}
         for name, archive in archives.items():
             port = free_port()
-            command = [sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p", str(port),
-                       "-m", str(archive), "--endpoints", str(endpoints), "--credentials", "credentials.yml"]
-            servers[name] = start_server(f"rasa run ({name})", command, project, demo_dir / f"rasa_{name}.log",
-                                         f"http://127.0.0.1:{port}", env)
+            command = [
+                sys.executable,
+                "-m",
+                "rasa",
+                "run",
+                "--enable-api",
+                "-i",
+                "127.0.0.1",
+                "-p",
+                str(port),
+                "-m",
+                str(archive),
+                "--endpoints",
+                str(endpoints),
+                "--credentials",
+                "credentials.yml",
+            ]
+            servers[name] = start_server(
+                f"rasa run ({name})", command, project, demo_dir / f"rasa_{name}.log", f"http://127.0.0.1:{port}", env
+            )
             stack.callback(servers[name].stop)
         say("  (loading the models takes a minute)")
         wait_ready(actions, "/health")
@@ -439,11 +490,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command line: `python -m rasa_gpt3.demo [BOT_DIR] [--no-diet-only]`."""
     parser = argparse.ArgumentParser(prog="python -m rasa_gpt3.demo", description=__doc__.split("\n\n")[0])
     parser.add_argument("project", nargs="?", default="example_bot", help="the Rasa bot (default: example_bot)")
-    parser.add_argument("--no-diet-only", action="store_true",
-                        help="skip the conversation with the DIET-only pipeline (one `rasa train` less)")
+    parser.add_argument(
+        "--no-diet-only",
+        action="store_true",
+        help="skip the conversation with the DIET-only pipeline (one `rasa train` less)",
+    )
     args = parser.parse_args(argv)
-    return exit_code_of(lambda: run_demo(Path(args.project), diet_only=not args.no_diet_only),
-                        interrupted="error: interrupted; the servers were stopped")
+    return exit_code_of(
+        lambda: run_demo(Path(args.project), diet_only=not args.no_diet_only),
+        interrupted="error: interrupted; the servers were stopped",
+    )
 
 
 if __name__ == "__main__":

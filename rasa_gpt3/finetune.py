@@ -31,7 +31,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from rasa_gpt3.client import SDK_ERRORS, api_errors, classify_api_error, make_client
-from rasa_gpt3.data.base_models import BaseModel, default_epochs
+from rasa_gpt3.data.base_models import BaseModel, check_epochs, default_epochs
 from rasa_gpt3.errors import BackendError, BudgetError, DataError
 from rasa_gpt3.fine_tune_jobs import (
     JOB_SCAN_LIMIT,
@@ -124,11 +124,15 @@ class FollowInterrupted(KeyboardInterrupt):
 def estimate_cost(
     train_records: Sequence[Dict[str, Any]], base_model: BaseModel, epochs: Optional[int] = None
 ) -> CostEstimate:
-    """The training cost of `train_records` on `base_model` (epochs: given, else OpenAI's default for the size)."""
+    """The training cost of `train_records` on `base_model` (epochs: given, else OpenAI's default for the size).
+
+    Raises DataError for epochs the API would refuse (0 is no way to say "auto": leave them out).
+    """
     from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 
+    check_epochs(epochs)
     records = list(train_records)
-    n_epochs = epochs or default_epochs(len(records))
+    n_epochs = epochs if epochs is not None else default_epochs(len(records))
     per_record = count_record_tokens(records, get_encoding(base_model.encoding)) if records else []
     # OpenAI truncates examples to the context; billed tokens cannot exceed it
     tokens = sum(min(count, base_model.context) for count in per_record)

@@ -9,7 +9,9 @@ class Outcome(str, Enum):
     """The outcome of one model call; its value is the string recorded under `gpt3.outcome` and in predictions.
 
     `ok`, `unknown_label`, `no_logprobs` and `invalid_json` mean the model answered; the others are the failure
-    kinds of `rasa_gpt3.client.classify_api_error`, and `circuit_open` when the breaker skipped the call.
+    kinds of `rasa_gpt3.client.classify_api_error`, `circuit_open` when the breaker skipped the call, and
+    `too_long` when the message was over the length limit and never sent (no failure of the API, so the breaker
+    does not count it).
     """
 
     OK = "ok"
@@ -28,6 +30,8 @@ class Outcome(str, Enum):
     # an answer that is no completion (not JSON, unexpected shape), or an SDK error without an HTTP status
     BAD_RESPONSE = "bad_response"
     CIRCUIT_OPEN = "circuit_open"
+    # the message is longer than `max_message_chars`: not sent at all
+    TOO_LONG = "too_long"
 
     def __str__(self) -> str:
         return self.value

@@ -36,7 +36,7 @@ import yaml
 from filelock import FileLock
 
 from rasa_gpt3.atomic_files import write_atomic
-from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.data.base_models import is_base_model_id, resolve_base_model
 from rasa_gpt3.errors import DataError, ProjectError
 from rasa_gpt3.fine_tune_jobs import (
     META_FINGERPRINT,
@@ -425,8 +425,14 @@ def register_job(
 def use_model(settings: Settings, model: str, task: str) -> RegistryEntry:
     """Makes `model` the active one for `task` on this backend (`rasa-gpt3 models use`).
 
-    A model the registry does not know yet is checked on the backend and described from the job that made it.
+    A model the registry does not know yet is checked on the backend and described from the job that made it. A base
+    model's id is refused: the components, the action and the local backend need a model fine-tuned for the task.
     """
+    if is_base_model_id(model):
+        raise DataError(
+            f"{model} is a base model, not a fine-tuned one; `models use` takes the id of a model fine-tuned for the "
+            f"{task} task (ft:..., see `rasa-gpt3 list`), or make one with `rasa-gpt3 fine-tune --task {task}`"
+        )
     registry = Registry.load(settings.registry_path)
     backend = settings.backend_name
     known = registry.find(task, backend, model=model)

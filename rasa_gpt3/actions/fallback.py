@@ -28,8 +28,10 @@ Two things it can do, in this order (each can be switched off):
    rendered by `rasa_gpt3.prompts.response_request` (the same as the `response` export), and its answer is sent;
    the slot `answer_slot` (default `gpt3_answer`, if the domain has it) is set to it.
 
-Guardrails: `max_tokens`, the format's stop sequences plus `stop`, a `timeout` per call (the process-wide
-`rasa_gpt3.inference` caller: one quick retry, circuit breaker, cache); `{slot}` templates in an answer are filled
+Guardrails: a message longer than `max_message_chars` is never sent (the action answers with the failure response,
+reason `too_long`, and leaves such turns out of the history it sends); `max_tokens`, the format's stop sequences
+plus `stop`, a `timeout` per call (the process-wide `rasa_gpt3.inference` caller: one quick retry, circuit
+breaker, cache); `{slot}` templates in an answer are filled
 from the tracker, and an answer naming an unset or unknown slot is refused; an answer matching one of
 `forbidden_patterns` (regular expressions) is refused. On any failure or refusal the action sends
 `failure_response` (default `utter_default`; a fixed sentence if the domain lacks it). The user always gets a
@@ -60,6 +62,7 @@ from rasa_gpt3 import prompts
 from rasa_gpt3.actions.fallback_config import FallbackConfig, FallbackConfigError, load_fallback_config, project_dir
 from rasa_gpt3.actions.models import ModelLoader, ServingModels
 from rasa_gpt3.errors import CallFailed, first_line
+from rasa_gpt3.inference.calls import check_message_length
 from rasa_gpt3.inference.entities import extract_entities_async
 from rasa_gpt3.inference.intents import classify_async
 from rasa_gpt3.intent_names import is_retrieval_intent, is_shortcut
@@ -92,14 +95,20 @@ def _answered(outcome: Any) -> bool:
         return False
 
 
-def conversation_turns(events: Sequence[Dict[str, Any]], history: int) -> List[prompts.Turn]:
-    """The last `history` user and bot turns with text (the latest user message last) from applied tracker events."""
+def conversation_turns(
+    events: Sequence[Dict[str, Any]], history: int, max_chars: Optional[int] = None
+) -> List[prompts.Turn]:
+    """The last `history` user and bot turns with text (the latest user message last) from applied tracker events.
+
+    A turn longer than `max_chars` is left out: no request carries a message over the length limit.
+    """
     turns: List[prompts.Turn] = []
     for event in events:
         kind = event.get("event")
         text = event.get("text")
         if kind in ("user", "bot") and isinstance(text, str) and text.strip():
-            turns.append(prompts.Turn("user" if kind == "user" else "bot", text))
+            if max_chars is None or len(text) <= max_chars:
+                turns.append(prompts.Turn("user" if kind == "user" else "bot", text))
     return turns[-history:]
 
 
@@ -264,6 +273,11 @@ class ActionGPT3Fallback(Action):
         text = latest.get("text") or ""
         if not text.strip() or is_shortcut(text):
             return self._fail(dispatcher, domain, "no_text")
+        try:
+            check_message_length(text, self.config.max_message_chars)
+        except CallFailed as too_long:
+            logger.info("action_gpt3_fallback: %s", too_long.reason)
+            return self._fail(dispatcher, domain, too_long.kind)
         loop = asyncio.get_running_loop()
         try:
             models = await asyncio.wait_for(loop.run_in_executor(None, self.loader.models), self.config.load_timeout)
@@ -308,7 +322,7 @@ class ActionGPT3Fallback(Action):
         self, dispatcher: CollectingDispatcher, tracker: Tracker, domain: Dict[str, Any], models: ServingModels
     ) -> List[Dict[str, Any]]:
         model, fmt = models.response
-        turns = conversation_turns(tracker.applied_events(), self.config.history)
+        turns = conversation_turns(tracker.applied_events(), self.config.history, self.config.max_message_chars)
         try:
             completion = await models.caller.complete_async(model, response_body(turns, fmt, self.config))
         except CallFailed as failure:

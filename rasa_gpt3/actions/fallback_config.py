@@ -15,6 +15,7 @@ from typing import Any, Dict, List, Optional, Tuple
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.errors import first_line
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS
 from rasa_gpt3.intent_names import FALLBACK_INTENT
 
 CONFIG_FILE = "gpt3_fallback.yml"
@@ -54,6 +55,8 @@ class FallbackConfig:
     load_timeout: float = 60.0
     breaker_failures: int = 3
     breaker_cooldown: float = 30.0
+    # a longer user message is never sent to a model (see rasa_gpt3.inference.calls.DEFAULT_MAX_MESSAGE_CHARS)
+    max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
     # explicit model ids (else environment, else the registry) and the record format of models the registry lacks
     intent_model: Optional[str] = None
     entities_model: Optional[str] = None
@@ -83,8 +86,8 @@ class FallbackConfig:
         for name in ("timeout", "load_timeout"):
             if getattr(self, name) <= 0:
                 raise FallbackConfigError(f"{where}: {name} must be a positive number of seconds")
-        if self.history < 1 or self.max_tokens < 1:
-            raise FallbackConfigError(f"{where}: history and max_tokens must be at least 1")
+        if self.history < 1 or self.max_tokens < 1 or self.max_message_chars < 1:
+            raise FallbackConfigError(f"{where}: history, max_tokens and max_message_chars must be at least 1")
         if self.format not in (None, *prompts.FORMATS):
             raise FallbackConfigError(f"{where}: format must be chat or completion")
         if len(self.stop) > MAX_STOP_SEQUENCES - 1:

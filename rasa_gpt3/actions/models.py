@@ -138,8 +138,9 @@ class ModelLoader:
             intent = None
         if entities is not None and not self._in_service(settings, "entities", entities.model, entities.base_model):
             entities = None
-        intent_model = IntentModel.from_task_model(intent) if intent is not None else None
-        entity_model = EntityModel.from_task_model(entities) if entities is not None else None
+        limit = config.max_message_chars
+        intent_model = IntentModel.from_task_model(intent, max_message_chars=limit) if intent is not None else None
+        entity_model = EntityModel.from_task_model(entities, max_message_chars=limit) if entities is not None else None
         response_choice = self._choose("response", registry, backend) if config.generate else None
         if response_choice is not None and not self._in_service(
             settings, "response", response_choice.model, response_choice.base_model

@@ -105,7 +105,7 @@ def add_base_model(parser: argparse.ArgumentParser, *, purpose: str) -> None:
 
 def add_epochs(parser: argparse.ArgumentParser) -> None:
     """--epochs: how many passes over the training data a fine-tune makes."""
-    help_text = "fine-tune epochs (default: chosen from the data size, as OpenAI does)"
+    help_text = "fine-tune epochs, 1 to 50 (default: chosen from the data size, as OpenAI does)"
     parser.add_argument("--epochs", type=int, default=None, metavar="N", help=help_text)
 
 

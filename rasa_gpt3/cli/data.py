@@ -99,9 +99,16 @@ def _run_validate(args: argparse.Namespace) -> int:
     """
     import json
 
-    from rasa_gpt3.data.validation import read_jsonl, repair_records, validate_records, write_jsonl
+    from rasa_gpt3.data.validation import read_jsonl, repair_records, unreadable_report, validate_records, write_jsonl
+    from rasa_gpt3.errors import DataError
 
-    parsed = read_jsonl(args.file)
+    try:
+        parsed = read_jsonl(args.file)
+    except DataError as error:
+        if args.json:
+            # a machine reading stdout gets a report too; the one line still goes to stderr
+            print(json.dumps(unreadable_report(args.file, error).to_json(), ensure_ascii=False, indent=2))
+        raise
     report = validate_records(
         parsed.records,
         fmt=args.format,

@@ -112,11 +112,13 @@ def add_verbs(verbs: Verbs) -> None:
 
 def _run_fine_tune(args: argparse.Namespace) -> int:
     """Exports one task, then fine-tunes it (or reuses an identical model) and records it in the registry."""
+    from rasa_gpt3.data.base_models import check_epochs
     from rasa_gpt3.data.export import export_task
     from rasa_gpt3.data.project import load_project
     from rasa_gpt3.finetune import FollowInterrupted, ensure_fine_tuned
     from rasa_gpt3.progress import TqdmProgressBar
 
+    check_epochs(args.epochs)  # before the project is even loaded (ensure_fine_tuned checks again)
     _show_fine_tune_log()
     project = load_project(args.project)
     for line in project.warnings:
@@ -155,7 +157,8 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
 
 def _run_follow(args: argparse.Namespace) -> int:
     """Follows a job with a progress bar; a succeeded rasa_gpt3 job is recorded in the registry."""
-    from rasa_gpt3.finetune import META_TASK, FollowInterrupted, follow
+    from rasa_gpt3.fine_tune_jobs import META_TASK
+    from rasa_gpt3.finetune import FollowInterrupted, follow
     from rasa_gpt3.progress import TqdmProgressBar
 
     _show_fine_tune_log()
@@ -174,7 +177,8 @@ def _run_follow(args: argparse.Namespace) -> int:
 
 def _run_status(args: argparse.Namespace) -> int:
     """Prints a job's state, what it trains, its error if it failed, and its latest events."""
-    from rasa_gpt3.finetune import META_PROJECT, META_TASK, get_job, job_epochs
+    from rasa_gpt3.fine_tune_jobs import META_PROJECT, META_TASK, job_epochs
+    from rasa_gpt3.finetune import get_job
     from rasa_gpt3.progress import describe
     from rasa_gpt3.registry import timestamp_iso
 
@@ -215,7 +219,8 @@ def _run_cancel(args: argparse.Namespace) -> int:
 
 def _run_list(args: argparse.Namespace) -> int:
     """Lists the project's fine-tuning jobs (found through their metadata), newest first."""
-    from rasa_gpt3.finetune import META_TASK, list_jobs
+    from rasa_gpt3.fine_tune_jobs import META_TASK
+    from rasa_gpt3.finetune import list_jobs
     from rasa_gpt3.registry import timestamp_iso
 
     settings = project_settings(args)

@@ -18,10 +18,12 @@ from typing import Dict, Optional
 
 import yaml
 
-from rasa_gpt3.errors import RasaGPT3Error
+from rasa_gpt3.errors import DataError, RasaGPT3Error
 
 _TABLE = Path(__file__).with_name("base_models.yml")
 ENV_SHUTDOWN_DATES = "RASA_GPT3_SHUTDOWN_DATES"
+# the range of n_epochs the fine-tuning API accepts
+MIN_EPOCHS, MAX_EPOCHS = 1, 50
 
 
 @dataclass(frozen=True)
@@ -132,6 +134,12 @@ def shutdown_date(model: str, provider_schedule: bool = True) -> Optional[_dt.da
     return row.get("shutdown") if row else None
 
 
+def is_base_model_id(name: str) -> bool:
+    """Whether `name` names a base model itself (full name or alias), not a model fine-tuned from it."""
+    table = _table()
+    return name in table["models"] or name in table.get("aliases", {})
+
+
 def default_epochs(n_examples: int) -> int:
     """Epochs OpenAI picks when none are given: about 3, scaled so the job sees 100..25,000 examples."""
     min_target, max_target, target_epochs, min_epochs, max_epochs = 100, 25_000, 3, 1, 25
@@ -142,3 +150,14 @@ def default_epochs(n_examples: int) -> int:
     if n_examples * target_epochs > max_target:
         return max(min_epochs, max_target // n_examples)
     return target_epochs
+
+
+def check_epochs(epochs: Optional[int]) -> None:
+    """Raises DataError (one line) unless `epochs` is None (chosen from the data size) or a whole number 1 to 50."""
+    if epochs is None:
+        return
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or not MIN_EPOCHS <= epochs <= MAX_EPOCHS:
+        raise DataError(
+            f"epochs must be a whole number from {MIN_EPOCHS} to {MAX_EPOCHS}, not {epochs!r} "
+            "(leave it out to have it chosen from the data size)"
+        )

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
 from rasa_gpt3.data.export_files import check_output_dir, write_export
+from rasa_gpt3.data.exported_task import ExportedTask
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.intent_fast_path import in_background, intent_line_writer, intent_token_counter
 from rasa_gpt3.data.labels import LabelCodec
@@ -41,30 +42,6 @@ from rasa_gpt3.errors import DataError
 
 NO_ENTITIES = "(none)"
 E2E_BOT_LABEL = "(end-to-end bot text)"
-
-
-@dataclass
-class ExportedTask:
-    """One task's export: records split into train/valid, the label codec (intent task), fingerprint, manifest."""
-
-    task: str
-    fmt: str
-    base_model: BaseModel
-    train: List[Dict[str, Any]]
-    valid: List[Dict[str, Any]]
-    codec: Optional[LabelCodec]
-    fingerprint: str
-    manifest: Dict[str, Any]
-    train_labels: List[str] = field(default_factory=list, repr=False)
-    valid_labels: List[str] = field(default_factory=list, repr=False)
-    train_lines: List[str] = field(default_factory=list, repr=False)
-    valid_lines: List[str] = field(default_factory=list, repr=False)
-    report: Any = field(default=None, repr=False)  # validation.ValidationReport over train + valid
-
-    def jsonl(self, part: str) -> str:
-        """The exact text of train.jsonl or valid.jsonl."""
-        lines = self.train_lines if part == "train" else self.valid_lines
-        return "".join(line + "\n" for line in lines)
 
 
 # ---------------------------------------------------------------- resolving format and base model

@@ -12,13 +12,11 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Optional, Union
+from typing import Any, Iterable, Optional, Union
 
 from rasa_gpt3.atomic_files import replacing_directory, write_atomic
+from rasa_gpt3.data.exported_task import ExportedTask
 from rasa_gpt3.errors import DataError
-
-if TYPE_CHECKING:
-    from rasa_gpt3.data.export import ExportedTask
 
 EXPORT_FILES = ("train.jsonl", "valid.jsonl", "labels.json", "manifest.json")
 

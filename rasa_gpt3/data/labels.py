@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional
 
 from rasa_gpt3.data.tokens import get_encoding, is_single_token
 from rasa_gpt3.errors import DataError
+from rasa_gpt3.intent_names import RETRIEVAL_DELIMITER, is_retrieval_intent
 from rasa_gpt3.prompts import FORMATS, STOP, label_token
 
 CODEC_VERSION = 1
@@ -55,8 +56,8 @@ def _name_parts(intent: str) -> List[str]:
 
 
 def _shortenings(intent: str) -> Iterator[str]:
-    if "/" in intent:
-        yield intent.split("/", 1)[1]
+    if is_retrieval_intent(intent):
+        yield intent.split(RETRIEVAL_DELIMITER, 1)[1]
     parts = _name_parts(intent)
     yield from reversed(parts)
     yield from (p.lower() for p in reversed(parts))

@@ -1123,6 +1123,12 @@ def read_jsonl(path: Union[str, Path]) -> JsonlFile:
     return JsonlFile(path, records, lines, texts)
 
 
+def unreadable_report(path: Union[str, Path], error: BaseException) -> ValidationReport:
+    """The report on a file that cannot be read at all (missing, a directory, no permission): one `file` error."""
+    finding = Finding("file", "error", str(error), "name a readable JSONL file")
+    return ValidationReport(source=str(path), findings=[finding], stats={"records": 0})
+
+
 def _parse_line(text: str) -> Any:
     try:
         return json.loads(text)

@@ -98,6 +98,8 @@ _NEEDS_PACKAGE = {
     "JiebaTokenizer": "jieba",
     "LanguageModelFeaturizer": "transformers",
 }
+# what the report and the errors say when the baseline is not the project's own pipeline, or cannot be trained
+CHOOSE_BASELINE = "choose another baseline with --baseline CONFIG.yml (a Rasa 3 NLU pipeline)"
 _INTENT_CLASSIFIERS = {
     "DIETClassifier",
     "LogisticRegressionClassifier",
@@ -148,12 +150,36 @@ def _port_answers(url: str, timeout: float = 0.5) -> bool:
         return False
 
 
+def _registered_class(component: Dict[str, Any]) -> Optional[type]:
+    """The class Rasa's default recipe trains for `component`, or None when Rasa cannot load it."""
+    from rasa.engine.recipes.default_recipe import DefaultV1Recipe
+
+    try:
+        return DefaultV1Recipe._from_registry(str(component.get("name"))).clazz
+    except Exception:  # Rasa's InvalidConfigException, or whatever importing a custom module raised
+        return None
+
+
 def unavailable_reason(component: Dict[str, Any]) -> Optional[str]:
     """Why a pipeline component cannot run on this machine (missing package, model or server), or None."""
     name = _short_name(component)
     package = _NEEDS_PACKAGE.get(name)
     if package and _package_missing(package):
         return f"{package} is not installed"
+    registered = _registered_class(component)
+    if registered is None:
+        # e.g. Rasa 2's ConveRTTokenizer, which Rasa 3 no longer has
+        from rasa.version import __version__ as rasa_version
+
+        return f"Rasa {rasa_version} cannot load it: a Rasa 2 component, or a custom one not importable here"
+    if name == "ConveRTFeaturizer":
+        # Rasa 3's ConveRTFeaturizer needs a `model_url`: the model's original home is gone
+        from rasa.shared.exceptions import RasaException
+
+        try:
+            registered._validate_model_url({**registered.get_default_config(), **component})
+        except RasaException as error:
+            return _first_line(str(error)).split(". ")[0]
     if name == "SpacyNLP" and component.get("model"):
         import spacy  # only reached when spaCy is installed
 
@@ -172,14 +198,10 @@ def _is_intent_classifier(component: Dict[str, Any]) -> bool:
         return True
     if name == "FallbackClassifier" or _is_rasa_gpt3(component):
         return False
-    try:
-        from rasa.engine.recipes.default_recipe import DefaultV1Recipe
-        from rasa.nlu.classifiers.classifier import IntentClassifier
+    from rasa.nlu.classifiers.classifier import IntentClassifier
 
-        registered = DefaultV1Recipe._from_registry(str(component.get("name")))
-        return issubclass(registered.clazz, IntentClassifier)
-    except Exception:  # an unknown custom component: Rasa itself will say what is wrong when it trains
-        return False
+    registered = _registered_class(component)
+    return registered is not None and issubclass(registered, IntentClassifier)
 
 
 def rasa_default_config(language: str = "en") -> Dict[str, Any]:
@@ -238,14 +260,16 @@ def resolve_baseline(project_config: Optional[Dict[str, Any]], baseline: Optiona
         return BaselineConfig(
             rasa_default_config(language),
             "Rasa's default pipeline, because the project's pipeline needs what is missing here: "
-            + ", ".join(blocking),
+            + ", ".join(blocking)
+            + f"; {CHOOSE_BASELINE}",
         )
     if not any(_is_intent_classifier(c) for c in kept):
         if baseline is not None:
             raise ProjectError(f"baseline config '{baseline}' has no intent classifier")
         return BaselineConfig(
             rasa_default_config(language),
-            "Rasa's default pipeline, because the project's pipeline has no intent classifier besides rasa_gpt3's",
+            "Rasa's default pipeline, because the project's pipeline has no intent classifier besides rasa_gpt3's; "
+            + CHOOSE_BASELINE,
             dropped,
         )
     pruned = {key: value for key, value in config.items() if key not in ("policies", "pipeline")}
@@ -328,7 +352,7 @@ class RasaBaseline:
                 )
         except (RasaException, ValueError, KeyError) as error:
             raise ProjectError(
-                f"Rasa could not train the baseline ({self.baseline.source}): {_first_line(error)}"
+                f"Rasa could not train the baseline ({self.baseline.source}): {_first_line(error)}; {CHOOSE_BASELINE}"
             ) from None
         if not model:
             raise ProjectError(f"Rasa trained no baseline model from {nlu_path}")

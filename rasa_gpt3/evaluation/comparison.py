@@ -201,7 +201,7 @@ def _confirm_spending(
 def _model_metrics(
     candidate: Candidate, predictions: List[Prediction], api_calls: int, oos_intent: Optional[str]
 ) -> Dict[str, Any]:
-    from rasa_gpt3.inference import CallPolicy
+    from rasa_gpt3.inference.calls import CallPolicy
 
     metrics = summarize_predictions(predictions, oos_intent)
     budget_ms = CallPolicy().timeout * 1000

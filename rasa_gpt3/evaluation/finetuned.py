@@ -9,9 +9,10 @@ from typing import Any, List, Optional, Sequence, Tuple
 from rasa_gpt3.errors import BackendError
 from rasa_gpt3.evaluation.baseline import FallbackRule
 from rasa_gpt3.evaluation.results import Prediction
+from rasa_gpt3.intent_names import FALLBACK_INTENT
+from rasa_gpt3.outcomes import Outcome
 
 MAX_FAILURES_IN_A_ROW = 5
-NLU_FALLBACK = "nlu_fallback"
 
 
 @dataclass
@@ -39,7 +40,7 @@ class FineTunedSide:
         epochs: Optional[int],
         fallback: Optional[FallbackRule],
     ):
-        from rasa_gpt3.inference import BoundedCaller, CallPolicy
+        from rasa_gpt3.inference.calls import BoundedCaller, CallPolicy
 
         self.settings = settings
         self.project_name = project_name
@@ -108,11 +109,11 @@ class FineTunedSide:
 
     def _intent_model(self, model: str, exported: Any) -> Any:
         """The serving description of `model` with `exported`'s codec, warmed up on the local backend."""
-        from rasa_gpt3.inference import IntentModel
+        from rasa_gpt3.inference.intents import IntentModel
+        from rasa_gpt3.nlu.task_model import TaskModel
 
-        intent_model = IntentModel(
-            model=model, fmt=exported.fmt, labels=dict(exported.codec.labels), fallback_intent=NLU_FALLBACK
-        )
+        task_model = TaskModel.from_export(exported, model, self.settings.backend_name)
+        intent_model = IntentModel.from_task_model(task_model, fallback_intent=FALLBACK_INTENT)
         if self.settings.uses_local_backend:
             # the local backend loads a model on its first request; that is not a serving latency
             self.caller.warm_up(model, intent_model.request_body("hello"))
@@ -127,7 +128,7 @@ class FineTunedSide:
 
     def predict(self, model: FineTunedModel, exported: Any, examples: Sequence[Any], bar: Any) -> List[Prediction]:
         """Classifies every test message with one bounded call each and times each call."""
-        from rasa_gpt3.inference import classify
+        from rasa_gpt3.inference.intents import classify
 
         texts = [example.get("text") for example in examples]
         counted = self._request_tokens(exported, texts)
@@ -137,7 +138,7 @@ class FineTunedSide:
             started = time.perf_counter()
             result = classify(text, model.intent_model, self.caller)
             elapsed = (time.perf_counter() - started) * 1000
-            failed = result.outcome not in ("ok", "unknown_label", "no_logprobs")
+            failed = not Outcome(result.outcome).answered
             failures_in_a_row = failures_in_a_row + 1 if failed else 0
             if failures_in_a_row >= MAX_FAILURES_IN_A_ROW:
                 raise BackendError(

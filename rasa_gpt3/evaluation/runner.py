@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from rasa_gpt3.data.base_models import check_epochs
 from rasa_gpt3.data.export import full_intent, text_examples
 from rasa_gpt3.errors import BudgetError, DataError
 from rasa_gpt3.evaluation.baseline import FallbackRule, RasaBaseline, resolve_baseline
@@ -110,8 +111,7 @@ class EvaluationOptions:
             raise DataError(f"test file '{self.test_file}' does not exist")
         if self.baseline is not None and not Path(self.baseline).is_file():
             raise DataError(f"baseline config '{self.baseline}' does not exist")
-        if self.epochs is not None and self.epochs < 1:
-            raise DataError(f"--epochs must be at least 1, not {self.epochs}")
+        check_epochs(self.epochs)
         if self.tolerance is not None and not 0 <= self.tolerance < 1:
             raise DataError(f"--tolerance must be between 0 and 1, not {self.tolerance}")
 
@@ -133,6 +133,12 @@ def training_and_test_data(project: Any, options: EvaluationOptions) -> Tuple[An
         test_source = f"stratified split: {options.test_fraction:g} of each intent held out, seed {options.seed}"
     if not test_examples:
         raise DataError(f"the test set ({test_source}) has no examples with text and intent")
+    trained = sorted({m.get("intent") for m in text_examples(train_pool)})
+    if len(trained) < 2:
+        raise DataError(
+            f"evaluate compares intent classifiers, which needs at least two intents in the training data; "
+            f"{options.project} has {len(trained)} ({', '.join(trained) or 'none'})"
+        )
     return train_pool, test_examples, test_source
 
 
@@ -374,7 +380,7 @@ def _run_result(
     exported: Any,
     oos_intent: Optional[str],
 ) -> Dict[str, Any]:
-    from rasa_gpt3.inference import CallPolicy
+    from rasa_gpt3.inference.calls import CallPolicy
 
     base = summarize_predictions(baseline_predictions, oos_intent)
     base.update(

@@ -3,7 +3,9 @@
 `CallPolicy.timeout` covers the whole call, the retry included: synchronously every network wait is bounded by what
 is left of it, asynchronously it is also a hard deadline. At most one quick retry follows a refused or dropped
 connection, a 5xx, or a 429 whose Retry-After fits the budget. A failed call raises `CallFailed` with an `Outcome`
-kind and a one-line reason; it never carries the user's text or the API key.
+kind and a one-line reason; it never carries the user's text or the API key. A message longer than the length
+limit is never sent (`check_message_length`): it fails as `too_long` before any call, so it costs the backend
+nothing and the circuit breaker never counts it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,13 @@ logger = logging.getLogger(__name__)
 
 # a retry only starts when at least this much of the budget is left
 MIN_ATTEMPT_SECONDS = 0.05
+
+# The longest user message sent to a model, in characters (`max_message_chars`). Real chat messages are far
+# shorter: the longest of banking77's 13,083 messages has 433 characters, financial-demo's longest NLU example 76.
+# Chat channels cap a message at 4,096 (Telegram, WhatsApp) or 2,000 (Facebook Messenger), so every message a
+# channel delivers fits, while a pasted document or an attack (1 MB) is refused before it costs the backend
+# anything (on the local backend a 100 KB message took seconds and gigabytes, and blocked the other requests).
+DEFAULT_MAX_MESSAGE_CHARS = 4096
 
 
 @dataclass(frozen=True)
@@ -172,6 +181,20 @@ class _Call:
         return max(self.deadline - time.monotonic(), MIN_ATTEMPT_SECONDS)
 
 
+def check_message_length(text: str, limit: Optional[int]) -> None:
+    """Raises CallFailed(too_long) when `text` is longer than `limit` characters (None: no limit); never sends it."""
+    if limit is not None and len(text) > limit:
+        raise CallFailed(
+            Outcome.TOO_LONG, f"message of {len(text):,} characters is over max_message_chars ({limit:,}); not sent"
+        )
+
+
+def message_request(served_model: Any, text: str) -> Dict[str, Any]:
+    """The request an IntentModel or EntityModel makes for a user's `text`; CallFailed(too_long) over its limit."""
+    check_message_length(text, served_model.max_message_chars)
+    return served_model.request_body(text)
+
+
 def _classify(exc: BaseException) -> Any:
     # imported here: the SDK takes seconds to import, and a call that never fails never needs it
     from rasa_gpt3.client import classify_api_error
@@ -184,6 +207,8 @@ def log_failure(task: str, model: str, failure: CallFailed) -> None:
     # an open circuit was already logged when it opened
     if failure.kind is Outcome.CIRCUIT_OPEN:
         logger.debug("rasa_gpt3 %s model %s not asked: %s", task, model, failure.reason)
+    elif failure.kind is Outcome.TOO_LONG:
+        logger.info("rasa_gpt3 %s model %s not asked: %s", task, model, failure.reason)
     else:
         logger.warning("rasa_gpt3 %s model %s failed (%s): %s", task, model, failure.kind, failure.reason)
 

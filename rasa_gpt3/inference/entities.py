@@ -15,7 +15,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Mapping, Optional, Sequ
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.errors import CallFailed
-from rasa_gpt3.inference.calls import BoundedCaller, log_failure
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS, BoundedCaller, log_failure, message_request
 from rasa_gpt3.inference.transport import Completion
 from rasa_gpt3.outcomes import Outcome
 
@@ -32,6 +32,8 @@ class EntityModel:
     roles: FrozenSet[str] = frozenset()
     groups: FrozenSet[str] = frozenset()
     max_tokens: int = 200
+    # longer messages are never sent: no entities, outcome too_long (None: no limit)
+    max_message_chars: Optional[int] = DEFAULT_MAX_MESSAGE_CHARS
 
     @classmethod
     def from_task_model(cls, task_model: Any, **options: Any) -> EntityModel:
@@ -166,7 +168,7 @@ def read_entities(text: str, completion: Completion, entity_model: EntityModel) 
 def extract_entities(text: str, entity_model: EntityModel, caller: BoundedCaller) -> EntityExtraction:
     """Extracts entities from `text` with the fine-tuned model within the caller's budget; never raises."""
     try:
-        completion = caller.complete(entity_model.model, entity_model.request_body(text))
+        completion = caller.complete(entity_model.model, message_request(entity_model, text))
     except CallFailed as failure:
         return _failed(entity_model, failure)
     return _warn_if_invalid(read_entities(text, completion, entity_model))
@@ -175,7 +177,7 @@ def extract_entities(text: str, entity_model: EntityModel, caller: BoundedCaller
 async def extract_entities_async(text: str, entity_model: EntityModel, caller: BoundedCaller) -> EntityExtraction:
     """`extract_entities` for event loops."""
     try:
-        completion = await caller.complete_async(entity_model.model, entity_model.request_body(text))
+        completion = await caller.complete_async(entity_model.model, message_request(entity_model, text))
     except CallFailed as failure:
         return _failed(entity_model, failure)
     return _warn_if_invalid(read_entities(text, completion, entity_model))

@@ -13,7 +13,7 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.errors import CallFailed
-from rasa_gpt3.inference.calls import BoundedCaller, log_failure
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS, BoundedCaller, log_failure, message_request
 from rasa_gpt3.inference.transport import Completion
 from rasa_gpt3.intent_names import FALLBACK_INTENT, base_intent, is_retrieval_intent
 from rasa_gpt3.outcomes import Outcome
@@ -33,6 +33,8 @@ class IntentModel:
     fallback_intent: str = FALLBACK_INTENT
     ranking_length: int = 10
     top_logprobs: int = MAX_CHAT_TOP_LOGPROBS
+    # longer messages are never sent: they get the fallback intent with outcome too_long (None: no limit)
+    max_message_chars: Optional[int] = DEFAULT_MAX_MESSAGE_CHARS
     _exact: Dict[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -79,7 +81,7 @@ class IntentPrediction:
     full_intent: Optional[str] = None
     # the ranking over full intents (differs from `ranking` only with retrieval intents)
     full_ranking: List[Dict[str, Any]] = field(default_factory=list)
-    # ok, unknown_label, no_logprobs, or why the call failed (timeout, circuit_open, ...)
+    # ok, unknown_label, no_logprobs, or why the call failed or was not made (timeout, circuit_open, too_long, ...)
     outcome: Outcome = Outcome.OK
     model: Optional[str] = None
     cached: bool = False
@@ -185,7 +187,7 @@ def _billed_tokens(completion: Completion) -> Dict[str, int]:
 def classify(text: str, intent_model: IntentModel, caller: BoundedCaller) -> IntentPrediction:
     """Classifies `text` with the fine-tuned model within the caller's budget; never raises for API failures."""
     try:
-        completion = caller.complete(intent_model.model, intent_model.request_body(text))
+        completion = caller.complete(intent_model.model, message_request(intent_model, text))
     except CallFailed as failure:
         return _failed(intent_model, failure)
     return rank_intents(completion, intent_model)
@@ -194,7 +196,7 @@ def classify(text: str, intent_model: IntentModel, caller: BoundedCaller) -> Int
 async def classify_async(text: str, intent_model: IntentModel, caller: BoundedCaller) -> IntentPrediction:
     """`classify` for event loops (the fallback action's re-classification)."""
     try:
-        completion = await caller.complete_async(intent_model.model, intent_model.request_body(text))
+        completion = await caller.complete_async(intent_model.model, message_request(intent_model, text))
     except CallFailed as failure:
         return _failed(intent_model, failure)
     return rank_intents(completion, intent_model)

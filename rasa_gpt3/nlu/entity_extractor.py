@@ -12,8 +12,9 @@ value is located in the message (exact, then case-insensitive, whole words first
 becomes a Rasa entity with start/end, `value` = the text span, role/group, `extractor: GPT3EntityExtractor` and
 `confidence_entity` (the probability of the whole answer from its token logprobs; 1.0 when the API sends none).
 Values not in the text and entity types the training data does not know are dropped; an answer that is not an
-entity list adds no entities and logs one warning. Messages starting with `/` and empty messages are not sent; on
-an API failure no entities are added. Each message gets a `gpt3_entities` record: asked, outcome, model, dropped.
+entity list adds no entities and logs one warning. Messages starting with `/`, empty messages and messages over
+`max_message_chars` (outcome `too_long`) are not sent; on an API failure no entities are added. Each message gets
+a `gpt3_entities` record: asked, outcome, model, dropped.
 """
 
 from __future__ import annotations
@@ -44,7 +45,11 @@ class GPT3EntityExtractor(GPT3Component, EntityExtractorMixin):
         return {**GPT3Component.get_default_config(), "max_tokens": 200}
 
     def _served_model(self, task_model: TaskModel) -> EntityModel:
-        return EntityModel.from_task_model(task_model, max_tokens=int(self.component_config["max_tokens"]))
+        return EntityModel.from_task_model(
+            task_model,
+            max_tokens=int(self.component_config["max_tokens"]),
+            max_message_chars=self.component_config["max_message_chars"],
+        )
 
     def _without_model(self) -> str:
         return "the model is no longer asked: it adds no entities"

@@ -23,10 +23,13 @@ Decisions:
   asked and the earlier result stays as it is.
 - Messages starting with `/` (Rasa's intent shortcut) and empty messages are never sent; an earlier result stays,
   else INTENT is `fallback_intent` at confidence 0 (Rasa's RegexMessageHandler then applies the shortcut).
+- A message longer than `max_message_chars` (default 4,096) is never sent either: INTENT is `fallback_intent` at
+  confidence 0 with outcome `too_long`, and the circuit breaker does not count it as a failure of the API.
 - Every message gets a `gpt3` entry in the parse data: `asked` (the component consulted the model: a request, a
-  cache hit, or a call that failed or was skipped by the open breaker), `decided` (the model's answer gave the
-  intent), `outcome` ("ok", "unknown_label", "timeout", "circuit_open", ...), `model`, `cached`, `backend_ms`, and
-  `reason` when it was not asked, `previous_intent` when an earlier classifier had predicted one.
+  cache hit, or a call that failed or was skipped by the open breaker or the length limit), `decided` (the model's
+  answer gave the intent), `outcome` ("ok", "unknown_label", "timeout", "circuit_open", "too_long", ...), `model`,
+  `cached`, `backend_ms`, and `reason` when it was not asked, `previous_intent` when an earlier classifier had
+  predicted one.
 """
 
 from __future__ import annotations
@@ -92,6 +95,7 @@ class GPT3IntentClassifier(GPT3Component, IntentClassifier):
             fallback_intent=self.component_config["fallback_intent"],
             ranking_length=int(self.component_config["ranking_length"]),
             top_logprobs=int(self.component_config["top_logprobs"]),
+            max_message_chars=self.component_config["max_message_chars"],
         )
 
     def _without_model(self) -> str:

@@ -26,7 +26,9 @@ from typing import Any, Dict, List, Optional
 from rasa.shared.exceptions import InvalidConfigException, RasaException
 
 from rasa_gpt3 import prompts
+from rasa_gpt3.data.base_models import check_epochs
 from rasa_gpt3.errors import RasaGPT3Error
+from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS
 from rasa_gpt3.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -53,6 +55,8 @@ COMMON_DEFAULTS: Dict[str, Any] = {
     "breaker_cooldown": 30.0,
     "cache_size": 1024,
     "extra_headers": {},
+    # longer messages are never sent: fallback intent, outcome too_long (why 4,096: see DEFAULT_MAX_MESSAGE_CHARS)
+    "max_message_chars": DEFAULT_MAX_MESSAGE_CHARS,
     # on the local backend, send one request when the model is loaded so the first user message is not the slow one
     "warm_up": True,
 }
@@ -202,16 +206,7 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
             logger.warning("%s: %s", name, resolved.warning(task))
         model = str(explicit)
     elif settings.uses_local_backend:
-        from rasa_gpt3.finetune import ensure_fine_tuned
-
-        outcome = ensure_fine_tuned(
-            settings,
-            exported,
-            project_name=_project_name(settings),
-            epochs=config.get("epochs"),
-            wait=True,
-            registry=registry,
-        )
+        outcome = _fine_tune(settings, exported, config, registry)
         verb = "reusing" if outcome.reused else "fine-tuned"
         logger.info("%s: %s %s on the local backend", name, verb, outcome.model)
         model = outcome.model
@@ -248,7 +243,7 @@ def _fine_tune_now(
     task: str, exported: Any, config: Dict[str, Any], settings: Settings, registry: Any, name: str
 ) -> Optional[str]:
     """Fine-tunes on a remote API during `rasa train`, refused above `max_cost_usd` before anything is uploaded."""
-    from rasa_gpt3.finetune import ensure_fine_tuned, estimate_cost
+    from rasa_gpt3.finetune import estimate_cost
 
     max_cost = float(config.get("max_cost_usd") or 0.0)
     estimate = estimate_cost(exported.train, exported.base_model, config.get("epochs"))
@@ -258,7 +253,16 @@ def _fine_tune_now(
             f"max_cost_usd ${max_cost:.4f}; nothing was uploaded. Raise max_cost_usd, or run "
             f"`rasa-gpt3 fine-tune --task {task} --max-cost USD` yourself"
         )
-    outcome = ensure_fine_tuned(
+    return _fine_tune(settings, exported, config, registry, max_cost).model
+
+
+def _fine_tune(
+    settings: Settings, exported: Any, config: Dict[str, Any], registry: Any, max_cost: Optional[float] = None
+) -> Any:
+    """`ensure_fine_tuned` as `rasa train` runs it: the component's epochs, quiet, waiting for the model."""
+    from rasa_gpt3.finetune import ensure_fine_tuned
+
+    return ensure_fine_tuned(
         settings,
         exported,
         project_name=_project_name(settings),
@@ -267,7 +271,6 @@ def _fine_tune_now(
         wait=True,
         registry=registry,
     )
-    return outcome.model
 
 
 def _same_base(entry: Any, exported: Any) -> bool:
@@ -315,3 +318,12 @@ def validate_common_config(component: str, config: Dict[str, Any]) -> None:
         raise InvalidConfigException(f"{component}: format must be chat or completion, not {config.get('format')!r}")
     if not isinstance(config.get("extra_headers") or {}, dict):
         raise InvalidConfigException(f"{component}: extra_headers must be a mapping of header names to values")
+    limit = config.get("max_message_chars")
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise InvalidConfigException(
+            f"{component}: max_message_chars must be a whole number of characters, at least 1, not {limit!r}"
+        )
+    try:
+        check_epochs(config.get("epochs"))
+    except RasaGPT3Error as error:
+        raise InvalidConfigException(f"{component}: {error}") from None

@@ -51,6 +51,8 @@ def test_config_file_values_are_read_and_typed(tmp_path, monkeypatch):
         ("reclassify_threshold: 1.5\n", "reclassify_threshold must be between 0 and 1"),
         ("max_tokens: 2.5\n", "max_tokens must be a whole number"),
         ("timeout: 0\n", "timeout must be a positive number"),
+        ("max_message_chars: 0\n", "max_message_chars must be at least 1"),
+        ("max_message_chars: 2.5\n", "max_message_chars must be a whole number"),
         ("forbidden_patterns: ['(unclosed']\n", "is not a regular expression"),
         ("format: jsonl\n", "format must be chat or completion"),
         ("- a list\n", "expected a mapping"),
@@ -118,6 +120,24 @@ def test_history_is_the_last_turns_with_text_latest_user_message_last():
         prompts.Turn("user", "can I  buy   bitcoin?"),
     ]
     assert conversation_turns(events, 10)[0] == prompts.Turn("user", "hello")
+
+
+def test_history_leaves_out_turns_over_the_length_limit():
+    pasted = "x" * 5000
+    events = [
+        {"event": "user", "text": "hello"},
+        {"event": "bot", "text": "Hi! How can I help?"},
+        {"event": "user", "text": pasted},
+        {"event": "bot", "text": "Sorry, I didn't get that."},
+        {"event": "user", "text": "can I buy bitcoin?"},
+    ]
+    assert conversation_turns(events, 3, max_chars=4096) == [
+        prompts.Turn("bot", "Hi! How can I help?"),
+        prompts.Turn("bot", "Sorry, I didn't get that."),
+        prompts.Turn("user", "can I buy bitcoin?"),
+    ]
+    assert conversation_turns(events, 3, max_chars=5000)[0] == prompts.Turn("user", pasted)
+    assert FallbackConfig().max_message_chars == 4096
 
 
 @pytest.mark.parametrize("fmt", prompts.FORMATS)

@@ -291,6 +291,20 @@ def test_cli_validate_clean_file_exits_zero_with_json(tmp_path, capsys):
     assert report["estimate"]["training_cost_usd"] > 0
 
 
+@pytest.mark.parametrize("which", ["missing", "directory"])
+def test_cli_validate_json_reports_a_file_it_cannot_read(tmp_path, capsys, which):
+    path = tmp_path / "nothing.jsonl" if which == "missing" else tmp_path
+    assert main(["validate", str(path), "--json"]) == 1
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert report["source"] == str(path) and report["errors"] == 1 and report["records"] == 0
+    (finding,) = report["findings"]
+    assert finding["check"] == "file" and finding["severity"] == "error"
+    assert ("file not found" if which == "missing" else "is a directory") in finding["message"]
+    # the one line on stderr stays, as without --json
+    assert captured.err.strip().splitlines() == [f"error: {finding['message']}"]
+
+
 def test_cli_validate_errors_exit_one(tmp_path, capsys):
     path = _write(tmp_path / "bad.jsonl", CASES["assistant_message"][0])
     assert main(["validate", str(path)]) == 1

@@ -129,6 +129,26 @@ def test_a_hanging_backend_costs_the_timeout_and_gives_utter_default(action_env,
     assert elapsed < 15
 
 
+def _completion_requests(backend) -> int:
+    import httpx
+
+    stats = httpx.get(backend.root + "/_local/stats", timeout=5).json()
+    return sum(count for route, count in stats.get("by_route", {}).items() if "completions" in route)
+
+
+def test_a_message_over_the_length_limit_is_never_sent_and_the_next_one_works(action_env, domain, e2e_backend):
+    action = ActionGPT3Fallback()
+    action.loader.models()  # loaded (and warmed up) first, as on a running action server
+    before = _completion_requests(e2e_backend)
+    for number in range(4):  # more than breaker_failures: none of them may count as a failure of the API
+        messages, events = _run(action, _tracker(f"my card vanished {number} " * 300), domain)
+        assert _failure(messages) == "too_long" and messages[0]["response"] == "utter_default" and events == []
+    assert _completion_requests(e2e_backend) == before
+
+    messages, events = _run(action, _tracker("kill my debit card now"), domain)
+    assert messages == [] and events[2]["parse_data"]["intent"]["name"] == "block_card"
+
+
 def test_a_broken_config_never_breaks_the_action_server(action_env, domain, tmp_path):
     action_env("reclasify: true\n", tmp_path)
     action = ActionGPT3Fallback()

@@ -161,6 +161,39 @@ def test_pipeline_needing_spacy_for_intents_falls_back_to_rasas_default(monkeypa
     assert [c["name"] for c in baseline.config["pipeline"]][0] == "WhitespaceTokenizer"
 
 
+# a Rasa 2 config, as public bots still have it: Rasa 3 has no ConveRTTokenizer, and its ConveRTFeaturizer needs a
+# model_url (the model's original home is gone)
+RASA_2_CONVERT_PIPELINE = [
+    {"name": "ConveRTTokenizer"},
+    {"name": "ConveRTFeaturizer"},
+    {"name": "CountVectorsFeaturizer"},
+    {"name": "DIETClassifier", "epochs": 100},
+    {"name": "FallbackClassifier", "threshold": 0.4},
+]
+
+
+def test_components_rasa_cannot_load_mean_rasas_default_pipeline_and_how_to_choose_another(tmp_path):
+    from rasa.version import __version__ as rasa_version
+
+    baseline = resolve_baseline({"language": "en", "pipeline": RASA_2_CONVERT_PIPELINE})
+    assert baseline.source == (
+        "Rasa's default pipeline, because the project's pipeline needs what is missing here: ConveRTTokenizer (Rasa "
+        f"{rasa_version} cannot load it: a Rasa 2 component, or a custom one not importable here), ConveRTFeaturizer "
+        "(Parameter 'model_url' was not specified in the configuration of 'ConveRTFeaturizer'); choose another "
+        "baseline with --baseline CONFIG.yml (a Rasa 3 NLU pipeline)"
+    )
+    assert [c["name"] for c in baseline.config["pipeline"]][0] == "WhitespaceTokenizer"
+    custom = resolve_baseline(
+        {"pipeline": [{"name": "WhitespaceTokenizer"}, {"name": "my_bot.Classifier"}, {"name": "DIETClassifier"}]}
+    )
+    assert f"Classifier (Rasa {rasa_version} cannot load it" in custom.source
+    # a --baseline the user chose is never replaced: it is refused in one line
+    chosen = tmp_path / "old.yml"
+    chosen.write_text(yaml.safe_dump({"language": "en", "pipeline": RASA_2_CONVERT_PIPELINE}))
+    with pytest.raises(ProjectError, match=r"cannot run here: ConveRTTokenizer \(Rasa .* cannot load it"):
+        resolve_baseline(None, chosen)
+
+
 def test_rasa_gpt3_components_are_the_other_side():
     config = {
         "pipeline": [
@@ -170,7 +203,7 @@ def test_rasa_gpt3_components_are_the_other_side():
         ]
     }
     baseline = resolve_baseline(config)
-    assert "no intent classifier besides rasa_gpt3's" in baseline.source
+    assert "no intent classifier besides rasa_gpt3's" in baseline.source and "--baseline CONFIG.yml" in baseline.source
     assert baseline.dropped == [{"component": "GPT3IntentClassifier", "reason": "it is the fine-tuned side"}]
     with_diet = resolve_baseline(
         {
@@ -316,6 +349,9 @@ def _tiny_project(root: Path) -> Path:
         (["--test-fraction", "1.5"], "--test-fraction must be between 0 and 1"),
         (["--baseline", "missing.yml"], "baseline config 'missing.yml' does not exist"),
         (["--test-file", "missing.yml"], "test file 'missing.yml' does not exist"),
+        (["--epochs", "0"], "epochs must be a whole number from 1 to 50, not 0"),
+        (["--epochs", "-1"], "epochs must be a whole number from 1 to 50, not -1"),
+        (["--epochs", "51"], "epochs must be a whole number from 1 to 50, not 51"),
     ],
 )
 def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
@@ -324,6 +360,23 @@ def test_bad_options_are_one_line_errors(tmp_path, capsys, extra, message):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 1
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
+
+
+def test_a_project_with_one_intent_is_refused_with_one_line_before_any_training(tmp_path, capsys):
+    project = tmp_path / "bot"
+    (project / "data").mkdir(parents=True)
+    examples = "".join(f"    - hello number {i}\n" for i in range(20))
+    (project / "data" / "nlu.yml").write_text(f"version: '3.1'\nnlu:\n- intent: greet\n  examples: |\n{examples}")
+    (project / "domain.yml").write_text("version: '3.1'\nintents:\n- greet\n")
+    (project / "config.yml").write_text(Path(__file__).with_name("baseline_fast.yml").read_text())
+    code = cli.main(["evaluate", "--project", str(project), "--out", str(tmp_path / "out"), "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 1, err
+    assert err[0] == (
+        "error: evaluate compares intent classifiers, which needs at least two intents in the training data; "
+        f"{project} has 1 (greet)"
+    )
+    assert not (tmp_path / "out").exists()
 
 
 def test_missing_project_is_a_one_line_error(tmp_path, capsys):

@@ -18,7 +18,8 @@ from PIL import Image
 
 from rasa_gpt3 import cli, fine_tune_jobs, finetune
 from rasa_gpt3.client import make_client
-from rasa_gpt3.errors import BackendError, BudgetError
+from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.errors import BackendError, BudgetError, DataError
 from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION, intent_record
 from rasa_gpt3.registry import Registry
 from rasa_gpt3.settings import Settings
@@ -295,6 +296,9 @@ def test_cli_results_list_status_and_models(remote_env, tmp_path, intent_export,
         (["cancel", "ftjob-nope"], "no fine-tuning job 'ftjob-nope'"),
         (["models", "use", "ft:gpt-4o-mini-2024-07-18:local:x:nope", "--task", "intent"], "has no model"),
         (["models", "use", "ft:x"], "needs a MODEL and --task"),
+        # a base model is listed by every backend but is no fine-tuned model (the local backend cannot even call it)
+        (["models", "use", "gpt-4o-mini", "--task", "intent"], "gpt-4o-mini is a base model, not a fine-tuned one"),
+        (["models", "use", "babbage-002", "--task", "response"], "is a base model, not a fine-tuned one"),
     ],
 )
 def test_cli_errors_are_one_line_and_non_zero(remote_env, tmp_path, capsys, argv, message):
@@ -302,6 +306,7 @@ def test_cli_errors_are_one_line_and_non_zero(remote_env, tmp_path, capsys, argv
     captured = capsys.readouterr()
     lines = captured.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], captured.err
+    assert not (tmp_path / "gpt3_models.yml").exists()
 
 
 def test_cli_fine_tune_refuses_above_max_cost(remote_env, tiny_bot, capsys):
@@ -309,6 +314,22 @@ def test_cli_fine_tune_refuses_above_max_cost(remote_env, tiny_bot, capsys):
     lines = capsys.readouterr().err.strip().splitlines()
     assert lines[-1].startswith("error: estimated cost $") and "nothing was uploaded" in lines[-1]
     assert count(remote_env.client, "files") == 0 and not (tiny_bot / "gpt3_models.yml").exists()
+
+
+@pytest.mark.parametrize("epochs", ["-1", "0", "51"])
+def test_cli_fine_tune_refuses_epochs_the_api_would_not_take_before_uploading(remote_env, tiny_bot, capsys, epochs):
+    # -1 once printed a negative cost and uploaded before the backend refused; 0 silently meant "auto"
+    assert cli.main(["fine-tune", "--project", str(tiny_bot), "--epochs", epochs]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        f"error: epochs must be a whole number from 1 to 50, not {epochs} (leave it out to have it chosen from the "
+        "data size)"
+    ]
+    assert "$-" not in captured.out + captured.err
+    assert count(remote_env.client, "files") == 0 and count(remote_env.client, "jobs") == 0
+    assert not (tiny_bot / "gpt3_models.yml").exists()
+    with pytest.raises(DataError, match="epochs must be a whole number"):
+        finetune.estimate_cost([intent_record("hi", "greet", "chat")], resolve_base_model("gpt-4o-mini"), int(epochs))
 
 
 def test_ctrl_c_leaves_the_job_running_and_says_how_to_resume(remote_env, tmp_path, intent_export, monkeypatch, capsys):
@@ -331,7 +352,6 @@ def test_validation_errors_stop_before_anything_is_uploaded(local_settings, inte
     from dataclasses import replace
 
     from rasa_gpt3.data.validation import Finding, ValidationReport
-    from rasa_gpt3.errors import DataError
 
     report = ValidationReport(
         source="intent export",

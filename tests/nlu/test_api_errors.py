@@ -90,6 +90,7 @@ def test_outcomes_keep_the_documented_strings_and_say_whether_the_model_answered
         "client_error",
         "bad_response",
         "circuit_open",
+        "too_long",
     }
     assert {outcome for outcome in Outcome if outcome.answered} == {
         Outcome.OK,

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from rasa_gpt3.inference import BoundedCaller, CallPolicy, IntentModel, classify, classify_async
+from rasa_gpt3.inference.intents import classify, classify_async
 
 pytestmark = pytest.mark.slow
 
@@ -66,14 +66,6 @@ def closed_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture
-def intent_model(full_model):
-    from .pipeline_checks import archive_json
-
-    (task_model,) = [m for m in archive_json(full_model, "gpt3_task_model.json") if m["task"] == "intent"]
-    return IntentModel(task_model["model"], task_model["fmt"], task_model["codec"]["labels"])
-
-
 def test_connection_refused_falls_back_at_once(full_model, monkeypatch):
     from rasa.shared.nlu.training_data.message import Message
 
@@ -93,16 +85,6 @@ def test_connection_refused_falls_back_at_once(full_model, monkeypatch):
     assert time.monotonic() - started < BUDGET + SLACK
     assert message.get("intent") == {"name": "nlu_fallback", "confidence": 0.0}
     assert message.get("intent_ranking") == [] and message.get("gpt3")["outcome"] == "connection"
-
-
-@pytest.fixture
-def local_caller(nlu_env, agent):
-    from rasa_gpt3.settings import Settings
-
-    def make(**policy):
-        return BoundedCaller(Settings.from_env(), CallPolicy(**policy))
-
-    return make
 
 
 def test_one_quick_retry_recovers_from_a_single_500(local_caller, intent_model, backend, no_faults):
