@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from rasa_gpt3.entry_point import exit_code_of
 from rasa_gpt3.errors import RasaGPT3Error
 from rasa_gpt3.nlu_server.fallback import DEFAULT_FALLBACK_INTENT
 
@@ -61,21 +62,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Adds `nlu` and its verb `serve` to `subparsers`; returns the `nlu` parser."""
-    parser = subparsers.add_parser(
+    """Adds `nlu` and its verb `serve` to `subparsers` (the CLI's help style, with examples); the `nlu` parser."""
+    from rasa_gpt3.cli.arguments import add_verb
+
+    parser = add_verb(
+        subparsers,
         "nlu",
-        help="a Rasa-compatible NLU server that parses many messages at once",
+        summary="a Rasa-compatible NLU server that parses many messages at once",
         description="Rasa 3.6 runs the NLU pipeline inside its event loop, so while the GPT model answers one "
-        "message, every conversation of that Rasa process waits. `nlu serve` runs the pipeline of a "
-        "trained Rasa model on a thread pool behind POST /model/parse; point Rasa at it with "
-        "endpoints.yml `nlu: url: http://HOST:PORT`.",
+        "message, every conversation of that Rasa process waits. `nlu serve` runs the pipeline of a trained Rasa "
+        "model on a thread pool behind POST /model/parse; point Rasa at it with endpoints.yml "
+        "`nlu: url: http://HOST:PORT`.",
+        examples=["rasa-gpt3 nlu serve --model models  # then `rasa run --endpoints endpoints_nlu_server.yml`"],
     )
-    verbs = parser.add_subparsers(dest="nlu_verb", metavar="VERB")
+    verbs = parser.add_subparsers(title="verbs", dest="nlu_verb", metavar="VERB")
     verbs.required = True
-    serve = verbs.add_parser(
+    serve = add_verb(
+        verbs,
         "serve",
-        help="serve POST /model/parse for a trained Rasa model",
-        description="Load the Rasa model and serve its NLU pipeline until Ctrl-C.",
+        summary="serve Rasa's POST /model/parse for a trained Rasa model",
+        description="Loads the model and serves its NLU pipeline until Ctrl-C, every message answered within "
+        "--timeout (the fallback intent when the pipeline is late). It prints the `nlu:` lines for Rasa's "
+        "endpoints.yml.",
+        examples=[
+            "rasa-gpt3 nlu serve --model models  # the newest model in models/, on http://127.0.0.1:5006",
+            "rasa-gpt3 nlu serve --model models/bot.tar.gz --port 0  # a free port",
+            "rasa-gpt3 nlu serve --model models --host 0.0.0.0 --token s3cret  # reachable from other machines",
+            "rasa-gpt3 nlu serve --model models --threads 64 --timeout 3",
+        ],
     )
     add_arguments(serve)
     serve.set_defaults(run=run)
@@ -155,11 +169,4 @@ def main(argv=None) -> int:
     )
     add_arguments(parser)
     args = parser.parse_args(argv)
-    try:
-        return run(args)
-    except RasaGPT3Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    return exit_code_of(lambda: run(args))
