@@ -96,10 +96,17 @@ def fine_tune(client, rows, embedder, seed=0):
     return job, time.perf_counter() - started
 
 
-def classify(client, model, text, server_ms=None):
+def classify(client, model, text, server_ms=None, max_tokens=1):
+    """The answer and the round trip in ms; max_tokens 1 is GPT3IntentClassifier's request (the label's first token),
+    more returns the whole label."""
     started = time.perf_counter()
     raw = client.chat.completions.with_raw_response.create(
-        model=model, temperature=0, max_tokens=1, logprobs=True, top_logprobs=5, **prompts.intent_request(text, "chat")
+        model=model,
+        temperature=0,
+        max_tokens=max_tokens,
+        logprobs=True,
+        top_logprobs=5,
+        **prompts.intent_request(text, "chat"),
     )
     response = raw.parse()
     elapsed = (time.perf_counter() - started) * 1000
@@ -145,7 +152,7 @@ def measure_candidate(client, server, embedder, train_rows, test_rows, financial
             scores.append(sum(label == intent for (label, _), (_, intent) in zip(predicted, test_rows)) / len(texts))
             if repeat == 0 and args.check_requests:
                 agree = sum(
-                    classify(client, job.fine_tuned_model, texts[i])[0] == predicted[i][0]
+                    classify(client, job.fine_tuned_model, texts[i], max_tokens=16)[0] == predicted[i][0]
                     for i in range(args.check_requests)
                 )
                 result.setdefault("agreement", []).append(f"{agree}/{args.check_requests}")

@@ -138,7 +138,7 @@ def test_a_tuned_minilm_job_stores_its_layers_and_classifies_paraphrases(local_b
 
     def intent(text):
         answer = local_backend.client.chat.completions.create(
-            model=job.fine_tuned_model, temperature=0, max_tokens=1, **prompts.intent_request(text, "chat")
+            model=job.fine_tuned_model, temperature=0, max_tokens=16, **prompts.intent_request(text, "chat")
         )
         return answer.choices[0].message.content
 
