@@ -15,6 +15,7 @@ transformers' BertModel (torch) on the same weights to 2e-7 per component over 2
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import importlib.util
 import json
@@ -312,9 +313,22 @@ class MiniLMEncoder:
             for row, i in enumerate(chunk):
                 ids[row, : len(tokenized[i])] = tokenized[i]
                 mask[row, : len(tokenized[i])] = True
-            output[chunk] = self._forward(ids, mask)
+            if len(chunk) == 1:
+                # one sentence's matrices are too small to share between BLAS threads: one thread used 25% less
+                # CPU and 40% less wall time per live request on the loaded 2-core machine
+                with _blas_controller().limit(limits=1, user_api="blas"):
+                    output[chunk] = self._forward(ids, mask)
+            else:
+                output[chunk] = self._forward(ids, mask)
         norms = np.linalg.norm(output, axis=1, keepdims=True)
         return output / np.maximum(norms, 1e-12)
+
+
+@functools.lru_cache(maxsize=1)
+def _blas_controller():
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
 
 
 _ENCODER: Optional[MiniLMEncoder] = None
