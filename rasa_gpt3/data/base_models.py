@@ -102,6 +102,12 @@ def resolve_base_model(name: Optional[str], fmt: Optional[str] = None) -> BaseMo
 
     if is_open_weights_name(name):
         return describe_base_model(name)
+    return openai_base_model(name)
+
+
+def openai_base_model(name: str) -> BaseModel:
+    """Looks an OpenAI base model up in the table by full name, alias or fine-tuned id (`ft:<base>:...`); raises
+    ValueError for any other name (the local stand-in fine-tunes exactly these)."""
     table = _table()
     full = base_model_name(name)
     if full not in table["models"]:
