@@ -72,6 +72,7 @@ class CostEstimate:
     tokens_per_epoch: int
     epochs: int
     usd: float
+    local: bool = False  # an open-weights model trained on this machine: no price, no budget to guard
 
     @property
     def trained_tokens(self) -> int:
@@ -79,9 +80,10 @@ class CostEstimate:
         return self.tokens_per_epoch * self.epochs
 
     def describe(self) -> str:
-        """One line: dollars, and how they come about."""
+        """One line: dollars (or "local"), and how they come about."""
+        price = "local, no price" if self.local else f"${self.usd:.4f}"
         return (
-            f"${self.usd:.4f} ({self.tokens_per_epoch:,} tokens x {self.epochs} epochs on {self.base_model}, "
+            f"{price} ({self.tokens_per_epoch:,} tokens x {self.epochs} epochs on {self.base_model}, "
             f"{self.examples} training examples)"
         )
 
@@ -138,13 +140,18 @@ def estimate_cost(
     tokens = sum(min(count, base_model.context) for count in per_record)
     usd = base_model.training_cost(tokens * n_epochs)
     return CostEstimate(
-        base_model=base_model.name, examples=len(records), tokens_per_epoch=tokens, epochs=n_epochs, usd=usd
+        base_model=base_model.name,
+        examples=len(records),
+        tokens_per_epoch=tokens,
+        epochs=n_epochs,
+        usd=usd,
+        local=base_model.open_weights,
     )
 
 
 def check_budget(estimate: CostEstimate, max_cost: Optional[float]) -> None:
-    """Raises BudgetError (one line) when the estimate is above `max_cost` dollars."""
-    if max_cost is None or estimate.usd <= max_cost:
+    """Raises BudgetError (one line) when the estimate is above `max_cost` dollars (never for a local model)."""
+    if max_cost is None or estimate.local or estimate.usd <= max_cost:
         return
     raise BudgetError(
         f"estimated cost {estimate.describe()} is above --max-cost ${max_cost:.4f}; nothing was uploaded. "
@@ -152,9 +159,16 @@ def check_budget(estimate: CostEstimate, max_cost: Optional[float]) -> None:
     )
 
 
-def supervised_hyperparameters(epochs: int) -> Dict[str, Any]:
-    """The hyperparameters sent with the job: explicit epochs, the rest left to the API."""
-    return {"n_epochs": int(epochs), "batch_size": "auto", "learning_rate_multiplier": "auto"}
+def supervised_hyperparameters(
+    epochs: int, batch_size: Optional[int] = None, learning_rate_multiplier: Optional[float] = None
+) -> Dict[str, Any]:
+    """The hyperparameters sent with the job: explicit epochs, batch size and learning rate multiplier when given,
+    else left to the API ("auto")."""
+    return {
+        "n_epochs": int(epochs),
+        "batch_size": "auto" if batch_size is None else int(batch_size),
+        "learning_rate_multiplier": "auto" if learning_rate_multiplier is None else float(learning_rate_multiplier),
+    }
 
 
 def idempotency_key(
@@ -384,19 +398,22 @@ def ensure_fine_tuned(
     progress: Optional[ProgressReporter] = None,
     seed: int = DEFAULT_SEED,
     registry: Optional[Registry] = None,
+    batch_size: Optional[int] = None,
+    learning_rate_multiplier: Optional[float] = None,
 ) -> FineTuneOutcome:
     """Makes sure a fine-tuned model exists for `exported` (an ExportedTask) and records it in the registry.
 
     Validates, estimates the cost, reuses an identical succeeded model or attaches to an identical running job
-    (unless `force`), otherwise checks `max_cost`, uploads (deduplicated), creates the job and, with `wait`,
-    follows it. `progress=None` is quiet (for `rasa train`). `registry` is the project's registry when the caller
-    has already read it (read once otherwise). Raises DataError, BudgetError or BackendError, each with one line;
+    (unless `force`), otherwise checks `max_cost`, uploads (deduplicated), creates the job (batch size and
+    learning rate multiplier "auto" unless given) and, with `wait`, follows it. `progress=None` is quiet (for
+    `rasa train`). `registry` is the project's registry when the caller has already read it (read once
+    otherwise). Raises DataError, BudgetError or BackendError, each with one line;
     Ctrl-C while waiting raises FollowInterrupted and leaves the job running.
     """
     base_model: BaseModel = exported.base_model
     _check_records(exported)
     estimate = estimate_cost(exported.train, base_model, epochs)
-    hyperparameters = supervised_hyperparameters(estimate.epochs)
+    hyperparameters = supervised_hyperparameters(estimate.epochs, batch_size, learning_rate_multiplier)
     key = idempotency_key(exported.fingerprint, exported.task, base_model.name, hyperparameters, seed)
     backend = settings.backend_name
     common = dict(

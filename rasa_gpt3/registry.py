@@ -30,7 +30,7 @@ import contextlib
 import datetime as _dt
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 import yaml
 from filelock import FileLock
@@ -485,3 +485,24 @@ def prune_registry(settings: Settings, keep: int) -> List[Tuple[str, str, Regist
             gone = {entry.model for entry in history if not model_exists(client, entry.model)}
     with Registry.editing(settings.registry_path) as registry:
         return registry.prune(keep, drop=gone)
+
+
+def export_local_model(settings: Settings, model: str, out_dir: Union[str, Path]) -> Any:
+    """Writes the LoRA adapter of the local backend's model `model` into `out_dir` in PEFT format (see
+    rasa_gpt3.local.lora.engine.export_adapter); DataError in one line for a model it does not have."""
+    from rasa_gpt3.local.lora.engine import export_adapter
+    from rasa_gpt3.local.store import NotFound, Store
+
+    if not settings.uses_local_backend:
+        raise DataError(
+            f"models export writes out models of the local backend, not of {settings.backend_name} "
+            "(set RASA_GPT3_LOCAL=1 to use the local backend)"
+        )
+    store = Store(settings.local_state_dir)
+    try:
+        meta, arrays = store.get_model(model), store.model_arrays(model)
+    except NotFound:
+        raise DataError(
+            f"the local backend ({settings.local_state_dir}) has no model '{model}'; see `rasa-gpt3 models list`"
+        ) from None
+    return export_adapter(meta, arrays, Path(out_dir))

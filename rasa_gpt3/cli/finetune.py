@@ -34,6 +34,7 @@ def add_verbs(verbs: Verbs) -> None:
             "rasa-gpt3 fine-tune --task intent --max-cost 2.00  # export, check, estimate, upload, train, register",
             "rasa-gpt3 fine-tune --task intent  # again: same data -> reuses the model, no new job",
             "rasa-gpt3 fine-tune --project path/to/bot --task entities --no-wait  # start, print the job id, return",
+            "rasa-gpt3 fine-tune --base-model hf:Qwen/Qwen2.5-0.5B-Instruct --task intent  # LoRA on this machine",
         ],
     )
     add_project(parser)
@@ -41,6 +42,14 @@ def add_verbs(verbs: Verbs) -> None:
     add_base_model(parser, purpose="to fine-tune")
     add_format(parser)
     add_epochs(parser)
+    parser.add_argument("--batch-size", type=int, default=None, metavar="N", help="examples per step (default: auto)")
+    parser.add_argument(
+        "--learning-rate-multiplier",
+        type=float,
+        default=None,
+        metavar="X",
+        help="scales the base learning rate (default: auto)",
+    )
     parser.add_argument("--suffix", default=None, metavar="S", help="model name suffix (default: the project's name)")
     parser.add_argument(
         "--max-cost", type=float, default=None, metavar="USD", help="refuse when the estimate is above this"
@@ -138,6 +147,8 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
             wait=not args.no_wait,
             force=args.force,
             progress=TqdmProgressBar(),
+            batch_size=args.batch_size,
+            learning_rate_multiplier=args.learning_rate_multiplier,
         )
     except FollowInterrupted as stop:
         print(stop.resume_hint(args.project), file=sys.stderr)

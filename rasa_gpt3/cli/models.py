@@ -1,4 +1,4 @@
-"""`rasa-gpt3 models list|use|prune`: the project's model registry (gpt3_models.yml); `models` alone lists."""
+"""`rasa-gpt3 models list|use|prune|export`: the project's model registry (gpt3_models.yml); `models` alone lists."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ def add_verbs(verbs: Verbs) -> None:
     parser = add_verb(
         verbs,
         "models",
-        summary="the project's model registry: list, use, prune",
+        summary="the project's model registry: list, use, prune, export",
         description="gpt3_models.yml records, per task and backend, the active fine-tuned model and the earlier "
         "ones. `rasa-gpt3 fine-tune` and `follow` write it; the NLU components and the fallback action read it.",
         examples=[
@@ -74,6 +74,21 @@ def add_verbs(verbs: Verbs) -> None:
     )
     add_project(parser, default=argparse.SUPPRESS)
     parser.set_defaults(run=_run_prune)
+
+    parser = add_verb(
+        models_verbs,
+        "export",
+        summary="write a local LoRA model's adapter in PEFT format, to serve it with vLLM",
+        description="Writes the adapter of a model the local backend fine-tuned on an open-weights base model "
+        "(adapter_config.json and adapter_model.safetensors) into a new directory, and prints how to serve it with "
+        "vLLM and how to point the bot at that server.",
+        examples=["rasa-gpt3 models export ft:Qwen2.5-0.5B-Instruct:local:mybot:AbC12345 --out adapters/intent"],
+    )
+    parser.usage = "rasa-gpt3 models export [-h] MODEL --out DIR [--project DIR]"
+    parser.add_argument("model", nargs="?", metavar="MODEL", help="the fine-tuned model's id (ft:...)")
+    parser.add_argument("--out", default=None, metavar="DIR", help="a new (or empty) directory for the files")
+    add_project(parser, default=argparse.SUPPRESS)
+    parser.set_defaults(run=_run_export)
 
 
 def _run_list(args: argparse.Namespace) -> int:
@@ -153,6 +168,19 @@ def _run_prune(args: argparse.Namespace) -> int:
     for task, backend, entry in removed:
         print(f"removed {task} / {backend}: {entry.model}")
     print(f"pruned {len(removed)} entr{'y' if len(removed) == 1 else 'ies'} from {settings.registry_path.name}")
+    return 0
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    """Writes a local LoRA model's adapter in PEFT format and prints how to serve it with vLLM."""
+    from rasa_gpt3.registry import export_local_model
+
+    if not args.model or not args.out:
+        raise RasaGPT3Error("`rasa-gpt3 models export` needs a MODEL and --out DIR (models export ft:... --out DIR)")
+    exported = export_local_model(project_settings(args), args.model, args.out)
+    for path in exported.files:
+        print(f"wrote {path}")
+    print(exported.instructions)
     return 0
 
 

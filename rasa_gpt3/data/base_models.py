@@ -28,7 +28,11 @@ MIN_EPOCHS, MAX_EPOCHS = 1, 50
 
 @dataclass(frozen=True)
 class BaseModel:
-    """One fine-tunable base model; prices are USD per 1M tokens."""
+    """One fine-tunable base model; prices are USD per 1M tokens.
+
+    An open-weights model (`open_weights`: `hf:ORG/NAME` or a model directory, fine-tuned with LoRA on your own
+    machine) has no price, and its `encoding` is its own name: data.tokens.get_encoding loads its tokenizer.
+    """
 
     name: str
     format: str
@@ -40,14 +44,24 @@ class BaseModel:
     # the day the provider retires the model and its fine-tunes (None: none announced), and who announced it
     shutdown: Optional[_dt.date] = None
     shutdown_source: Optional[str] = None
+    open_weights: bool = False
 
     def training_cost(self, trained_tokens: int) -> float:
         """USD for training on `trained_tokens` (tokens per epoch times epochs)."""
         return trained_tokens * self.training_price / 1_000_000
 
+    def training_cost_text(self, trained_tokens: int) -> str:
+        """The training cost estimate as the CLI prints it: dollars, or "local" for an open-weights model."""
+        return cost_text(self.training_cost(trained_tokens), self.open_weights)
+
     def usage_cost(self, prompt_tokens: int, completion_tokens: int) -> float:
         """USD for calling the fine-tuned model with these token counts."""
         return (prompt_tokens * self.input_price + completion_tokens * self.output_price) / 1_000_000
+
+
+def cost_text(usd: float, local: bool) -> str:
+    """An estimated cost as the CLI prints it: "est. $0.1234", or "local" (no price) for an open-weights model."""
+    return "local (no price: trains on this machine)" if local else f"est. ${usd:.4f}"
 
 
 @lru_cache(maxsize=1)
@@ -80,9 +94,20 @@ def default_base_model(fmt: str) -> str:
 
 
 def resolve_base_model(name: Optional[str], fmt: Optional[str] = None) -> BaseModel:
-    """Looks a base model up by full name, alias or fine-tuned id (`ft:<base>:...`); raises ValueError if unknown."""
+    """Looks a base model up by full name, alias or fine-tuned id (`ft:<base>:...`), or an open-weights model
+    (`hf:ORG/NAME`, a model directory); raises ValueError if unknown."""
     if not name:
         name = default_base_model(fmt or "chat")
+    from rasa_gpt3.local.lora.base_model import describe_base_model, is_open_weights_name
+
+    if is_open_weights_name(name):
+        return describe_base_model(name)
+    return openai_base_model(name)
+
+
+def openai_base_model(name: str) -> BaseModel:
+    """Looks an OpenAI base model up in the table by full name, alias or fine-tuned id (`ft:<base>:...`); raises
+    ValueError for any other name (the local stand-in fine-tunes exactly these)."""
     table = _table()
     full = base_model_name(name)
     if full not in table["models"]:

@@ -36,7 +36,7 @@ from rasa_gpt3.data.export_files import check_output_dir, write_export
 from rasa_gpt3.data.exported_task import ExportedTask
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.intent_fast_path import in_background, intent_line_writer, intent_token_counter
-from rasa_gpt3.data.labels import LabelCodec
+from rasa_gpt3.data.labels import LabelCodec, one_token_of
 from rasa_gpt3.data.tokens import count_record_tokens, count_text_tokens, get_encoding
 from rasa_gpt3.errors import DataError
 
@@ -319,7 +319,8 @@ def _export_task(
         pairs = intent_examples(nlu)
         if not pairs:
             raise DataError("the NLU data has no examples with text and intent")
-        codec = LabelCodec.build({intent for intent, _ in pairs}, encoding, fmt)
+        intents = {intent for intent, _ in pairs}
+        codec = LabelCodec.build(intents, encoding.name, fmt, is_one_token=one_token_of(encoding, fmt))
         labels_of = codec.labels
         make = prompts.intent_record
         labels = [intent for intent, _ in pairs]
@@ -528,7 +529,7 @@ def format_export_summary(result: ProjectExport) -> str:
             f"  tokens: {tokens['train']:,} train + {tokens['valid']:,} valid "
             f"(max {tokens['max_per_record']:,} per record); "
             f"{item.base_model.name}: {estimate['epochs']} epochs, {estimate['trained_tokens']:,} trained tokens, "
-            f"est. ${estimate['training_cost_usd']:.4f}"
+            + item.base_model.training_cost_text(estimate["trained_tokens"])
         )
         if item.report is not None:
             lines.extend("  " + line for line in item.report.summary_lines())

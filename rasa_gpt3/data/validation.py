@@ -24,8 +24,9 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.atomic_files import write_atomic
-from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
+from rasa_gpt3.data.base_models import BaseModel, cost_text, default_base_model, default_epochs, resolve_base_model
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
+from rasa_gpt3.data.labels import one_token_of
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding
 from rasa_gpt3.data.tool_calls import TOOL_KEYS, makes_a_call, message_text, tool_use_problems
 from rasa_gpt3.errors import DataError
@@ -131,7 +132,8 @@ class ValidationReport:
             out.append(
                 f"tokens: {tokens['total']:,} in total, max {tokens['max_per_record']:,} per record "
                 f"(limit {tokens['context_limit']:,}); {s['base_model']}: {estimate['epochs']} epochs, "
-                f"{estimate['trained_tokens']:,} trained tokens, est. ${estimate['training_cost_usd']:.4f}"
+                f"{estimate['trained_tokens']:,} trained tokens, "
+                + cost_text(estimate["training_cost_usd"], estimate.get("local", False))
             )
         for finding in self.findings:
             where = ""
@@ -891,7 +893,8 @@ def check_single_token_labels(data: CheckData) -> List[Finding]:
     if not data.classification or not data.fmt:
         return []
     labels = sorted({label for _, label in _labels(data)})
-    long = [label for label in labels if len(data.encoding.encode_ordinary(prompts.label_token(label, data.fmt))) != 1]
+    one_token = one_token_of(data.encoding, data.fmt)
+    long = [label for label in labels if not one_token(prompts.label_token(label, data.fmt))]
     if not long:
         return []
     long_set = set(long)
@@ -1057,6 +1060,7 @@ def _validate_records(
             "epochs": epochs,
             "trained_tokens": total * epochs,
             "training_cost_usd": round(model.training_cost(total * epochs), 6),
+            **({"local": True} if model.open_weights else {}),
         },
     }
     return report

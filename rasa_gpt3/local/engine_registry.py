@@ -12,9 +12,11 @@ import numpy as np
 from rasa_gpt3.data.base_models import BaseModel
 from rasa_gpt3.local import standin
 from rasa_gpt3.local.engines import Engine, EngineKind
+from rasa_gpt3.local.lora import engine as lora
 
-# asked in this order: the first engine whose `describe` accepts a job's base model trains it
-ENGINES: Tuple[EngineKind, ...] = (standin.ENGINE,)
+# asked in this order: the first engine whose `describe` accepts a job's base model trains it (the stand-in takes
+# the OpenAI names of base_models.yml, LoRA takes hf:ORG/NAME and model directories)
+ENGINES: Tuple[EngineKind, ...] = (standin.ENGINE, lora.ENGINE)
 # the engine of stored models whose metadata names none (every model stored before engines had names)
 DEFAULT_ENGINE = standin.ENGINE.name
 ENGINE_FIELD = "engine"

@@ -22,6 +22,7 @@ from rasa_gpt3.data.validation import CHAT_ROLES
 from rasa_gpt3.local import ids
 from rasa_gpt3.local.engine_registry import ENGINE_FIELD, engine_for_base_model
 from rasa_gpt3.local.engines import EngineKind, Hyperparameters, TrainedModel, TrainingCancelled, TrainingRun
+from rasa_gpt3.local.lora.errors import LoraError
 from rasa_gpt3.local.store import PRIVATE, TERMINAL_STATUSES, NotFound, Store
 from rasa_gpt3.local.trainer import resolve_hyperparameters
 
@@ -274,6 +275,8 @@ class JobExecution:
             self._fail("invalid_training_file", f"File {error} does not exist.", "training_file")
         except ValueError as error:
             self._fail("invalid_request", str(error), None)
+        except LoraError as error:  # base model not found, no chat template, out of memory...: the user can fix it
+            self._fail(error.code, error.message, None)
         except Exception as error:  # the job fails with a reason; the server keeps running
             logger.exception("local fine-tuning job %s crashed", self.job_id)
             self._fail("server_error", f"Training failed: {type(error).__name__}: {error}", None)
@@ -380,8 +383,10 @@ class JobExecution:
         started: float,
     ) -> None:
         model_id = ids.new_model_id(base_model.name, self.job.get("suffix"))
-        tokens_per_epoch = sum(count_record_tokens(train_records, get_encoding(base_model.encoding)))
-        trained_tokens = tokens_per_epoch * hyperparameters.n_epochs
+        trained_tokens = trained.meta.get("trained_tokens")  # an engine that counts with the model's own tokenizer
+        if trained_tokens is None:
+            tokens_per_epoch = sum(count_record_tokens(train_records, get_encoding(base_model.encoding)))
+            trained_tokens = tokens_per_epoch * hyperparameters.n_epochs
         # OpenAI serves result files base64-encoded; so does this backend
         result = self.store.create_file("step_metrics.csv", "fine-tune-results", base64.b64encode(self._result_csv()))
         checkpoints = self.job[PRIVATE].get("checkpoints", [])[-3:]

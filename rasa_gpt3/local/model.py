@@ -31,7 +31,7 @@ from typing import Any, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tup
 import numpy as np
 
 from rasa_gpt3 import prompts
-from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.data.base_models import openai_base_model
 from rasa_gpt3.data.tokens import get_encoding
 from rasa_gpt3.local.embedder import EMBEDDERS, STATE_PREFIX, get_embedder, similarity_threshold
 from rasa_gpt3.local.engines import Generation, Prompt, answer_text
@@ -87,7 +87,7 @@ class LocalModel:
     @property
     def context_length(self) -> int:
         """The context size of the base model this model was fine-tuned on."""
-        return resolve_base_model(self.id).context
+        return openai_base_model(self.id).context
 
     def count_tokens(self, text: str) -> int:
         """Tokens of `text` in the base model's encoding."""

@@ -12,7 +12,7 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from rasa_gpt3.data.base_models import resolve_base_model
+from rasa_gpt3.data.base_models import openai_base_model
 from rasa_gpt3.data.tool_calls import message_text
 from rasa_gpt3.local.embedder import default_embedder_name, get_embedder
 from rasa_gpt3.local.engines import EngineKind, TrainedModel, TrainingCancelled, TrainingRun
@@ -169,4 +169,4 @@ def _dense(features) -> np.ndarray:
     return features.toarray() if hasattr(features, "toarray") else np.asarray(features)
 
 
-ENGINE = EngineKind(name="standin", describe=resolve_base_model, train=train, load=LocalModel)
+ENGINE = EngineKind(name="standin", describe=openai_base_model, train=train, load=LocalModel)

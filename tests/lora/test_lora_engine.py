@@ -34,6 +34,10 @@ def test_describe_takes_open_weights_names_only_and_downloads_nothing(tiny_base,
     for name in ("gpt-4o-mini", "ft:gpt-4o-mini:local::abcd", str(tmp_path / "missing")):
         with pytest.raises(ValueError):
             lora_engine.describe(name)
+    # the registry as it is on main: OpenAI names to the stand-in, open-weights names to LoRA (never the stand-in)
+    assert engine_registry.engine_for_base_model(str(tiny_base.path))[0] is lora_engine.ENGINE
+    assert engine_registry.engine_for_base_model("hf:org/name")[0] is lora_engine.ENGINE
+    assert engine_registry.engine_for_base_model("gpt-4o-mini")[0] is standin.ENGINE
 
 
 def test_fine_tune_and_serve_financial_demo_through_the_sdk(local_backend, with_lora, tiny_base, tiny_records):

@@ -17,6 +17,7 @@ from rasa_gpt3.local.engine_registry import engine_for_base_model, load_engine
 from rasa_gpt3.local.engines import Engine
 from rasa_gpt3.local.faults import FaultPlan
 from rasa_gpt3.local.jobs import JobRunner
+from rasa_gpt3.local.lora.errors import MISSING_DEPENDENCY, LoraError
 from rasa_gpt3.local.store import NotFound, Store
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,14 @@ class Backend:
             raise ApiError(404, _model_missing_message(model_id), param="model", code="model_not_found") from None
         except ValueError as error:  # stored by an engine this backend does not have
             raise ApiError(400, str(error), param="model", code="model_not_supported") from None
+        except LoraError as error:  # its base model is gone, or the lora extra is not installed here
+            raise ApiError(
+                503 if error.code == MISSING_DEPENDENCY else 404,
+                f"The model `{model_id}` cannot be loaded: {error.message}",
+                type_="server_error" if error.code == MISSING_DEPENDENCY else "invalid_request_error",
+                param="model",
+                code=error.code,
+            ) from None
         with self._models_lock:
             self._models[model_id] = (version, loaded)
         return loaded

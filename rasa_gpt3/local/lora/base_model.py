@@ -9,11 +9,14 @@ load what the trainer and the server need; the heavy libraries are imported only
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
+from rasa_gpt3.data.base_models import BaseModel
 from rasa_gpt3.local.lora.errors import BASE_MODEL_NOT_FOUND, NO_CHAT_TEMPLATE, LoraError, require_installed
 
 HF_PREFIX = "hf:"
@@ -22,6 +25,8 @@ DOWNLOAD_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja", "
 # transformers 4.x would import TensorFlow when it finds it (Rasa installs it): seconds and memory for nothing
 os.environ.setdefault("USE_TF", "0")
 _TRUE = {"1", "ON", "YES", "TRUE"}
+# context length assumed for a Hub model not downloaded yet (describing never downloads)
+UNKNOWN_CONTEXT = 4096
 
 
 @dataclass(frozen=True)
@@ -189,3 +194,65 @@ def context_length(config: Any, tokenizer: Any = None) -> int:
     if isinstance(model_max, int) and 0 < model_max < 10_000_000:  # unset tokenizers say 1e30
         limits.append(model_max)
     return min(limits) if limits else 2048
+
+
+def _known_directory(name: str) -> Optional[Path]:
+    """The model directory of `name` when it is on disk already (a local path, or a cached Hub snapshot)."""
+    if not name.startswith(HF_PREFIX):
+        path = Path(name).expanduser()
+        return path if (path / "config.json").is_file() else None
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:
+        return None
+    found = try_to_load_from_cache(name[len(HF_PREFIX) :], "config.json", cache_dir=hf_cache_dir())
+    return Path(found).parent if isinstance(found, str) else None
+
+
+def _has_chat_template(directory: Path) -> bool:
+    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
+        return True
+    try:
+        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(config.get("chat_template"))
+
+
+def _context_from_config(directory: Path) -> Optional[int]:
+    try:
+        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return context_length(SimpleNamespace(**config)) if isinstance(config, dict) else None
+
+
+def describe_base_model(name: str) -> BaseModel:
+    """The open-weights base model `name` as export, validation and the job runner need it; ValueError for other
+    names.
+
+    The name of a directory becomes its absolute path (the job's `model`, which a server elsewhere can open);
+    fine-tuned model ids take its last part (ids.id_base). Format: chat when the tokenizer has a chat template,
+    else completion; a Hub model not downloaded yet is taken as chat (training then says so when its tokenizer
+    has no template). The tokenizer is the model's own (`encoding` is the name, see rendering.TokenizerEncoding);
+    prices are nil: it trains and serves on your machine. Nothing is downloaded or loaded here.
+    """
+    if not is_open_weights_name(name):
+        raise ValueError(f"the LoRA engine fine-tunes hf:ORG/NAME or a model directory, not '{name}'")
+    directory = _known_directory(name)
+    if directory is None and not name.startswith(HF_PREFIX):
+        raise ValueError(f"base model directory {name} does not exist or has no config.json")
+    if not name.startswith(HF_PREFIX):
+        name = str(Path(name).expanduser().resolve())
+    fmt = "chat" if directory is None or _has_chat_template(directory) else "completion"
+    context = (_context_from_config(directory) if directory else None) or UNKNOWN_CONTEXT
+    return BaseModel(
+        name=name,
+        format=fmt,
+        encoding=name,
+        context=context,
+        training_price=0.0,
+        input_price=0.0,
+        output_price=0.0,
+        open_weights=True,
+    )

@@ -5,33 +5,26 @@ an adapter, whose PEFT config and tensors become the stored model's metadata and
 the Hugging Face cache or their directory, and the metadata names them. Serving loads each base model once per
 process (serving.host_for) and puts the stored adapter on it from the arrays, no files written.
 
-To switch it on, add `lora.engine.ENGINE` to `ENGINES` in rasa_gpt3/local/engine_registry.py after the stand-in.
-`describe` imports no torch, so the registry stays cheap for the stand-in's names; a job on an open-weights base
-model without the `lora` extra fails with the install hint.
+rasa_gpt3/local/engine_registry.py asks it after the stand-in.
+`describe` (base_model.describe_base_model) imports no torch, so the registry stays cheap for the stand-in's
+names; a job on an open-weights base model without the `lora` extra fails with the install hint.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from rasa_gpt3.data.base_models import BaseModel
+from rasa_gpt3.errors import DataError
 from rasa_gpt3.local.engines import EngineKind, Prompt, TrainedModel, TrainingRun
-from rasa_gpt3.local.lora.adapter_files import AdapterWeights, read_adapter
-from rasa_gpt3.local.lora.base_model import (
-    HF_PREFIX,
-    context_length,
-    hf_cache_dir,
-    is_open_weights_name,
-    pick_device,
-    resolve_base_model,
-)
+from rasa_gpt3.local.lora.adapter_files import AdapterWeights, read_adapter, vllm_instructions, write_adapter
+from rasa_gpt3.local.lora.base_model import HF_PREFIX, pick_device, resolve_base_model
+from rasa_gpt3.local.lora.base_model import describe_base_model as describe
 from rasa_gpt3.local.lora.errors import require_installed
 from rasa_gpt3.local.lora.serving import LoraGeneration, host_for
 from rasa_gpt3.local.lora.training import LoraSettings, train_adapter
@@ -39,67 +32,6 @@ from rasa_gpt3.local.lora.training import LoraSettings, train_adapter
 logger = logging.getLogger(__name__)
 
 NAME = "lora"
-# jobs.py counts a job's trained_tokens with a tiktoken encoding of the base model's description; until the seam
-# takes an engine's own count (the metadata's "trained_tokens", from the model's tokenizer) it gets this one
-JOB_COUNT_ENCODING = "o200k_base"
-# context length assumed for a Hub model not downloaded yet (describe never downloads)
-UNKNOWN_CONTEXT = 4096
-
-
-def _known_directory(name: str) -> Optional[Path]:
-    """The model directory of `name` when it is on disk already (a local path, or a cached Hub snapshot)."""
-    if not name.startswith(HF_PREFIX):
-        path = Path(name).expanduser()
-        return path if (path / "config.json").is_file() else None
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:
-        return None
-    found = try_to_load_from_cache(name[len(HF_PREFIX) :], "config.json", cache_dir=hf_cache_dir())
-    return Path(found).parent if isinstance(found, str) else None
-
-
-def _has_chat_template(directory: Path) -> bool:
-    if (directory / "chat_template.jinja").is_file() or (directory / "chat_template.json").is_file():
-        return True
-    try:
-        config = json.loads((directory / "tokenizer_config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return bool(config.get("chat_template"))
-
-
-def _context_from_config(directory: Path) -> Optional[int]:
-    try:
-        config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return context_length(SimpleNamespace(**config)) if isinstance(config, dict) else None
-
-
-def describe(name: str) -> BaseModel:
-    """The base model `name` as the job runner needs it; ValueError for names this engine does not take.
-
-    The name stays as given (the job's `model`); fine-tuned model ids take its last part (ids.id_base).
-    Format: chat when the tokenizer has a chat template, else completion; a Hub model not downloaded yet is taken
-    as chat (training then says so when its tokenizer has no template). Nothing is downloaded or loaded here.
-    """
-    if not is_open_weights_name(name):
-        raise ValueError(f"the LoRA engine fine-tunes hf:ORG/NAME or a model directory, not '{name}'")
-    directory = _known_directory(name)
-    if directory is None and not name.startswith(HF_PREFIX):
-        raise ValueError(f"base model directory {name} does not exist or has no config.json")
-    fmt = "chat" if directory is None or _has_chat_template(directory) else "completion"
-    context = (_context_from_config(directory) if directory else None) or UNKNOWN_CONTEXT
-    return BaseModel(
-        name=name,
-        format=fmt,
-        encoding=JOB_COUNT_ENCODING,
-        context=context,
-        training_price=0.0,
-        input_price=0.0,
-        output_price=0.0,
-    )
 
 
 def train(run: TrainingRun) -> TrainedModel:
@@ -192,6 +124,40 @@ class LoraEngine:
 def load(meta: Dict[str, Any], arrays: Dict[str, np.ndarray]) -> LoraEngine:
     """The stored LoRA model ready to serve."""
     return LoraEngine(meta, arrays)
+
+
+@dataclass(frozen=True)
+class ExportedAdapter:
+    """A stored LoRA model written out in PEFT format: the files, the base model's name for other servers, and
+    how to serve it with vLLM."""
+
+    files: List[Path]
+    base_model: str
+    instructions: str
+
+
+def serving_name(base_model: str) -> str:
+    """The name another server loads base model `base_model` by: the Hub id of `hf:ORG/NAME`, else the directory."""
+    return base_model[len(HF_PREFIX) :] if base_model.startswith(HF_PREFIX) else base_model
+
+
+def export_adapter(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], out_dir: Path) -> ExportedAdapter:
+    """Writes the adapter of a stored model (metadata `meta`, arrays) into `out_dir` in PEFT format; DataError in
+    one line when the model has no adapter (the stand-in's) or `out_dir` is a non-empty directory or a file."""
+    model_id = meta.get("id")
+    if meta.get("engine") != NAME or "adapter_config" not in meta:
+        raise DataError(
+            f"{model_id} was trained by the {meta.get('engine') or 'stand-in'} engine on "
+            f"{meta.get('base_model') or 'an OpenAI base model name'}: it has no LoRA adapter to export; "
+            "fine-tune an open-weights model (--base-model hf:ORG/NAME or a model directory) for one"
+        )
+    out_dir = Path(out_dir)
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"--out {out_dir} exists and is not an empty directory; choose a new one")
+    base = serving_name(meta["base_model"])
+    files = write_adapter(AdapterWeights(config=meta["adapter_config"], tensors=arrays), out_dir, base_model_name=base)
+    rank = int((meta.get("lora") or {}).get("rank") or meta["adapter_config"].get("r") or 16)
+    return ExportedAdapter(files=files, base_model=base, instructions=vllm_instructions(base, model_id, out_dir, rank))
 
 
 ENGINE = EngineKind(name=NAME, describe=describe, train=train, load=load)

@@ -12,7 +12,8 @@ assistant turns of a conversation are context, not trained.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Tuple
+from functools import lru_cache
+from typing import Any, Callable, Dict, FrozenSet, Iterable, List, Optional, Sequence, Set, Tuple
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.local.lora.errors import CHAT_TEMPLATE_FAILED, NO_CHAT_TEMPLATE, LoraError
@@ -187,3 +188,34 @@ def one_token_predicate(tokenizer: Any, fmt: str) -> Callable[[str], bool]:
     gives every intent a label the served model writes as one token.
     """
     return lambda text: len(emitted_label_ids(tokenizer, text, fmt)) == 1
+
+
+class TokenizerEncoding:
+    """An open-weights model's tokenizer as rasa_gpt3.data counts and labels with it: tiktoken's `name`,
+    `encode_ordinary` and `special_tokens_set`, and `one_token_predicate(fmt)` for the label codec."""
+
+    def __init__(self, tokenizer: Any) -> None:
+        self.tokenizer = tokenizer
+        self.name = tokenizer_name(tokenizer)
+
+    def encode_ordinary(self, text: str) -> List[int]:
+        """The token ids of `text`, special-token strings read as ordinary text and no BOS/EOS added."""
+        return _ids(self.tokenizer, text)
+
+    @property
+    def special_tokens_set(self) -> Set[str]:
+        """The tokenizer's special tokens as text."""
+        added = getattr(self.tokenizer, "added_tokens_decoder", {}) or {}
+        return set(self.tokenizer.all_special_tokens) | {token.content for token in added.values() if token.special}
+
+    def one_token_predicate(self, fmt: str) -> Callable[[str], bool]:
+        """Whether a label's emitted text is one token as the model writes it after the prompt (see below)."""
+        return one_token_predicate(self.tokenizer, fmt)
+
+
+@lru_cache(maxsize=8)
+def tokenizer_encoding(base_model_name: str) -> TokenizerEncoding:
+    """The tokenizer of open-weights base model `base_model_name` (`hf:ORG/NAME` or a directory) for counting."""
+    from rasa_gpt3.local.lora.base_model import load_tokenizer, resolve_base_model
+
+    return TokenizerEncoding(load_tokenizer(resolve_base_model(base_model_name), needs_chat_template=False))

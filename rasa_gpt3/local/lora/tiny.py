@@ -38,6 +38,18 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         "initializer_range": 0.1,
         "tie_word_embeddings": False,
     },
+    # the tiny shape with 2 attention heads of 32 dimensions: vLLM's CPU attention has no kernel for heads of 16
+    "tiny-vllm": {
+        "architecture": "llama",
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 1024,
+        "initializer_range": 0.1,
+        "tie_word_embeddings": False,
+    },
     # Qwen2.5-0.5B's shape (494M parameters with its 151,936-token vocabulary), random weights
     "qwen2-0.5b": {
         "architecture": "qwen2",
