@@ -13,6 +13,7 @@ DIET epochs of `--diet-epochs` (Rasa's default: 100); `light` swaps DIET for Ras
 the same features, for machines where DIET on 77 intents is too slow. Without an OPENAI_API_KEY the fine-tuned side
 runs on the embedded local backend (free); with one it asks before spending (or pass --yes).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -78,8 +79,12 @@ def write_project(directory: Path, baseline: str, diet_epochs: int) -> Path:
     test_file.write_text(nlu(test), encoding="utf-8")
     intents = sorted({intent for _, intent in train})
     (directory / "domain.yml").write_text(yaml.safe_dump({"version": "3.1", "intents": intents}), encoding="utf-8")
-    config = {"recipe": "default.v1", "language": "en", "assistant_id": "banking77",
-              "pipeline": pipeline(baseline, diet_epochs)}
+    config = {
+        "recipe": "default.v1",
+        "language": "en",
+        "assistant_id": "banking77",
+        "pipeline": pipeline(baseline, diet_epochs),
+    }
     (directory / "config.yml").write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return test_file
 
@@ -89,7 +94,9 @@ def main(argv: List[str] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--shots", default="10,30", help="examples per intent (default: 10,30)")
     parser.add_argument("--repeats", type=int, default=3, help="seeds per shot count (default: 3)")
-    parser.add_argument("--baseline", choices=("diet", "light"), default="diet", help="baseline classifier (default: diet)")
+    parser.add_argument(
+        "--baseline", choices=("diet", "light"), default="diet", help="baseline classifier (default: diet)"
+    )
     parser.add_argument("--diet-epochs", type=int, default=100, help="DIET epochs (default: 100, Rasa's default)")
     parser.add_argument("--out", default=None, help="keep the results here (default: a temporary directory)")
     parser.add_argument("--yes", action="store_true", help="with an API key: spend without asking")
@@ -111,8 +118,13 @@ def main(argv: List[str] = None) -> int:
         out = Path(args.out) if args.out else Path(scratch) / "evaluation"
         command = "python benchmarks/evaluate_banking77.py " + " ".join(argv if argv is not None else sys.argv[1:])
         options = EvaluationOptions(
-            project=project, out=out, shots=parse_shots(args.shots), repeats=args.repeats, test_file=test_file,
-            progress=not args.no_progress, command=command.strip(),
+            project=project,
+            out=out,
+            shots=parse_shots(args.shots),
+            repeats=args.repeats,
+            test_file=test_file,
+            progress=not args.no_progress,
+            command=command.strip(),
         )
         started = time.perf_counter()
         try:
@@ -122,9 +134,11 @@ def main(argv: List[str] = None) -> int:
             return 1
         minutes = (time.perf_counter() - started) / 60
         results = evaluation.results
-        print(f"banking77: {results['data']['test']} test messages, {results['data']['intents']} intents; "
-              f"baseline: {results['baseline']['source']} ({args.baseline}); fine-tuned: {results['base_model']} "
-              f"on the {results['backend']} backend; {minutes:.1f} min")
+        print(
+            f"banking77: {results['data']['test']} test messages, {results['data']['intents']} intents; "
+            f"baseline: {results['baseline']['source']} ({args.baseline}); fine-tuned: {results['base_model']} "
+            f"on the {results['backend']} backend; {minutes:.1f} min"
+        )
         print()
         print(curve_table(results))
         print()

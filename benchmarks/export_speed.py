@@ -8,6 +8,7 @@ The target for (2) is at least 50,000 examples/s on a 2-core machine. The figure
 busy with other work they include waiting for a core (`chrt -f 10 python benchmarks/export_speed.py` as root
 measures the machine rather than the queue).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -59,10 +60,10 @@ def main() -> int:
     parser.add_argument("--profile", action="store_true", help="print a cProfile of our export")
     args = parser.parse_args()
 
+    from rasa_gpt3.data.base_models import default_base_model, resolve_base_model
     from rasa_gpt3.data.export import export_task, write_export
     from rasa_gpt3.data.project import load_project
     from rasa_gpt3.data.tokens import get_encoding
-    from rasa_gpt3.data.base_models import default_base_model, resolve_base_model
 
     get_encoding(resolve_base_model(default_base_model(args.format)).encoding)  # load the BPE file outside the timings
     with tempfile.TemporaryDirectory() as tmp:
@@ -95,12 +96,16 @@ def main() -> int:
 
     print(f"examples: {n:,} in {args.intents} intents, format {args.format}, base model {exported.base_model.name}")
     print(f"rasa loading (TrainingDataImporter): {rasa_seconds:6.2f} s  {n / rasa_seconds:12,.0f} examples/s")
-    print(f"our export (records, codec, split, tokens, validation): {export_seconds:6.2f} s  "
-          f"{n / export_seconds:12,.0f} examples/s  (target >= 50,000)")
+    print(
+        f"our export (records, codec, split, tokens, validation): {export_seconds:6.2f} s  "
+        f"{n / export_seconds:12,.0f} examples/s  (target >= 50,000)"
+    )
     print(f"  CPU time of the export (both threads: token counting runs beside the rest): {export_cpu:6.2f} s")
     print(f"writing the files: {write_seconds:6.2f} s  {n / write_seconds:12,.0f} examples/s")
-    print(f"records: {len(exported.train):,} train / {len(exported.valid):,} valid; "
-          f"validation: {exported.report.summary()['errors']} errors, {exported.report.summary()['warnings']} warnings")
+    print(
+        f"records: {len(exported.train):,} train / {len(exported.valid):,} valid; "
+        f"validation: {exported.report.summary()['errors']} errors, {exported.report.summary()['warnings']} warnings"
+    )
     return 0
 
 

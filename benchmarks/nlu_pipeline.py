@@ -11,6 +11,7 @@ and the fine-tune; DIET + routing reuses DIET's cache), evaluates each with
 fresh messages and on cache hits, with the local backend in a separate process (`rasa-gpt3 local serve`).
 Nothing here asserts; it prints.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -61,7 +62,9 @@ def run(args: List[str], cwd: Path, env: Dict[str, str]) -> float:
     process = subprocess.run([RASA, *args], cwd=str(cwd), env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - started
     if process.returncode != 0:
-        sys.exit(f"error: rasa {' '.join(args)} failed:\n" + "\n".join((process.stdout + process.stderr).splitlines()[-30:]))
+        sys.exit(
+            f"error: rasa {' '.join(args)} failed:\n" + "\n".join((process.stdout + process.stderr).splitlines()[-30:])
+        )
     return elapsed
 
 
@@ -73,8 +76,10 @@ def split(project: Path, seed: int) -> None:
     train, test = load_data(str(project / "data" / "nlu")).train_test_split(train_frac=0.8, random_seed=seed)
     RasaYAMLWriter().dump(project / "train.yml", train)
     RasaYAMLWriter().dump(project / "test.yml", test)
-    print(f"data: {len(train.intent_examples)} training / {len(test.intent_examples)} test examples, "
-          f"{len(train.intents)} intents")
+    print(
+        f"data: {len(train.intent_examples)} training / {len(test.intent_examples)} test examples, "
+        f"{len(train.intents)} intents"
+    )
 
 
 def percentile(values: List[float], share: float) -> float:
@@ -82,11 +87,13 @@ def percentile(values: List[float], share: float) -> float:
     return ordered[min(len(ordered) - 1, int(len(ordered) * share))]
 
 
-def standalone_backend(state_dir: Path) -> "tuple[subprocess.Popen, str]":
+def standalone_backend(state_dir: Path) -> tuple[subprocess.Popen, str]:
     """`rasa-gpt3 local serve` on a free port in its own process; returns (process, base URL)."""
     process = subprocess.Popen(
         [str(Path(sys.executable).with_name("rasa-gpt3")), "local", "serve", "--port", "0", "--state", str(state_dir)],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     line = process.stdout.readline()  # "local backend on http://127.0.0.1:PORT/v1 (state: ...)"
     if "http://" not in line:
@@ -136,9 +143,11 @@ def component_overhead(model: Path, texts: List[str], state_dir: Path) -> Dict[s
         server.wait(timeout=30)
     return {
         "messages": len(fresh),
-        "own_p50": percentile(fresh, 0.5), "own_p95": percentile(fresh, 0.95),
+        "own_p50": percentile(fresh, 0.5),
+        "own_p95": percentile(fresh, 0.95),
         "backend_p50": percentile(backend, 0.5),
-        "hit_p50": percentile(cached, 0.5), "hit_p95": percentile(cached, 0.95),
+        "hit_p50": percentile(cached, 0.5),
+        "hit_p95": percentile(cached, 0.95),
     }
 
 
@@ -156,8 +165,14 @@ def main() -> None:
     for path in [project, *project.rglob("*")]:
         path.chmod(0o755 if path.is_dir() else 0o644)
     env = {k: v for k, v in os.environ.items() if k not in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "RASA_GPT3_FAULTS")}
-    env.update({"RASA_GPT3_LOCAL": "1", "RASA_GPT3_STATE_DIR": str(work / "local-state"),
-                "RASA_TELEMETRY_ENABLED": "false", "TF_CPP_MIN_LOG_LEVEL": "3"})
+    env.update(
+        {
+            "RASA_GPT3_LOCAL": "1",
+            "RASA_GPT3_STATE_DIR": str(work / "local-state"),
+            "RASA_TELEMETRY_ENABLED": "false",
+            "TF_CPP_MIN_LOG_LEVEL": "3",
+        }
+    )
     os.environ.update({k: env[k] for k in ("RASA_GPT3_LOCAL", "RASA_GPT3_STATE_DIR")})
     os.environ.pop("OPENAI_API_KEY", None)
     split(project, args.seed)
@@ -170,14 +185,45 @@ def main() -> None:
         # DIET and GPT3 alone train from an empty Rasa cache (their times are compared); DIET + routing reuses
         # DIET's cache, so only its GPT3 component trains
         run_env = {**env, "RASA_CACHE_DIRECTORY": str(work / f"rasa-cache-{0 if index == 2 else index}")}
-        train_seconds = run(["train", "nlu", "--config", str(config), "--nlu", "train.yml", "--out", str(out),
-                             "--fixed-model-name", f"m{index}"], project, run_env)
+        train_seconds = run(
+            [
+                "train",
+                "nlu",
+                "--config",
+                str(config),
+                "--nlu",
+                "train.yml",
+                "--out",
+                str(out),
+                "--fixed-model-name",
+                f"m{index}",
+            ],
+            project,
+            run_env,
+        )
         model = next(out.glob("*.tar.gz"))
-        run(["test", "nlu", "--model", str(model), "--nlu", "test.yml", "--out", str(project / f"results_{index}"),
-             "--no-plot"], project, run_env)
+        run(
+            [
+                "test",
+                "nlu",
+                "--model",
+                str(model),
+                "--nlu",
+                "test.yml",
+                "--out",
+                str(project / f"results_{index}"),
+                "--no-plot",
+            ],
+            project,
+            run_env,
+        )
         report = json.loads((project / f"results_{index}" / "intent_report.json").read_text())
-        results[name] = {"train_s": train_seconds, "accuracy": report["accuracy"],
-                         "macro_f1": report["macro avg"]["f1-score"], "model": model}
+        results[name] = {
+            "train_s": train_seconds,
+            "accuracy": report["accuracy"],
+            "macro_f1": report["macro avg"]["f1-score"],
+            "model": model,
+        }
         print(f"  {name}: trained in {train_seconds:.1f} s, accuracy {report['accuracy']:.3f}", flush=True)
 
     print()
@@ -188,18 +234,24 @@ def main() -> None:
         print(f"  {name:<28} {row['accuracy']:>9.3f} {row['macro_f1']:>9.3f} {row['train_s']:>13.1f} s{note}")
     diet_s = results["DIET"]["train_s"]
     gpt_s = results["GPT3IntentClassifier"]["train_s"]
-    print(f"  train wall time GPT3IntentClassifier / DIET: {gpt_s / diet_s:.2f}x "
-          f"(GPT3 run includes export + local fine-tune; both include Rasa's start-up)")
+    print(
+        f"  train wall time GPT3IntentClassifier / DIET: {gpt_s / diet_s:.2f}x "
+        f"(GPT3 run includes export + local fine-tune; both include Rasa's start-up)"
+    )
 
     from rasa.shared.nlu.training_data.loading import load_data
 
     texts = [m.get("text") for m in load_data(str(project / "test.yml")).intent_examples]
     figures = component_overhead(results["GPT3IntentClassifier"]["model"], texts, work / "local-state")
     print()
-    print(f"GPT3IntentClassifier.process() per message, {figures['messages']} test messages "
-          f"(local backend in its own process):")
-    print(f"  own time excluding the HTTP exchange: p50 {figures['own_p50']:.3f} ms, p95 {figures['own_p95']:.3f} ms "
-          f"(HTTP exchange p50 {figures['backend_p50']:.2f} ms)")
+    print(
+        f"GPT3IntentClassifier.process() per message, {figures['messages']} test messages "
+        f"(local backend in its own process):"
+    )
+    print(
+        f"  own time excluding the HTTP exchange: p50 {figures['own_p50']:.3f} ms, p95 {figures['own_p95']:.3f} ms "
+        f"(HTTP exchange p50 {figures['backend_p50']:.2f} ms)"
+    )
     print(f"  cache hit:                            p50 {figures['hit_p50']:.4f} ms, p95 {figures['hit_p95']:.4f} ms")
     if args.keep:
         print(f"\nworking directory: {work}")

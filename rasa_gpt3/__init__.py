@@ -3,6 +3,7 @@
 config.yml names the components as `rasa_gpt3.GPT3IntentClassifier` and `rasa_gpt3.GPT3EntityExtractor`;
 they are imported on first access so that the CLI starts without loading Rasa.
 """
+
 import sys
 from typing import Any
 

@@ -5,6 +5,7 @@ OpenAI's metrics events (`data` with step, total_steps, train_loss, valid_loss, 
 valid_mean_token_accuracy, full_valid_*; sometimes epoch) and, for servers that only send text, the message
 "Step 12/90: training loss=0.41, validation loss=0.52".
 """
+
 from __future__ import annotations
 
 import math
@@ -123,8 +124,10 @@ def describe(progress: JobProgress) -> str:
     if progress.epoch and progress.n_epochs:
         parts.append(f"epoch {progress.epoch}/{progress.n_epochs}")
     for label, value in (
-        ("loss", progress.train_loss), ("val_loss", progress.valid_loss),
-        ("acc", progress.train_accuracy), ("val_acc", progress.valid_accuracy),
+        ("loss", progress.train_loss),
+        ("val_loss", progress.valid_loss),
+        ("acc", progress.train_accuracy),
+        ("val_acc", progress.valid_accuracy),
         ("full_val_loss", progress.full_valid_loss),
     ):
         if value is not None:
@@ -162,7 +165,11 @@ class TqdmProgressBar:
 
         if self._bar is None:
             self._bar = tqdm(
-                total=progress.total_steps, file=self.stream, dynamic_ncols=True, leave=True, disable=None,
+                total=progress.total_steps,
+                file=self.stream,
+                dynamic_ncols=True,
+                leave=True,
+                disable=None,
                 bar_format=self.STEPS_FORMAT if progress.total_steps else self.WAITING_FORMAT,
             )
         elif progress.total_steps and self._bar.total != progress.total_steps:
@@ -202,7 +209,9 @@ def _bar_postfix(progress: JobProgress) -> str:
     if progress.epoch and progress.n_epochs:
         parts.append(f"epoch {progress.epoch}/{progress.n_epochs}")
     valid_loss = progress.full_valid_loss if progress.full_valid_loss is not None else progress.valid_loss
-    valid_accuracy = progress.full_valid_accuracy if progress.full_valid_accuracy is not None else progress.valid_accuracy
+    valid_accuracy = (
+        progress.full_valid_accuracy if progress.full_valid_accuracy is not None else progress.valid_accuracy
+    )
     for label, value in (("loss", progress.train_loss), ("val_loss", valid_loss), ("val_acc", valid_accuracy)):
         if value is not None:
             parts.append(f"{label} {value:.3f}")

@@ -4,6 +4,7 @@ Export (training) and the NLU components / fallback action (serving) build their
 so a change here changes both sides at once. Any change to what a record or request looks like must bump
 PROMPT_FORMAT_VERSION: models trained on another version are then reported as stale.
 """
+
 from __future__ import annotations
 
 import json
@@ -123,8 +124,13 @@ def intent_records(examples: Iterable[Sequence[str]], fmt: str) -> List[Dict[str
     if fmt == "chat":
         system = SYSTEM_PROMPTS["intent"]
         return [
-            {"messages": [{"role": "system", "content": system}, {"role": "user", "content": normalize(text)},
-                          {"role": "assistant", "content": label}]}
+            {
+                "messages": [
+                    {"role": "system", "content": system},
+                    {"role": "user", "content": normalize(text)},
+                    {"role": "assistant", "content": label},
+                ]
+            }
             for text, label in examples
         ]
     return [{"prompt": normalize(text) + SEPARATOR, "completion": " " + label + STOP} for text, label in examples]
@@ -158,7 +164,7 @@ def record_prompt_text(record: Dict[str, Any]) -> str:
                 turns.append(BOT_PREFIX + message["content"])
         # single-text tasks show only the text itself, as the completion format does
         if len(turns) == 1 and turns[0].startswith(USER_PREFIX):
-            return turns[0][len(USER_PREFIX):]
+            return turns[0][len(USER_PREFIX) :]
         return "\n".join(turns)
     prompt = record["prompt"]
     return prompt[: -len(SEPARATOR)] if prompt.endswith(SEPARATOR) else prompt

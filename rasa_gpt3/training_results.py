@@ -4,6 +4,7 @@ The result file has one row per training step with columns such as step, train_l
 train_mean_token_accuracy), valid_loss, valid_mean_token_accuracy and, at epoch ends, full_valid_loss and
 full_valid_mean_token_accuracy. Cells are empty where a metric was not computed at that step.
 """
+
 from __future__ import annotations
 
 import base64
@@ -20,7 +21,10 @@ from rasa_gpt3.errors import DataError
 
 LOSS_COLUMNS = ("train_loss", "valid_loss", "full_valid_loss")
 ACCURACY_COLUMNS = (
-    "train_accuracy", "train_mean_token_accuracy", "valid_mean_token_accuracy", "valid_accuracy",
+    "train_accuracy",
+    "train_mean_token_accuracy",
+    "valid_mean_token_accuracy",
+    "valid_accuracy",
     "full_valid_mean_token_accuracy",
 )
 
@@ -47,6 +51,7 @@ class ResultTable:
 
         valid_loss / valid_accuracy prefer the full-validation-set figures when the file has them.
         """
+
         def last(*columns: str) -> Optional[float]:
             for column in columns:
                 points = self.series(column)
@@ -122,12 +127,15 @@ def plot_results(table: ResultTable, path: Union[str, Path], title: str = "") ->
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib.figure import Figure
     from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
     figure = Figure(figsize=(10, 4), dpi=100)
     FigureCanvasAgg(figure)
-    panels = ((figure.add_subplot(1, 2, 1), LOSS_COLUMNS, "loss"), (figure.add_subplot(1, 2, 2), ACCURACY_COLUMNS, "accuracy"))
+    panels = (
+        (figure.add_subplot(1, 2, 1), LOSS_COLUMNS, "loss"),
+        (figure.add_subplot(1, 2, 2), ACCURACY_COLUMNS, "accuracy"),
+    )
     for axes, columns, label in panels:
         _draw(axes, table, columns)
         axes.set_xlabel("step")

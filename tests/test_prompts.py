@@ -1,4 +1,5 @@
 """The record/request format: training records and inference requests must agree exactly."""
+
 import pytest
 
 from rasa_gpt3 import prompts
@@ -19,8 +20,10 @@ def test_intent_record_is_the_request_plus_the_answer(fmt):
 
 @pytest.mark.parametrize("fmt", prompts.FORMATS)
 def test_entity_answers_round_trip(fmt):
-    entities = [{"entity": "account", "value": "credit card", "role": None, "group": None},
-                {"entity": "city", "value": "Berlin", "role": "destination", "group": "1"}]
+    entities = [
+        {"entity": "account", "value": "credit card", "role": None, "group": None},
+        {"entity": "city", "value": "Berlin", "role": "destination", "group": "1"},
+    ]
     record = prompts.entities_record("fly to Berlin with my credit card", entities, fmt)
     assert prompts.parse_entities(prompts.record_answer(record)) == entities
 
@@ -32,7 +35,11 @@ def test_parse_entities_rejects_what_is_not_an_entity_list(answer):
 
 
 def test_response_request_renders_turns_in_order():
-    history = [prompts.Turn("user", "hi"), prompts.Turn("bot", "Hello! How can I help?"), prompts.Turn("user", "balance")]
+    history = [
+        prompts.Turn("user", "hi"),
+        prompts.Turn("bot", "Hello! How can I help?"),
+        prompts.Turn("user", "balance"),
+    ]
     chat = prompts.response_request(history, "chat")["messages"]
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "user"]
     completion = prompts.response_request(history, "completion")["prompt"]

@@ -1,13 +1,17 @@
 """Offline token counting."""
+
 import pytest
 
 from rasa_gpt3.data import base_models, tokens
 
 
-@pytest.mark.parametrize("name,text,expected", [
-    ("o200k_base", "hello world", [24912, 2375]),
-    ("cl100k_base", "hello world", [15339, 1917]),
-])
+@pytest.mark.parametrize(
+    "name,text,expected",
+    [
+        ("o200k_base", "hello world", [24912, 2375]),
+        ("cl100k_base", "hello world", [15339, 1917]),
+    ],
+)
 def test_bundled_encodings_match_tiktoken_ids(name, text, expected):
     assert tokens.get_encoding(name).encode(text) == expected
 

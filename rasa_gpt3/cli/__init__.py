@@ -8,12 +8,12 @@ from __future__ import annotations
 import argparse
 from typing import List, Optional
 
-from rasa_gpt3.cli import data, evaluate, finetune, local, models
+from rasa_gpt3.cli import data, evaluate, finetune, local, models, nlu
 from rasa_gpt3.cli.arguments import HelpFormatter, format_examples
 from rasa_gpt3.entry_point import exit_code_of
 
 # in the order `rasa-gpt3 --help` lists their verbs: the data, fine-tuning, the registry, evaluation, the backend
-GROUPS = (data, finetune, models, evaluate, local)
+GROUPS = (data, finetune, models, evaluate, local, nlu)
 
 DESCRIPTION = "Fine-tuned GPT models for a Rasa bot: export its data, fine-tune, and keep a model registry."
 BACKENDS = (

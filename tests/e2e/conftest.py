@@ -10,6 +10,7 @@ One session builds, once:
 Every Rasa process, the action server and `rasa test` reach the backend through OPENAI_BASE_URL / OPENAI_API_KEY
 (a dummy key: the local backend accepts any), so the tests can make it fail.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,17 +37,22 @@ NOT_COPIED = shutil.ignore_patterns("models", "results", ".rasa", ".rasa_gpt3", 
 
 def rasa_env(project: Path, base_url: str) -> Dict[str, str]:
     """The environment of every child process: the test backend as an OpenAI-compatible server, no telemetry."""
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("RASA_GPT3_LOCAL", "RASA_GPT3_FAULTS", "RASA_GPT3_STATE_DIR", "RASA_GPT3_FALLBACK_CONFIG")}
-    env.update({
-        "OPENAI_API_KEY": DUMMY_KEY,
-        "OPENAI_BASE_URL": base_url,
-        "RASA_GPT3_PROJECT": str(project),
-        "RASA_TELEMETRY_ENABLED": "false",
-        "SANIC_HOST": "127.0.0.1",
-        "PYTHONUNBUFFERED": "1",
-        "TF_CPP_MIN_LOG_LEVEL": "2",
-    })
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("RASA_GPT3_LOCAL", "RASA_GPT3_FAULTS", "RASA_GPT3_STATE_DIR", "RASA_GPT3_FALLBACK_CONFIG")
+    }
+    env.update(
+        {
+            "OPENAI_API_KEY": DUMMY_KEY,
+            "OPENAI_BASE_URL": base_url,
+            "RASA_GPT3_PROJECT": str(project),
+            "RASA_TELEMETRY_ENABLED": "false",
+            "SANIC_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+            "TF_CPP_MIN_LOG_LEVEL": "2",
+        }
+    )
     return env
 
 
@@ -79,12 +85,21 @@ class Bot:
     def run(self, *args: str, log: str, timeout: float = TRAIN_TIMEOUT) -> subprocess.CompletedProcess:
         """Runs `python -m rasa ARGS` in the project; the output goes to `log` under the project."""
         with open(self.project / log, "wb") as out:
-            return subprocess.run([sys.executable, "-m", "rasa", *args], cwd=self.project, env=self.env, stdout=out,
-                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, timeout=timeout)
+            return subprocess.run(
+                [sys.executable, "-m", "rasa", *args],
+                cwd=self.project,
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                timeout=timeout,
+            )
 
     def train(self, name: str, config: str) -> Path:
         """`rasa train --config CONFIG` into models/NAME.tar.gz."""
-        result = self.run("train", "--config", config, "--fixed-model-name", name, "--out", "models", log=f"train_{name}.log")
+        result = self.run(
+            "train", "--config", config, "--fixed-model-name", name, "--out", "models", log=f"train_{name}.log"
+        )
         archive = self.project / "models" / f"{name}.tar.gz"
         assert result.returncode == 0 and archive.exists(), log_tail(self.project / f"train_{name}.log", 10)
         return archive
@@ -123,8 +138,12 @@ def _warm_up(backend: Backend, model: str, record: Dict[str, Any]) -> None:
     """One request, so the backend has loaded `model` before a Rasa process asks it within a 2 s budget."""
     body = {"messages": record["messages"][:-1]} if "messages" in record else {"prompt": record["prompt"]}
     route = "/chat/completions" if "messages" in record else "/completions"
-    httpx.post(backend.base_url + route, json={"model": model, "max_tokens": 1, **body},
-               headers={"Authorization": f"Bearer {DUMMY_KEY}"}, timeout=120).raise_for_status()
+    httpx.post(
+        backend.base_url + route,
+        json={"model": model, "max_tokens": 1, **body},
+        headers={"Authorization": f"Bearer {DUMMY_KEY}"},
+        timeout=120,
+    ).raise_for_status()
 
 
 @pytest.fixture(scope="session")
@@ -173,21 +192,45 @@ def e2e_servers(e2e_bot: Bot):
     """The action server and one Rasa server per pipeline, started together (their model loads overlap)."""
     project = e2e_bot.project
     action_port = free_port()
-    actions = start_server("action server", [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port",
-                                             str(action_port)], project, project / "actions.log",
-                           f"http://127.0.0.1:{action_port}", e2e_bot.env)
+    actions = start_server(
+        "action server",
+        [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(action_port)],
+        project,
+        project / "actions.log",
+        f"http://127.0.0.1:{action_port}",
+        e2e_bot.env,
+    )
     started = [actions]
     try:
         (project / "endpoints_e2e.yml").write_text(
-            f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n', encoding="utf-8")
+            f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n', encoding="utf-8"
+        )
         servers = {}
         for name, archive in e2e_bot.archives.items():
             port = free_port()
             server = start_server(
                 f"rasa run ({name})",
-                [sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p", str(port), "-m",
-                 str(archive), "--endpoints", "endpoints_e2e.yml", "--credentials", "credentials.yml"],
-                project, project / f"rasa_{name}.log", f"http://127.0.0.1:{port}", e2e_bot.env,
+                [
+                    sys.executable,
+                    "-m",
+                    "rasa",
+                    "run",
+                    "--enable-api",
+                    "-i",
+                    "127.0.0.1",
+                    "-p",
+                    str(port),
+                    "-m",
+                    str(archive),
+                    "--endpoints",
+                    "endpoints_e2e.yml",
+                    "--credentials",
+                    "credentials.yml",
+                ],
+                project,
+                project / f"rasa_{name}.log",
+                f"http://127.0.0.1:{port}",
+                e2e_bot.env,
             )
             started.append(server)
             servers[name] = RasaServer(server)

@@ -1,5 +1,6 @@
 """example_bot in real conversations: Rasa and the action server as processes on 127.0.0.1, the REST channel, the
 tracker over the HTTP API, models on the local backend (see conftest.py)."""
+
 from __future__ import annotations
 
 from typing import Any, Dict, List, Tuple
@@ -120,7 +121,9 @@ def test_an_out_of_domain_question_gets_a_generated_answer(e2e_servers, e2e_bot,
     assert describe_turn(OUT_OF_DOMAIN, answers, events).decided_by == GENERATED
 
 
-def test_a_failing_backend_gives_utter_default_and_the_next_turns_work(e2e_servers, e2e_backend, missed_by_diet, sender):
+def test_a_failing_backend_gives_utter_default_and_the_next_turns_work(
+    e2e_servers, e2e_backend, missed_by_diet, sender
+):
     diet = e2e_servers["diet_only"]
     # a message DIET is unsure about and no other test sends through the action (no cached answer hides the failure)
     failing = "is it going to rain"
@@ -145,8 +148,18 @@ def test_a_failing_backend_gives_utter_default_and_the_next_turns_work(e2e_serve
 
 
 def test_rasa_test_core_passes_the_example_bots_test_stories(e2e_bot):
-    result = e2e_bot.run("test", "core", "--model", str(e2e_bot.archives["bot"]), "--stories", "tests/test_stories.yml",
-                         "--out", "results", "--fail-on-prediction-errors", log="test_core.log")
+    result = e2e_bot.run(
+        "test",
+        "core",
+        "--model",
+        str(e2e_bot.archives["bot"]),
+        "--stories",
+        "tests/test_stories.yml",
+        "--out",
+        "results",
+        "--fail-on-prediction-errors",
+        log="test_core.log",
+    )
     report = (e2e_bot.project / "results" / "failed_test_stories.yml").read_text(encoding="utf-8")
     assert result.returncode == 0, (e2e_bot.project / "test_core.log").read_text(encoding="utf-8")[-3000:]
     assert "None of the test stories failed" in report

@@ -1,4 +1,5 @@
 """The demo's command line on bad input, its DIET-only config, and how it reads a turn from tracker events."""
+
 from __future__ import annotations
 
 import shutil
@@ -65,13 +66,20 @@ def _user(intent, confidence, **extra):
 
 
 def test_a_turn_decided_by_diet():
-    report = describe_turn("hello", ["Hi"], [_user("greet", 0.98, gpt3={"asked": False}), {"event": "bot", "text": "Hi"}])
+    report = describe_turn(
+        "hello", ["Hi"], [_user("greet", 0.98, gpt3={"asked": False}), {"event": "bot", "text": "Hi"}]
+    )
     assert (report.decided_by, report.intent, report.confidence) == (DIET, "greet", 0.98)
 
 
 def test_a_turn_decided_by_routing_mode():
-    events = [_user("block_card", 0.83, gpt3={"asked": True, "decided": True,
-                                              "previous_intent": {"name": "block_card", "confidence": 0.49}})]
+    events = [
+        _user(
+            "block_card",
+            0.83,
+            gpt3={"asked": True, "decided": True, "previous_intent": {"name": "block_card", "confidence": 0.49}},
+        )
+    ]
     report = describe_turn("kill my debit card now", ["blocked"], events)
     assert report.decided_by == GPT_ROUTING and "DIET said block_card 0.49" in report.detail
 
@@ -82,9 +90,12 @@ def test_a_turn_reclassified_by_the_action():
         {"event": "action", "name": "action_gpt3_fallback"},
         {"event": "rewind"},
         {"event": "action", "name": "action_listen"},
-        _user("block_card", 0.89, gpt3_fallback={"reclassified": True,
-                                                   "previous_intent": {"name": "nlu_fallback", "confidence": 0.7}},
-              entities=[{"entity": "card_type", "value": "credit", "extractor": "DIETClassifier"}]),
+        _user(
+            "block_card",
+            0.89,
+            gpt3_fallback={"reclassified": True, "previous_intent": {"name": "nlu_fallback", "confidence": 0.7}},
+            entities=[{"entity": "card_type", "value": "credit", "extractor": "DIETClassifier"}],
+        ),
     ]
     report = describe_turn("my visa is gone", ["blocked"], events)
     assert (report.decided_by, report.intent) == (GPT_RECLASSIFIED, "block_card")
@@ -93,10 +104,18 @@ def test_a_turn_reclassified_by_the_action():
 
 
 def test_turns_answered_by_the_action():
-    generated = [_user("nlu_fallback", 0.5), {"event": "bot", "text": "Sorry, I don't know.",
-                                              "metadata": {"rasa_gpt3": {"source": "generated", "model": "ft:m"}}}]
+    generated = [
+        _user("nlu_fallback", 0.5),
+        {
+            "event": "bot",
+            "text": "Sorry, I don't know.",
+            "metadata": {"rasa_gpt3": {"source": "generated", "model": "ft:m"}},
+        },
+    ]
     assert describe_turn("mortgages?", ["Sorry, I don't know."], generated).decided_by == GENERATED
-    failed = [_user("nlu_fallback", 0.5), {"event": "bot", "text": "Sorry",
-                                           "metadata": {"rasa_gpt3": {"source": "failure", "reason": "server_error"}}}]
+    failed = [
+        _user("nlu_fallback", 0.5),
+        {"event": "bot", "text": "Sorry", "metadata": {"rasa_gpt3": {"source": "failure", "reason": "server_error"}}},
+    ]
     report = describe_turn("mortgages?", ["Sorry"], failed)
     assert report.decided_by == FAILURE and "server_error" in report.detail
