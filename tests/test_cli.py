@@ -28,7 +28,7 @@ VERBS = dict(_verb_parsers(cli.build_parser()))
 def test_every_verb_and_sub_verb_is_there():
     assert set(VERBS) == {
         "export", "validate", "fine-tune", "follow", "status", "cancel", "list", "results", "models", "models list",
-        "models use", "models prune", "evaluate", "local", "local serve",
+        "models use", "models prune", "models export", "evaluate", "local", "local serve", "nlu", "nlu serve",
     }  # fmt: skip
 
 
