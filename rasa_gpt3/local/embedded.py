@@ -15,6 +15,7 @@ from typing import Dict, Optional
 
 from aiohttp import web
 
+from rasa_gpt3.foreground_server import ListenError, serve_app_forever
 from rasa_gpt3.local.api.app import create_app
 from rasa_gpt3.local.api.backend import BACKEND, DEFAULT_MAX_UPLOAD_BYTES
 
@@ -162,20 +163,7 @@ def serve_forever(
     except OSError as error:
         raise BackendStartError(str(error)) from None
 
-    async def main() -> None:
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise BackendStartError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-        if on_ready is not None:
-            on_ready(runner.addresses[0][1])
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    try:
+        serve_app_forever(lambda: app, host, port, on_ready=on_ready, handler_cancellation=True)
+    except ListenError as error:
+        raise BackendStartError(str(error)) from None

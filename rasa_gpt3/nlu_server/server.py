@@ -28,6 +28,7 @@ from typing import Any, Dict, Optional
 
 from aiohttp import web
 
+from rasa_gpt3.foreground_server import ListenError, serve_app_forever
 from rasa_gpt3.nlu_server.fallback import DEFAULT_FALLBACK_INTENT, fallback_parse
 
 logger = logging.getLogger(__name__)
@@ -246,21 +247,7 @@ def _error(status: int, reason: str, message: str) -> web.Response:
 def serve(server: NLUServer, *, host: str = "127.0.0.1", port: int = 5006, on_ready=None) -> None:
     """Serves `server` in the foreground until interrupted; `on_ready(port)` once the port is bound."""
 
-    async def main() -> None:
-        server.start_threads()
-        runner = web.AppRunner(server.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port, shutdown_timeout=1.0)
-        try:
-            await site.start()
-        except OSError as error:
-            await runner.cleanup()
-            raise NLUServerError(f"cannot listen on {host}:{port}: {error.strerror or error}") from None
-        if on_ready is not None:
-            on_ready(runner.addresses[0][1])
-        try:
-            await asyncio.Event().wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(main())
+    try:
+        serve_app_forever(server.app, host, port, on_ready=on_ready, before_start=server.start_threads)
+    except ListenError as error:
+        raise NLUServerError(str(error)) from None
