@@ -17,15 +17,15 @@ Why this one:
 - Rasa 3.6 has no supported way to run the graph off the event loop: no setting, and its plugin manager loads only
   `rasa_plus`. Everything else would patch Rasa.
 - Running the pipeline on a thread pool inside Rasa core (patching MessageProcessor.parse_message) was measured
-  too (`benchmarks/concurrency.py --compare-in-process`, README "Deployment"): p95 1.6x one message's latency
-  against the NLU server's 1.5x with the model in its own process, 2.3x against 2.5x with the embedded stand-in
-  model, i.e. within noise. It would replace a Rasa method in every bot that installs rasa_gpt3, run all of a bot's
+  too (`benchmarks/concurrency.py --compare-in-process`, README "Deployment"): p95 1.6x one message's latency, as
+  the NLU server, with the model in a process of its own, 2.1x, as the NLU server, with the embedded stand-in
+  model. It would replace a Rasa method in every bot that installs rasa_gpt3, run all of a bot's
   components (its own custom ones too) on threads inside core, and put the NLU's CPU under the same GIL as the
   dialogue handling. With the NLU server, Rasa's normal path stays stock Rasa with a documented endpoint, and the
   NLU side can be restarted, sized (`--threads`) and replicated on its own.
-- More Sanic workers (SANIC_WORKERS=N with Redis, rasa_gpt3.lock_store) add throughput (4.5, 8.5, 12.2 messages/s
+- More Sanic workers (SANIC_WORKERS=N with Redis, rasa_gpt3.lock_store) add throughput (4.5, 8.8, 11.8 messages/s
   for 1, 2, 4 workers), but each worker still blocks while its message waits: at most N model calls are in flight,
-  and p95 stayed 17-22x one message's latency. Workers and the NLU server combine (2 workers + NLU server: 1.8x).
+  and p95 stayed 17-21x one message's latency. Workers and the NLU server combine (2 workers + NLU server: 2.0x).
 - Only the failure path needs a patch of Rasa: its interpreter has no timeout (aiohttp's 300 s) and turns errors
   into an empty parse; interpreter.py bounds it and falls back to `nlu_fallback` with the text kept.
 
