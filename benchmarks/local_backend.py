@@ -10,7 +10,7 @@ For each candidate embedder (--embedders, default all), with the trainer's head:
     logprobs, top_logprobs 5), and the server's own share (openai-processing-ms).
 First, for the default embedder, out-of-scope detection: --oos-intents banking77 intents are held out of training
 (10 shots of the others), thresholds are chosen on held-out train texts (10 per intent) with
-rasa_gpt3.evaluation_threshold (in-scope only, as `evaluate` does on a bot's test split; and with the held-out
+rasa_gpt3.evaluation.threshold (in-scope only, as `evaluate` does on a bot's test split; and with the held-out
 intents' train texts as out-of-scope examples), and applied to the official test split: in-scope accuracy
 (a fallback counts as an error) and out-of-scope recall (share sent to the fallback).
 --full adds the full-train-split job (10,003 examples) of the default embedder.
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from rasa_gpt3 import prompts  # noqa: E402
-from rasa_gpt3.evaluation_threshold import apply_threshold, recommend_threshold  # noqa: E402
+from rasa_gpt3.evaluation.threshold import apply_threshold, recommend_threshold  # noqa: E402
 from rasa_gpt3.local.embedded import EmbeddedServer  # noqa: E402
 from rasa_gpt3.local.embedder import EMBEDDERS, default_embedder_name  # noqa: E402
 from rasa_gpt3.local.model import LocalModel  # noqa: E402

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from rasa_gpt3.evaluation_threshold import apply_threshold, recommend_threshold
+from rasa_gpt3.evaluation.threshold import apply_threshold, recommend_threshold
 
 
 def test_with_out_of_scope_messages_the_threshold_separates_them_from_confident_in_scope_answers():

@@ -85,7 +85,7 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     """Runs the evaluation, asking before a remote API spends money, and prints the tables and where the files are."""
     from pathlib import Path
 
-    from rasa_gpt3.evaluation.report import curve_table, full_run_table
+    from rasa_gpt3.evaluation.report import curve_table, full_run_table, threshold_line
     from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, run_evaluation
 
     if args.models is not None:
@@ -110,6 +110,8 @@ def _run_evaluate(args: argparse.Namespace) -> int:
     evaluation = run_evaluation(options, confirm=lambda plan: confirm_spending(plan.describe(), args.yes))
     results = evaluation.results
     print(full_run_table(results))
+    print()
+    print(threshold_line(results))
     print()
     print(curve_table(results))
     print()

@@ -12,10 +12,11 @@ them, and the baseline about the same held-out messages and says of each model w
 the model in use (`comparison`, whose docstring states the rule and why).
 
 The package (a module imports only modules named before it): `results` (the vocabulary: the two sides, `all`, file
-names, `Prediction`), `samples` (test split and k-shot samples), `metrics`, `baseline` (the bot's own pipeline
-through Rasa), `finetuned` (export, fine-tune, serving calls), `report` (tables, summary, plots, the files),
-`runner` (`run_evaluation`, what the CLI calls), `candidates` (the models `--models` names, their backends and
-label codecs) and `comparison` (`run_comparison`, what `--models` calls).
+names, `Prediction`), `samples` (test split and k-shot samples), `metrics`, `threshold` (the FallbackClassifier
+threshold to recommend), `baseline` (the bot's own pipeline through Rasa), `finetuned` (export, fine-tune, serving
+calls), `report` (tables, summary, plots, the files), `runner` (`run_evaluation`, what the CLI calls), `candidates`
+(the models `--models` names, their backends and label codecs) and `comparison` (`run_comparison`, what `--models`
+calls).
 
 Decisions (the issue is silent on these):
 - Test set: a stratified, seeded hold-out per (full) intent with export's `stratified_split` (an intent with a

@@ -141,6 +141,14 @@ def per_intent_table(results: Dict[str, Any]) -> str:
     return _table(["intent", "support", "baseline P / R / F1", "fine-tuned P / R / F1"], rows)
 
 
+def threshold_line(results: Dict[str, Any]) -> str:
+    """The recommended FallbackClassifier threshold of the run with the most data, as one line for a reader."""
+    recommendation = results.get("recommended_threshold")
+    if not recommendation:
+        return "no FallbackClassifier threshold recommended: the test set has no in-scope messages"
+    return f"{recommendation['system']} side: {recommendation['description']}"
+
+
 def summary_markdown(results: Dict[str, Any]) -> str:
     """The whole summary.md: setup, the full run side by side, the few-shot curve, per-intent scores, totals."""
     data = results["data"]
@@ -178,6 +186,8 @@ def summary_markdown(results: Dict[str, Any]) -> str:
         "## Side by side",
         "",
         full_run_table(results),
+        "",
+        threshold_line(results) + ".",
         "",
         "## Few-shot curve",
         "",

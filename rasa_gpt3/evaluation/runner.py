@@ -24,6 +24,7 @@ from rasa_gpt3.evaluation.metrics import few_shot_curve, summarize_predictions
 from rasa_gpt3.evaluation.report import write_outputs
 from rasa_gpt3.evaluation.results import ALL, BASELINE, FINE_TUNED, RESULTS_VERSION, Prediction, shots_name
 from rasa_gpt3.evaluation.samples import find_out_of_scope_intent, nlu_subset, sample_shots, split_train_test
+from rasa_gpt3.evaluation.threshold import recommend_from_predictions, recommendation_record
 
 # ---------------------------------------------------------------------------------------------- options
 
@@ -348,6 +349,10 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
         "full_run": _full_run_index(results_runs),
         "totals": _totals(results_runs),
     }
+    full = results_runs[results["full_run"]]
+    # the fine-tuned side's confidences in the run with the most data: what the bot's GPT3IntentClassifier would give
+    recommendation = recommend_from_predictions(predictions[(full["shots"], full["repeat"], FINE_TUNED)], oos_intent)
+    results["recommended_threshold"] = recommendation_record(recommendation, FINE_TUNED)
     files = write_outputs(out, results, predictions)
     return Evaluation(results=results, predictions=predictions, files=files)
 

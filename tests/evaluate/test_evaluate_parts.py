@@ -21,6 +21,7 @@ from rasa_gpt3.evaluation.metrics import (
 from rasa_gpt3.evaluation.results import BASELINE, FINE_TUNED, Prediction
 from rasa_gpt3.evaluation.runner import EvaluationOptions, parse_shots, plan_runs
 from rasa_gpt3.evaluation.samples import find_out_of_scope_intent, sample_shots, split_train_test
+from rasa_gpt3.evaluation.threshold import recommend_from_predictions, recommendation_record
 
 FINANCIAL_DEMO = Path(__file__).resolve().parents[1].parent.parent / "shared" / "corpora" / "financial-demo"
 
@@ -328,13 +329,13 @@ def test_few_shot_curve_gives_mean_and_spread_over_repeats():
 # ---------------------------------------------------------------- CLI errors (one line, non-zero, before any work)
 
 
-def _tiny_project(root: Path) -> Path:
+def _tiny_project(root: Path, per_intent: int = 5) -> Path:
     (root / "data").mkdir(parents=True)
     lines = ["version: '3.1'", "nlu:"]
     for intent in ("greet", "goodbye", "out_of_scope"):
         lines.append(f"- intent: {intent}")
         lines.append("  examples: |")
-        lines += [f"    - {intent} sentence {i}" for i in range(5)]
+        lines += [f"    - {intent} sentence {i}" for i in range(per_intent)]
     (root / "data" / "nlu.yml").write_text("\n".join(lines) + "\n")
     (root / "domain.yml").write_text("version: '3.1'\nintents:\n- greet\n- goodbye\n- out_of_scope\n")
     return root
@@ -441,3 +442,56 @@ def test_a_test_file_is_the_test_set_and_all_nlu_data_trains(tmp_path):
     split_options = EvaluationOptions(project=project_dir, out=tmp_path / "out", test_fraction=0.4, seed=1)
     _, split_test, split_source = training_and_test_data(load_project(project_dir), split_options)
     assert len(split_test) == 6 and split_source.startswith("stratified split: 0.4")
+
+
+# ---------------------------------------------------------------- threshold recommendation
+
+
+def test_threshold_counts_out_of_scope_messages_predicted_as_the_out_of_scope_intent_as_rejected():
+    predictions = [
+        Prediction("a", "greet", "greet", 0.9, 1.0, False),
+        Prediction("b", "greet", "greet", 0.8, 1.0, False),
+        Prediction("c", "bye", "greet", 0.4, 1.0, True),
+        # caught by its own intent at any threshold; only the confident wrong guess needs the threshold
+        Prediction("d", "oos", "oos", 0.95, 1.0, False),
+        Prediction("e", "oos", "greet", 0.3, 1.0, True),
+    ]
+    recommendation = recommend_from_predictions(predictions, "oos")
+    assert 0.3 < recommendation.threshold <= 0.8
+    assert recommendation.out_of_scope_recall == 1.0 and recommendation.in_scope_accuracy == pytest.approx(2 / 3)
+    without_oos = recommend_from_predictions(predictions[:3], None)
+    assert without_oos.out_of_scope_recall is None and without_oos.threshold == 0.8
+    assert recommend_from_predictions(predictions[3:], "oos") is None
+    record = recommendation_record(recommendation, FINE_TUNED)
+    assert record["system"] == FINE_TUNED and record["description"] == recommendation.describe()
+
+
+@pytest.mark.slow
+def test_a_small_run_prints_and_stores_the_recommended_threshold(tmp_path, capsys, monkeypatch):
+    import json
+
+    monkeypatch.setenv("RASA_GPT3_LOCAL", "1")
+    monkeypatch.delenv("RASA_GPT3_STATE_DIR", raising=False)
+    project = _tiny_project(tmp_path / "bot", per_intent=8)
+    out = tmp_path / "out"
+    baseline = Path(__file__).with_name("baseline_fast.yml")
+    args = ["--project", str(project), "--baseline", str(baseline), "--shots", "all", "--out", str(out)]
+    code = cli.main(["evaluate", *args, "--test-fraction", "0.25", "--no-progress"])
+    printed, errors = capsys.readouterr()
+    assert code == 0, errors
+    results = json.loads((out / "results.json").read_text())
+    recommended = results["recommended_threshold"]
+    assert recommended["system"] == FINE_TUNED and 0.0 <= recommended["threshold"] <= 1.0
+    # the test split holds out_of_scope messages, so the rule weighs them
+    assert recommended["out_of_scope_recall"] is not None and "out-of-scope recall" in recommended["description"]
+    # recomputed from the fine-tuned side's predictions in predictions.jsonl
+    rows = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    tuned = [
+        Prediction(**{k: v for k, v in row.items() if k not in ("shots", "repeat", "system")})
+        for row in rows
+        if row["system"] == FINE_TUNED
+    ]
+    assert recommended["threshold"] == recommend_from_predictions(tuned, "out_of_scope").threshold
+    line = f"{FINE_TUNED} side: {recommended['description']}"
+    assert line in printed
+    assert line + "." in (out / "summary.md").read_text()

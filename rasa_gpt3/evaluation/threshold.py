@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+from rasa_gpt3.evaluation.results import Prediction
 
 # share of the correctly classified in-scope messages that the threshold must keep when there is no OOS data
 DEFAULT_KEEP = 0.95
@@ -98,6 +100,39 @@ def recommend_threshold(
         out_of_scope_recall=recall,
         rule=rule,
     )
+
+
+def recommend_from_predictions(
+    predictions: Sequence[Prediction], oos_intent: Optional[str], keep: float = DEFAULT_KEEP
+) -> Optional[ThresholdRecommendation]:
+    """The recommendation for one side's predictions, with the messages of `oos_intent` as the out-of-scope set.
+
+    An out-of-scope message predicted as `oos_intent` counts as rejected whatever the threshold (confidence 0), as
+    `metrics.out_of_scope_summary` counts it: the bot answers it with its out-of-scope response, not the fallback.
+    None when every message is out of scope: there is nothing in scope to keep.
+    """
+    in_scope = [(p.confidence, p.correct) for p in predictions if not oos_intent or p.intent != oos_intent]
+    out_of_scope = [
+        0.0 if p.predicted == oos_intent else p.confidence for p in predictions if oos_intent and p.intent == oos_intent
+    ]
+    return recommend_threshold(in_scope, out_of_scope, keep) if in_scope else None
+
+
+def recommendation_record(recommendation: Optional[ThresholdRecommendation], system: str) -> Optional[Dict[str, Any]]:
+    """What results.json holds of `system`'s recommendation: its figures, rounded, and its `describe()` line."""
+    if recommendation is None:
+        return None
+    return {
+        "system": system,
+        "threshold": recommendation.threshold,
+        "in_scope_accuracy": round(recommendation.in_scope_accuracy, 6),
+        "in_scope_fallback_rate": round(recommendation.in_scope_fallback_rate, 6),
+        "out_of_scope_recall": None
+        if recommendation.out_of_scope_recall is None
+        else round(recommendation.out_of_scope_recall, 6),
+        "rule": recommendation.rule,
+        "description": recommendation.describe(),
+    }
 
 
 def _floor2(value: float) -> float:
