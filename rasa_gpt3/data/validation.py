@@ -24,7 +24,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3 import prompts
 from rasa_gpt3.atomic_files import write_atomic
-from rasa_gpt3.data.base_models import BaseModel, cost_text, default_base_model, default_epochs, resolve_base_model
+from rasa_gpt3.data.base_model_spec import cost_text
+from rasa_gpt3.data.base_models import BaseModel, default_base_model, default_epochs, resolve_base_model
 from rasa_gpt3.data.gc_pause import paused_garbage_collection
 from rasa_gpt3.data.labels import one_token_of
 from rasa_gpt3.data.tokens import count_record_tokens, get_encoding

@@ -217,6 +217,11 @@ def progress_bar(enabled: bool, **options: Any) -> Any:
     return tqdm(disable=not enabled, dynamic_ncols=True, **options)
 
 
+def _messages_bar(enabled: bool, total: int, desc: str) -> Any:
+    """The inner bar of one side asking about every test message of a run (under the bar of the runs)."""
+    return progress_bar(enabled, total=total, desc=desc, unit="msg", leave=False, position=1)
+
+
 def import_rasa_quietly() -> None:
     """Imports the parts of Rasa an evaluation uses, without the warnings their imports print."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -278,28 +283,14 @@ def run_evaluation(options: EvaluationOptions, confirm: Optional[Callable[[CostP
                 started = time.perf_counter()
                 model_path = rasa_side.train(sample, run.name)
                 baseline_seconds = time.perf_counter() - started
-                with progress_bar(
-                    options.progress,
-                    total=len(test_examples),
-                    desc=f"{run.name} {BASELINE}",
-                    unit="msg",
-                    leave=False,
-                    position=1,
-                ) as bar:
+                with _messages_bar(options.progress, len(test_examples), f"{run.name} {BASELINE}") as bar:
                     baseline_predictions = rasa_side.predict(model_path, test_examples, bar)
                 shutil.rmtree(work_dir / run.name, ignore_errors=True)
 
                 overall.set_description(f"{run.name}: fine-tuning")
                 model = fine_tuned.train(exports[run], run.seed)
                 calls_before = fine_tuned.caller.calls_sent
-                with progress_bar(
-                    options.progress,
-                    total=len(test_examples),
-                    desc=f"{run.name} {FINE_TUNED}",
-                    unit="msg",
-                    leave=False,
-                    position=1,
-                ) as bar:
+                with _messages_bar(options.progress, len(test_examples), f"{run.name} {FINE_TUNED}") as bar:
                     tuned_predictions = fine_tuned.predict(model, exports[run], test_examples, bar)
                 api_calls = fine_tuned.caller.calls_sent - calls_before
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, Callable, Optional
 
-from rasa_gpt3.data.base_models import BaseModel
+from rasa_gpt3.data.base_model_spec import BaseModel
 from rasa_gpt3.local.lora.errors import BASE_MODEL_NOT_FOUND, NO_CHAT_TEMPLATE, LoraError, require_installed
 
 HF_PREFIX = "hf:"
