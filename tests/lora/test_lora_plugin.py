@@ -25,8 +25,9 @@ from tests.nlu.pipeline_checks import make_workspace, must, rasa_env, run_rasa
 # the module's fixture trains two adapters (about three minutes on two idle cores): more than the default budget
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]
 
-# what makes the tiny random model learn financial-demo's intents in about two minutes on two cores
-INTENT_OPTIONS = ["--epochs", "20", "--batch-size", "16", "--learning-rate-multiplier", "25"]
+# what makes the tiny random model learn financial-demo's intents in a few minutes on two cores (20 epochs reached
+# 0.56 held out, 2.9x the majority share, in one run)
+INTENT_OPTIONS = ["--epochs", "30", "--batch-size", "16", "--learning-rate-multiplier", "25"]
 # the response model only has to generate (real text from the language model), not to be good
 RESPONSE_OPTIONS = ["--epochs", "1", "--batch-size", "16", "--learning-rate-multiplier", "25"]
 
