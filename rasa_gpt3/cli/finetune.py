@@ -286,9 +286,20 @@ def _show_fine_tune_log() -> None:
     """Shows the fine-tune lifecycle's info lines (cost estimate, reuse, upload, job id) on stderr."""
     import logging
 
+    class CurrentStderrHandler(logging.StreamHandler):
+        """Writes to sys.stderr as it is when a line is logged (an in-process run, as in tests, may replace it)."""
+
+        @property
+        def stream(self):
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value) -> None:
+            pass
+
     log = logging.getLogger("rasa_gpt3.finetune")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = CurrentStderrHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)
