@@ -172,20 +172,25 @@ def supervised_hyperparameters(
 
 
 def idempotency_key(
-    fingerprint: str, task: str, base_model: str, hyperparameters: Dict[str, Any], seed: int = DEFAULT_SEED
+    fingerprint: str,
+    task: str,
+    base_model: str,
+    hyperparameters: Dict[str, Any],
+    seed: int = DEFAULT_SEED,
+    lora: Optional[Dict[str, str]] = None,
 ) -> str:
-    """The fine-tune's identity: the same data, task, base model, hyperparameters and seed give the same key."""
-    payload = json.dumps(
-        {
-            "fingerprint": fingerprint,
-            "task": task,
-            "base_model": base_model,
-            "hyperparameters": hyperparameters,
-            "seed": seed,
-        },
-        sort_keys=True,
-        separators=(",", ":"),
-    )
+    """The fine-tune's identity: the same data, task, base model, hyperparameters, seed and LoRA settings give the
+    same key (no LoRA settings: the key an earlier version gave, so its models are still reused)."""
+    identity: Dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "task": task,
+        "base_model": base_model,
+        "hyperparameters": hyperparameters,
+        "seed": seed,
+    }
+    if lora:
+        identity["lora"] = lora
+    payload = json.dumps(identity, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -400,21 +405,28 @@ def ensure_fine_tuned(
     registry: Optional[Registry] = None,
     batch_size: Optional[int] = None,
     learning_rate_multiplier: Optional[float] = None,
+    lora: Optional[Dict[str, str]] = None,
 ) -> FineTuneOutcome:
     """Makes sure a fine-tuned model exists for `exported` (an ExportedTask) and records it in the registry.
 
     Validates, estimates the cost, reuses an identical succeeded model or attaches to an identical running job
     (unless `force`), otherwise checks `max_cost`, uploads (deduplicated), creates the job (batch size and
-    learning rate multiplier "auto" unless given) and, with `wait`, follows it. `progress=None` is quiet (for
+    learning rate multiplier "auto" unless given; `lora`, job metadata from LoraSettings.metadata_from_options, only
+    for an open-weights base model) and, with `wait`, follows it. `progress=None` is quiet (for
     `rasa train`). `registry` is the project's registry when the caller has already read it (read once
     otherwise). Raises DataError, BudgetError or BackendError, each with one line;
     Ctrl-C while waiting raises FollowInterrupted and leaves the job running.
     """
     base_model: BaseModel = exported.base_model
     _check_records(exported)
+    if lora and not base_model.open_weights:
+        raise DataError(
+            f"LoRA settings apply to open-weights base models (--base-model hf:ORG/NAME or a directory), "
+            f"not {base_model.name}"
+        )
     estimate = estimate_cost(exported.train, base_model, epochs)
     hyperparameters = supervised_hyperparameters(estimate.epochs, batch_size, learning_rate_multiplier)
-    key = idempotency_key(exported.fingerprint, exported.task, base_model.name, hyperparameters, seed)
+    key = idempotency_key(exported.fingerprint, exported.task, base_model.name, hyperparameters, seed, lora)
     backend = settings.backend_name
     common = dict(
         task=exported.task, base_model=base_model.name, fingerprint=exported.fingerprint, key=key, estimate=estimate
@@ -454,7 +466,7 @@ def ensure_fine_tuned(
                 seed=seed,
                 suffix=suffix or default_suffix(project_name),
                 method={"type": "supervised", "supervised": {"hyperparameters": hyperparameters}},
-                metadata=job_metadata(exported, project_name, key),
+                metadata={**job_metadata(exported, project_name, key), **(lora or {})},
             )
         except SDK_ERRORS as error:
             # a provider that no longer fine-tunes (for this organisation, or this base model) is not a glitch

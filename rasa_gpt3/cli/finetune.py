@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Dict, List
 
 from rasa_gpt3.cli.arguments import (
     Verbs,
@@ -35,6 +36,7 @@ def add_verbs(verbs: Verbs) -> None:
             "rasa-gpt3 fine-tune --task intent  # again: same data -> reuses the model, no new job",
             "rasa-gpt3 fine-tune --project path/to/bot --task entities --no-wait  # start, print the job id, return",
             "rasa-gpt3 fine-tune --base-model hf:Qwen/Qwen2.5-0.5B-Instruct --task intent  # LoRA on this machine",
+            "rasa-gpt3 fine-tune --base-model ./my-model --lora rank=32 --lora alpha=64  # LoRA's shape",
         ],
     )
     add_project(parser)
@@ -49,6 +51,14 @@ def add_verbs(verbs: Verbs) -> None:
         default=None,
         metavar="X",
         help="scales the base learning rate (default: auto)",
+    )
+    parser.add_argument(
+        "--lora",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a LoRA setting for an open-weights base model, repeatable: rank (default 16), alpha (32), dropout "
+        "(0.05), target_modules (all-linear, or names separated by commas), max_length (1024 tokens)",
     )
     parser.add_argument("--suffix", default=None, metavar="S", help="model name suffix (default: the project's name)")
     parser.add_argument(
@@ -128,6 +138,7 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
     from rasa_gpt3.progress import TqdmProgressBar
 
     check_epochs(args.epochs)  # before the project is even loaded (ensure_fine_tuned checks again)
+    lora = _lora_metadata(args.lora)
     _show_fine_tune_log()
     project = load_project(args.project)
     for line in project.warnings:
@@ -149,6 +160,7 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
             progress=TqdmProgressBar(),
             batch_size=args.batch_size,
             learning_rate_multiplier=args.learning_rate_multiplier,
+            lora=lora,
         )
     except FollowInterrupted as stop:
         print(stop.resume_hint(args.project), file=sys.stderr)
@@ -164,6 +176,15 @@ def _run_fine_tune(args: argparse.Namespace) -> int:
     if outcome.entry is not None or outcome.reused:
         print(f"active {outcome.task} model on {settings.backend_name} in {settings.registry_path.name}")
     return 0
+
+
+def _lora_metadata(options: List[str]) -> Dict[str, str]:
+    """`--lora NAME=VALUE` options as job metadata (checked before the project is loaded)."""
+    if not options:
+        return {}
+    from rasa_gpt3.local.lora.training import LoraSettings
+
+    return LoraSettings.metadata_from_options(options)
 
 
 def _run_follow(args: argparse.Namespace) -> int:

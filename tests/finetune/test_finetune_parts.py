@@ -23,8 +23,11 @@ def test_idempotency_key_is_stable_and_changes_with_every_input():
         finetune.idempotency_key("fp", "intent", "babbage-002", HP),
         finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", finetune.supervised_hyperparameters(4)),
         finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, seed=7),
+        finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, lora={"lora_rank": "8"}),
     }
-    assert key not in others and len(others) == 5
+    assert key not in others and len(others) == 6
+    # no LoRA settings is the key without them: models fine-tuned before `--lora` existed are still reused
+    assert finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, lora={}) == key
 
 
 def test_cost_estimate_counts_tokens_times_epochs_at_the_table_price():

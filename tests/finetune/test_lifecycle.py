@@ -316,6 +316,24 @@ def test_cli_fine_tune_refuses_above_max_cost(remote_env, tiny_bot, capsys):
     assert count(remote_env.client, "files") == 0 and not (tiny_bot / "gpt3_models.yml").exists()
 
 
+@pytest.mark.parametrize(
+    "lora,message",
+    [
+        ("rank=8", "LoRA settings apply to open-weights base models"),  # the remote backend's gpt-4o-mini
+        ("size=8", "--lora takes NAME=VALUE with NAME one of rank, alpha"),
+        ("rank=0", "LoRA settings out of range"),
+    ],
+)
+def test_cli_fine_tune_refuses_lora_settings_it_cannot_apply_before_uploading(
+    remote_env, tiny_bot, capsys, lora, message
+):
+    assert cli.main(["fine-tune", "--project", str(tiny_bot), "--lora", lora]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[-1].startswith("error: ") and message in lines[-1], lines
+    assert count(remote_env.client, "files") == 0 and count(remote_env.client, "jobs") == 0
+    assert not (tiny_bot / "gpt3_models.yml").exists()
+
+
 @pytest.mark.parametrize("epochs", ["-1", "0", "51"])
 def test_cli_fine_tune_refuses_epochs_the_api_would_not_take_before_uploading(remote_env, tiny_bot, capsys, epochs):
     # -1 once printed a negative cost and uploaded before the backend refused; 0 silently meant "auto"

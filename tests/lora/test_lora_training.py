@@ -151,6 +151,18 @@ def test_lora_settings_come_from_job_metadata_strings():
         assert raised.value.code == INVALID_SETTINGS
 
 
+def test_lora_options_of_the_cli_become_the_metadata_a_job_reads():
+    metadata = LoraSettings.metadata_from_options(["rank=8", "alpha = 16", "target-modules=q_proj,v_proj"])
+    assert metadata == {"lora_rank": "8", "lora_alpha": "16", "lora_target_modules": "q_proj,v_proj"}
+    settings = LoraSettings.from_metadata(metadata)
+    assert (settings.rank, settings.alpha, settings.target_modules) == (8, 16, ("q_proj", "v_proj"))
+    assert LoraSettings.metadata_from_options([]) == {}
+    for bad in ("rank", "rank=", "size=8", "rank=big", "dropout=1"):
+        with pytest.raises(LoraError) as raised:
+            LoraSettings.metadata_from_options([bad])
+        assert raised.value.code == INVALID_SETTINGS and "\n" not in raised.value.message
+
+
 def test_target_modules_that_do_not_exist_fail_clearly(tiny_base, tiny_records, tmp_path):
     with pytest.raises(LoraError) as raised:
         _small_run(

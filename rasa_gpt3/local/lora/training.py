@@ -3,8 +3,8 @@
 The job's hyperparameters map directly: n_epochs → num_train_epochs, batch_size → per-device batch size,
 learning_rate_multiplier × BASE_LEARNING_RATE → the AdamW learning rate (linear decay to zero). LoRA's rank,
 alpha, dropout and target modules come from LoraSettings, whose defaults a job's metadata may override
-(`lora_rank`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `max_length`; OpenAI metadata values are
-strings, so strings are read). The job's seed seeds the LoRA initialisation, the shuffling and dropout, so a rerun
+(`lora_rank`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `max_length`, which `rasa-gpt3 fine-tune
+--lora NAME=VALUE` sets; OpenAI metadata values are strings, so strings are read). The job's seed seeds the LoRA initialisation, the shuffling and dropout, so a rerun
 on the same data and machine gives the same adapter.
 
 While it trains, `on_step` gets every optimizer step's train loss and token accuracy over the answer tokens (the
@@ -34,6 +34,15 @@ CHECKPOINTS_DIR = "checkpoints"
 
 StepCallback = Callable[[Dict[str, Any]], None]
 
+# each LoRA setting's name (as `fine-tune --lora NAME=VALUE` takes it) -> its key in a job's metadata
+METADATA_KEYS = {
+    "rank": "lora_rank",
+    "alpha": "lora_alpha",
+    "dropout": "lora_dropout",
+    "target_modules": "lora_target_modules",
+    "max_length": "max_length",
+}
+
 
 @dataclass(frozen=True)
 class LoraSettings:
@@ -51,18 +60,18 @@ class LoraSettings:
         metadata = metadata or {}
         settings = cls()
         readers = {
-            "lora_rank": ("rank", int),
-            "lora_alpha": ("alpha", int),
-            "lora_dropout": ("dropout", float),
-            "max_length": ("max_length", int),
+            METADATA_KEYS["rank"]: ("rank", int),
+            METADATA_KEYS["alpha"]: ("alpha", int),
+            METADATA_KEYS["dropout"]: ("dropout", float),
+            METADATA_KEYS["max_length"]: ("max_length", int),
         }
         for key, (name, kind) in readers.items():
             if metadata.get(key) not in (None, ""):
                 try:
                     settings = replace(settings, **{name: kind(metadata[key])})
                 except (TypeError, ValueError):
-                    raise LoraError(INVALID_SETTINGS, f"metadata {key}={metadata[key]!r} is not a number") from None
-        targets = metadata.get("lora_target_modules")
+                    raise LoraError(INVALID_SETTINGS, f"LoRA setting {key}={metadata[key]!r} is not a number") from None
+        targets = metadata.get(METADATA_KEYS["target_modules"])
         if targets not in (None, ""):
             if isinstance(targets, str) and targets != "all-linear":
                 targets = tuple(part.strip() for part in targets.split(",") if part.strip())
@@ -75,6 +84,22 @@ class LoraSettings:
                 f"max_length {settings.max_length} >= 8",
             )
         return settings
+
+    @classmethod
+    def metadata_from_options(cls, options: Sequence[str]) -> Dict[str, str]:
+        """`NAME=VALUE` options (`fine-tune --lora rank=32`) as job metadata, checked the way a job will read them."""
+        metadata: Dict[str, str] = {}
+        for option in options:
+            name, equals, value = option.partition("=")
+            name, value = name.strip().replace("-", "_"), value.strip()
+            if not equals or name not in METADATA_KEYS or not value:
+                raise LoraError(
+                    INVALID_SETTINGS,
+                    f"--lora takes NAME=VALUE with NAME one of {', '.join(METADATA_KEYS)}, not {option!r}",
+                )
+            metadata[METADATA_KEYS[name]] = value
+        cls.from_metadata(metadata)
+        return metadata
 
     def as_dict(self) -> Dict[str, Any]:
         """The settings as a job or model reports them."""
