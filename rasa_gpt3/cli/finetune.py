@@ -30,7 +30,7 @@ def add_verbs(verbs: Verbs) -> None:
         description="Exports the task exactly as `rasa-gpt3 export` does and stops on validation errors, estimates "
         "the cost and refuses above --max-cost before anything is uploaded, uploads, starts the job, follows it "
         "with a progress bar and makes the new model the project's active one in gpt3_models.yml. Idempotent: the "
-        "same data, task, base model and hyperparameters reuse the existing model or job.",
+        "same data, task, base model, hyperparameters and LoRA settings reuse the existing model or job.",
         examples=[
             "rasa-gpt3 fine-tune --task intent --max-cost 2.00  # export, check, estimate, upload, train, register",
             "rasa-gpt3 fine-tune --task intent  # again: same data -> reuses the model, no new job",
