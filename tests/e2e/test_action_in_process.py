@@ -15,6 +15,7 @@ from rasa_sdk.executor import CollectingDispatcher
 
 from rasa_gpt3.actions import ActionGPT3Fallback
 from rasa_gpt3.actions.fallback_config import ENV_CONFIG, ENV_PROJECT
+from tests.actions.trackers import fallback_tracker
 
 pytestmark = pytest.mark.slow
 
@@ -45,16 +46,8 @@ def action_env(e2e_project, monkeypatch):
 
 
 def _tracker(text: str, **parse_extra: Any) -> Tracker:
-    latest = {
-        "text": text,
-        "intent": {"name": "nlu_fallback", "confidence": 0.4},
-        "intent_ranking": [{"name": "nlu_fallback", "confidence": 0.4}],
-        "entities": [],
-        **parse_extra,
-    }
-    events = [{"event": "action", "name": "action_listen"}, {"event": "user", "text": text, "parse_data": latest}]
-    return Tracker(
-        "in-process", {"account_type": "checking", "card_type": None}, latest, events, False, None, {}, "action_listen"
+    return fallback_tracker(
+        text, sender="in-process", slots={"account_type": "checking", "card_type": None}, **parse_extra
     )
 
 

@@ -19,6 +19,7 @@ from typing import Any, Dict, List
 import pytest
 import yaml
 
+from tests.actions.trackers import fallback_tracker
 from tests.conftest import FINANCIAL_DEMO
 from tests.nlu.pipeline_checks import make_workspace, must, rasa_env, run_rasa
 
@@ -180,19 +181,6 @@ def test_models_export_writes_the_adapter_and_says_how_to_serve_it(lora_bot, tin
     )
 
 
-def _tracker(text: str):
-    from rasa_sdk import Tracker
-
-    latest = {
-        "text": text,
-        "intent": {"name": "nlu_fallback", "confidence": 0.4},
-        "intent_ranking": [{"name": "nlu_fallback", "confidence": 0.4}],
-        "entities": [],
-    }
-    events = [{"event": "action", "name": "action_listen"}, {"event": "user", "text": text, "parse_data": latest}]
-    return Tracker("lora", {}, latest, events, False, None, {}, "action_listen")
-
-
 def test_the_fallback_action_generates_with_the_lora_response_model(lora_bot, monkeypatch, tmp_path):
     from rasa.shared.core.domain import Domain
     from rasa_sdk.executor import CollectingDispatcher
@@ -213,8 +201,8 @@ def test_the_fallback_action_generates_with_the_lora_response_model(lora_bot, mo
         path = tmp_path / "gpt3_fallback.yml"
         path.write_text(yaml.safe_dump({"reclassify": False, "history": 1, "timeout": 60.0, **settings}))
         monkeypatch.setenv(ENV_CONFIG, str(path))
-        dispatcher = CollectingDispatcher()
-        loop.run_until_complete(ActionGPT3Fallback().run(dispatcher, _tracker("can you tell me a joke"), domain))
+        dispatcher, tracker = CollectingDispatcher(), fallback_tracker("can you tell me a joke", sender="lora")
+        loop.run_until_complete(ActionGPT3Fallback().run(dispatcher, tracker, domain))
         (message,) = dispatcher.messages
         return message
 
