@@ -33,7 +33,7 @@ import urllib.request
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 from rasa_gpt3.entry_point import exit_code_of
 from rasa_gpt3.errors import ProjectError, RasaGPT3Error
@@ -228,6 +228,23 @@ def start_server(name: str, command: Sequence[str], cwd: Path, log: Path, url: s
             list(command), cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env, stdin=subprocess.DEVNULL
         )
     return Server(name, process, url, log)
+
+
+def rasa_run_command(
+    port: int,
+    archive: Union[str, Path],
+    endpoints: Union[str, Path, None] = None,
+    credentials: Union[str, Path] = "credentials.yml",
+) -> List[str]:
+    """The command line of `rasa run --enable-api` on 127.0.0.1:`port` serving the model `archive`, in this Python.
+
+    `endpoints` and `credentials` are paths as the server's working directory sees them (no endpoints: left out).
+    """
+    command = [sys.executable, "-m", "rasa", "run", "--enable-api", "-i", "127.0.0.1", "-p", str(port)]
+    command += ["-m", str(archive)]
+    if endpoints is not None:
+        command += ["--endpoints", str(endpoints)]
+    return command + ["--credentials", str(credentials)]
 
 
 def http_json(method: str, url: str, body: Any = None, timeout: float = REQUEST_TIMEOUT) -> Any:
@@ -441,23 +458,7 @@ def run_demo(project: Path, say=_say, diet_only: bool = True) -> int:
         servers = {}
         for name, archive in archives.items():
             port = free_port()
-            command = [
-                sys.executable,
-                "-m",
-                "rasa",
-                "run",
-                "--enable-api",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-m",
-                str(archive),
-                "--endpoints",
-                str(endpoints),
-                "--credentials",
-                "credentials.yml",
-            ]
+            command = rasa_run_command(port, archive, endpoints)
             servers[name] = start_server(
                 f"rasa run ({name})", command, project, demo_dir / f"rasa_{name}.log", f"http://127.0.0.1:{port}", env
             )

@@ -49,6 +49,12 @@ ENV_EMBEDDER = "RASA_GPT3_EMBEDDER"
 # sentences per locked encode call: long enough to batch, short enough that a live request waits little
 _CHUNK = 128
 
+# what an embedder's fit() learns and its encode() reads back: named arrays, stored with the model
+State = Dict[str, np.ndarray]
+# fit()'s optional arguments: the texts' intent labels, and whether to give up (a cancelled job)
+Labels = Optional[Sequence[str]]
+StopCheck = Optional[Callable[[], bool]]
+
 logger = logging.getLogger(__name__)
 
 
@@ -74,6 +80,16 @@ def _warn_fallback() -> None:
         minilm.INSTALL_HINT,
         FALLBACK_EMBEDDER,
     )
+
+
+def _non_blank(texts: Sequence[str]) -> List[str]:
+    """`texts` as a list, each blank one replaced by "." (an encoder needs at least one token)."""
+    return [text if text.strip() else "." for text in texts]
+
+
+def _no_rows(dimension: int) -> np.ndarray:
+    """The encoding of no texts: an empty float32 array of `dimension` columns."""
+    return np.zeros((0, dimension), dtype=np.float32)
 
 
 class _SharedEncoder:
@@ -106,20 +122,15 @@ class _SharedEncoder:
             self._model = self._load()
         return self._model
 
-    def fit(
-        self,
-        texts: Sequence[str],
-        labels: Optional[Sequence[str]] = None,
-        should_stop: Optional[Callable[[], bool]] = None,
-    ) -> Dict[str, np.ndarray]:
+    def fit(self, texts: Sequence[str], labels: Labels = None, should_stop: StopCheck = None) -> State:
         """Nothing to learn: returns an empty state."""
         return {}
 
-    def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], state: Optional[State] = None) -> np.ndarray:
         """Unit vectors for `texts`, shape (len(texts), dimension), float32."""
-        texts = [text if text.strip() else "." for text in texts]
+        texts = _non_blank(texts)
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return _no_rows(self.dimension)
         if len(texts) == 1:
             with self._lock:
                 cached = self._cache.get(texts[0])
@@ -134,12 +145,17 @@ class _SharedEncoder:
             return vector
         return self._encode(texts)
 
-    def _encode(self, texts: List[str]) -> np.ndarray:
+    def in_chunks(self, encode_chunk: Callable[[List[str]], np.ndarray], texts: List[str]) -> np.ndarray:
+        """`encode_chunk` over `texts` a chunk at a time, each call holding the model's lock, the rows stacked."""
         parts = []
         for start in range(0, len(texts), self.chunk):
             with self._lock:
-                parts.append(self._encode_chunk(self._loaded(), texts[start : start + self.chunk]))
-        vectors = np.vstack(parts)
+                parts.append(encode_chunk(texts[start : start + self.chunk]))
+        return np.vstack(parts)
+
+    def _encode(self, texts: List[str]) -> np.ndarray:
+        # the lambda runs under the lock in_chunks holds, as _loaded() requires
+        vectors = self.in_chunks(lambda chunk: self._encode_chunk(self._loaded(), chunk), texts)
         norms = np.linalg.norm(vectors, axis=1, keepdims=True)
         return vectors / np.maximum(norms, 1e-12)
 
@@ -188,12 +204,7 @@ class TunedMiniLM:
         self.base = base
         self._encoders: Dict[int, tuple] = {}
 
-    def fit(
-        self,
-        texts: Sequence[str],
-        labels: Optional[Sequence[str]] = None,
-        should_stop: Optional[Callable[[], bool]] = None,
-    ) -> Dict[str, np.ndarray]:
+    def fit(self, texts: Sequence[str], labels: Labels = None, should_stop: StopCheck = None) -> State:
         """The tuned layers as arrays (empty without labels: retrieval models use the pretrained encoder)."""
         if labels is None or len(set(labels)) < 2:
             return {}
@@ -201,15 +212,15 @@ class TunedMiniLM:
 
         return tune_layers(minilm.shared_encoder(), list(texts), list(labels), should_stop=should_stop)
 
-    def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None) -> np.ndarray:
+    def encode(self, texts: Sequence[str], state: Optional[State] = None) -> np.ndarray:
         """Unit vectors from the tuned layers in `state` (the pretrained ones when it has none)."""
         from rasa_gpt3.local.minilm_tuning import TUNED_PREFIX, arrays_to_layers
 
         if not state or f"{TUNED_PREFIX}0_0" not in state:
             return self.base.encode(texts, state)
-        texts = [text if text.strip() else "." for text in texts]
+        texts = _non_blank(texts)
         if not texts:
-            return np.zeros((0, self.dimension), dtype=np.float32)
+            return _no_rows(self.dimension)
         key = id(state[f"{TUNED_PREFIX}0_0"])
         with self.base._lock:
             entry = self._encoders.get(key)
@@ -222,11 +233,7 @@ class TunedMiniLM:
                 )
                 self._encoders[key] = entry
             encoder = entry[1]
-        parts = []
-        for start in range(0, len(texts), self.base.chunk):
-            with self.base._lock:
-                parts.append(encoder.encode(texts[start : start + self.base.chunk]))
-        return np.vstack(parts)
+        return self.base.in_chunks(encoder.encode, texts)
 
 
 class CharTfidf:
@@ -238,12 +245,7 @@ class CharTfidf:
     similarity_threshold = 0.2
     weight = 1.0
 
-    def fit(
-        self,
-        texts: Sequence[str],
-        labels: Optional[Sequence[str]] = None,
-        should_stop: Optional[Callable[[], bool]] = None,
-    ) -> Dict[str, np.ndarray]:
+    def fit(self, texts: Sequence[str], labels: Labels = None, should_stop: StopCheck = None) -> State:
         """Learns the n-gram vocabulary and idf weights of `texts`; returns them as arrays to store."""
         from sklearn.feature_extraction.text import TfidfVectorizer
 
@@ -254,7 +256,7 @@ class CharTfidf:
         vocabulary = sorted(vectorizer.vocabulary_, key=vectorizer.vocabulary_.get)
         return {"tfidf_vocabulary": np.array(vocabulary, dtype=object).astype(str), "tfidf_idf": vectorizer.idf_}
 
-    def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None):
+    def encode(self, texts: Sequence[str], state: Optional[State] = None):
         """Sparse unit rows for `texts` in the fitted vocabulary (a scipy CSR matrix)."""
         from sklearn.preprocessing import normalize
 
@@ -300,19 +302,14 @@ class Concatenated:
         self.scales = [np.float32(part.weight / total) for part in self.parts]
         self.similarity_threshold = similarity_threshold(self.name)
 
-    def fit(
-        self,
-        texts: Sequence[str],
-        labels: Optional[Sequence[str]] = None,
-        should_stop: Optional[Callable[[], bool]] = None,
-    ) -> Dict[str, np.ndarray]:
+    def fit(self, texts: Sequence[str], labels: Labels = None, should_stop: StopCheck = None) -> State:
         """The parts' fitted states together (TF-IDF's vocabulary, tuned MiniLM layers)."""
-        state: Dict[str, np.ndarray] = {}
+        state: State = {}
         for part in self.parts:
             state.update(part.fit(texts, labels, should_stop))
         return state
 
-    def encode(self, texts: Sequence[str], state: Optional[Dict[str, np.ndarray]] = None):
+    def encode(self, texts: Sequence[str], state: Optional[State] = None):
         """The parts' rows side by side, scaled: a dense array, or a scipy CSR matrix when a part is sparse."""
         blocks = [part.encode(texts, state) * scale for part, scale in zip(self.parts, self.scales)]
         if not any(hasattr(block, "tocsr") for block in blocks):

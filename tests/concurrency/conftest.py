@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import pytest
 
-from rasa_gpt3.demo import Server, fine_tune_models, free_port, rasa_train, start_server, wait_ready
+from rasa_gpt3.demo import Server, fine_tune_models, free_port, rasa_run_command, rasa_train, start_server, wait_ready
 from tests.e2e.conftest import EXAMPLE_BOT, NOT_COPIED
 
 CONFIG = "config_gpt3_only.yml"
@@ -71,28 +71,7 @@ class LocalBot:
     def rasa_run(self, name: str, endpoints: str, env: Optional[Dict[str, str]] = None) -> Server:
         """`rasa run --enable-api` on the GPT-only model with `endpoints` (a file name in the project)."""
         port = free_port()
-        return self.start(
-            name,
-            [
-                sys.executable,
-                "-m",
-                "rasa",
-                "run",
-                "--enable-api",
-                "-i",
-                "127.0.0.1",
-                "-p",
-                str(port),
-                "-m",
-                str(self.archive),
-                "--endpoints",
-                endpoints,
-                "--credentials",
-                "credentials.yml",
-            ],
-            port,
-            env,
-        )
+        return self.start(name, rasa_run_command(port, self.archive, endpoints), port, env)
 
     def write(self, name: str, text: str) -> str:
         """Writes a file into the project; returns its name."""

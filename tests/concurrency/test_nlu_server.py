@@ -21,7 +21,7 @@ from typing import Any, Dict
 
 import pytest
 
-from rasa_gpt3.demo import Server, free_port, http_json, start_server, wait_ready
+from rasa_gpt3.demo import Server, free_port, http_json, rasa_run_command, start_server, wait_ready
 from rasa_gpt3.nlu_server.fallback import RECORD_KEY
 from tests.concurrency.conftest import local_env, wait_for
 from tests.e2e.conftest import RasaServer
@@ -93,23 +93,7 @@ def deployment(local_bot):
     )
     core = start_server(
         "rasa run",
-        [
-            sys.executable,
-            "-m",
-            "rasa",
-            "run",
-            "--enable-api",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(core_port),
-            "-m",
-            str(local_bot.archive),
-            "--endpoints",
-            endpoints,
-            "--credentials",
-            "credentials.yml",
-        ],
+        rasa_run_command(core_port, local_bot.archive, endpoints),
         project,
         project / "rasa_nlu_server.log",
         f"http://127.0.0.1:{core_port}",

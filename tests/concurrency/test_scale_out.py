@@ -10,14 +10,13 @@ the other's turn. Every conversation must end with its own values, each turn onc
 
 from __future__ import annotations
 
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
 
-from rasa_gpt3.demo import free_port, start_server, wait_ready
+from rasa_gpt3.demo import free_port, rasa_run_command, start_server, wait_ready
 from tests.concurrency.conftest import local_env, wait_for
 from tests.e2e.conftest import RasaServer
 
@@ -55,23 +54,7 @@ def workers(local_bot, redis_port):
     port = free_port()
     server = start_server(
         "rasa run (workers)",
-        [
-            sys.executable,
-            "-m",
-            "rasa",
-            "run",
-            "--enable-api",
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(port),
-            "-m",
-            str(local_bot.archive),
-            "--endpoints",
-            endpoints,
-            "--credentials",
-            "credentials.yml",
-        ],
+        rasa_run_command(port, local_bot.archive, endpoints),
         project,
         project / "rasa_workers.log",
         f"http://127.0.0.1:{port}",

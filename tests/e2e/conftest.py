@@ -25,7 +25,16 @@ from typing import Any, Dict, List, Optional
 import httpx
 import pytest
 
-from rasa_gpt3.demo import Server, diet_only_config, free_port, http_json, log_tail, start_server, wait_ready
+from rasa_gpt3.demo import (
+    Server,
+    diet_only_config,
+    free_port,
+    http_json,
+    log_tail,
+    rasa_run_command,
+    start_server,
+    wait_ready,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLE_BOT = REPO / "example_bot"
@@ -210,23 +219,7 @@ def e2e_servers(e2e_bot: Bot):
             port = free_port()
             server = start_server(
                 f"rasa run ({name})",
-                [
-                    sys.executable,
-                    "-m",
-                    "rasa",
-                    "run",
-                    "--enable-api",
-                    "-i",
-                    "127.0.0.1",
-                    "-p",
-                    str(port),
-                    "-m",
-                    str(archive),
-                    "--endpoints",
-                    "endpoints_e2e.yml",
-                    "--credentials",
-                    "credentials.yml",
-                ],
+                rasa_run_command(port, archive, "endpoints_e2e.yml"),
                 project,
                 project / f"rasa_{name}.log",
                 f"http://127.0.0.1:{port}",

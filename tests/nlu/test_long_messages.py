@@ -4,11 +4,10 @@ backend, and no failure for the circuit breaker, so one user's pasted megabyte c
 from __future__ import annotations
 
 import asyncio
-import sys
 
 import pytest
 
-from rasa_gpt3.demo import free_port, http_json, start_server, wait_ready
+from rasa_gpt3.demo import free_port, http_json, rasa_run_command, start_server, wait_ready
 from rasa_gpt3.inference.calls import DEFAULT_MAX_MESSAGE_CHARS
 from rasa_gpt3.inference.entities import extract_entities, extract_entities_async
 from rasa_gpt3.inference.intents import classify, classify_async
@@ -76,22 +75,9 @@ def rasa_server(tiny_bot, tmp_path_factory):
     credentials = work / "credentials.yml"
     credentials.write_text("rest:\n", encoding="utf-8")
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "rasa",
-        "run",
-        "--enable-api",
-        "-i",
-        "127.0.0.1",
-        "-p",
-        str(port),
-        "-m",
-        str(model),
-    ]
     server = start_server(
         "rasa run",
-        [*command, "--credentials", str(credentials)],
+        rasa_run_command(port, model, credentials=credentials),
         tiny_bot.project,
         work / "rasa.log",
         f"http://127.0.0.1:{port}",
