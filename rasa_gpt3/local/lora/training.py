@@ -4,8 +4,8 @@ The job's hyperparameters map directly: n_epochs → num_train_epochs, batch_siz
 learning_rate_multiplier × BASE_LEARNING_RATE → the AdamW learning rate (linear decay to zero). LoRA's rank,
 alpha, dropout and target modules come from LoraSettings, whose defaults a job's metadata may override
 (`lora_rank`, `lora_alpha`, `lora_dropout`, `lora_target_modules`, `max_length`, which `rasa-gpt3 fine-tune
---lora NAME=VALUE` sets; OpenAI metadata values are strings, so strings are read). The job's seed seeds the LoRA initialisation, the shuffling and dropout, so a rerun
-on the same data and machine gives the same adapter.
+--lora NAME=VALUE` sets; OpenAI metadata values are strings, so strings are read). The job's seed seeds the LoRA
+initialisation, the shuffling and dropout, so a rerun on the same data and machine gives the same adapter.
 
 While it trains, `on_step` gets every optimizer step's train loss and token accuracy over the answer tokens (the
 same dict keys as the stand-in trainer of rasa_gpt3.local.trainer), `on_epoch` gets each epoch's full validation
