@@ -230,6 +230,13 @@ def start_server(name: str, command: Sequence[str], cwd: Path, log: Path, url: s
     return Server(name, process, url, log)
 
 
+def start_action_server(project: Path, log: Path, env: Dict[str, str]) -> Server:
+    """Starts the project's action server (`python -m rasa_sdk`, what `rasa run actions` runs) on a free port."""
+    port = free_port()
+    command = [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(port)]
+    return start_server("action server", command, project, log, f"http://127.0.0.1:{port}", env)
+
+
 def rasa_run_command(
     port: int,
     archive: Union[str, Path],
@@ -441,20 +448,12 @@ def run_demo(project: Path, say=_say, diet_only: bool = True) -> int:
 
     say("\n[3/4] starting the action server and Rasa on 127.0.0.1")
     with ExitStack() as stack:
-        action_port = free_port()
-        actions = start_server(
-            "action server",
-            [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(action_port)],
-            project,
-            demo_dir / "actions.log",
-            f"http://127.0.0.1:{action_port}",
-            env,
-        )
+        actions = start_action_server(project, demo_dir / "actions.log", env)
         stack.callback(actions.stop)
         endpoints = demo_dir / "endpoints.yml"
         from rasa_gpt3.atomic_files import write_atomic
 
-        write_atomic(endpoints, f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n')
+        write_atomic(endpoints, f'action_endpoint:\n  url: "{actions.url}/webhook"\n')
         servers = {}
         for name, archive in archives.items():
             port = free_port()

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,16 @@ from typing import Dict, Optional
 
 import pytest
 
-from rasa_gpt3.demo import Server, fine_tune_models, free_port, rasa_run_command, rasa_train, start_server, wait_ready
+from rasa_gpt3.demo import (
+    Server,
+    fine_tune_models,
+    free_port,
+    rasa_run_command,
+    rasa_train,
+    start_action_server,
+    start_server,
+    wait_ready,
+)
 from tests.e2e.conftest import EXAMPLE_BOT, NOT_COPIED
 
 CONFIG = "config_gpt3_only.yml"
@@ -92,18 +100,10 @@ def local_bot(tmp_path_factory):
     # this process's backend trained the models; from here on each child process serves them itself
     stop_server(Settings(project_dir=project).local_state_dir)
     archive = rasa_train(project, project / CONFIG, project / "models", project / "train.log", env)
-    port = free_port()
-    actions = start_server(
-        "action server",
-        [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(port)],
-        project,
-        project / "actions.log",
-        f"http://127.0.0.1:{port}",
-        env,
-    )
+    actions = start_action_server(project, project / "actions.log", env)
     try:
         wait_ready(actions, "/health")
-        yield LocalBot(project, archive, f"http://127.0.0.1:{port}/webhook")
+        yield LocalBot(project, archive, f"{actions.url}/webhook")
     finally:
         actions.stop()
 

@@ -32,6 +32,7 @@ from rasa_gpt3.demo import (
     http_json,
     log_tail,
     rasa_run_command,
+    start_action_server,
     start_server,
     wait_ready,
 )
@@ -200,19 +201,11 @@ def e2e_bot(e2e_project: Bot) -> Bot:
 def e2e_servers(e2e_bot: Bot):
     """The action server and one Rasa server per pipeline, started together (their model loads overlap)."""
     project = e2e_bot.project
-    action_port = free_port()
-    actions = start_server(
-        "action server",
-        [sys.executable, "-m", "rasa_sdk", "--actions", "actions", "--port", str(action_port)],
-        project,
-        project / "actions.log",
-        f"http://127.0.0.1:{action_port}",
-        e2e_bot.env,
-    )
+    actions = start_action_server(project, project / "actions.log", e2e_bot.env)
     started = [actions]
     try:
         (project / "endpoints_e2e.yml").write_text(
-            f'action_endpoint:\n  url: "http://127.0.0.1:{action_port}/webhook"\n', encoding="utf-8"
+            f'action_endpoint:\n  url: "{actions.url}/webhook"\n', encoding="utf-8"
         )
         servers = {}
         for name, archive in e2e_bot.archives.items():
