@@ -199,7 +199,8 @@ def classify_all(texts, intent_model, base_url: str):
 
 
 def classify_locally(host, adapter_dir: Path, texts, intent_model) -> List[Optional[str]]:
-    """The top intent of each text with the same adapter on the local backend's AdapterHost."""
+    """The top intent of each text with the same adapter on the local backend's AdapterHost (the fallback intent
+    when the top token is no label)."""
     from rasa_gpt3.local.lora.adapter_files import read_adapter
 
     adapter = read_adapter(adapter_dir)
@@ -208,7 +209,8 @@ def classify_locally(host, adapter_dir: Path, texts, intent_model) -> List[Optio
         request = intent_model.request_body(text)
         generation = host.generate(adapter, messages=request["messages"], max_tokens=1, top_logprobs=20)
         found = intent_model.intents_for_token(generation.tokens[0]) if generation.tokens else ()
-        found_intents.append(found[0] if found else None)
+        # as classify answers a token that is no label (outcome unknown_label)
+        found_intents.append(found[0] if found else intent_model.fallback_intent)
     return found_intents
 
 
