@@ -57,10 +57,12 @@ class FallbackConfig:
     breaker_cooldown: float = 30.0
     # a longer user message is never sent to a model (see rasa_gpt3.inference.calls.DEFAULT_MAX_MESSAGE_CHARS)
     max_message_chars: int = DEFAULT_MAX_MESSAGE_CHARS
-    # explicit model ids (else environment, else the registry) and the record format of models the registry lacks
+    # explicit model ids (else environment, else the registry); for a model the registry lacks (one served by vLLM,
+    # say) its base model, whose tokenizer decides the intent labels, and the record format (else the base model's)
     intent_model: Optional[str] = None
     entities_model: Optional[str] = None
     response_model: Optional[str] = None
+    base_model: Optional[str] = None
     format: Optional[str] = None
 
     @classmethod
@@ -108,7 +110,7 @@ class FallbackConfig:
 
 def _checked(key: str, value: Any, default: Any, where: str) -> Any:
     """`value` converted to the type of the setting's default; FallbackConfigError when it cannot be."""
-    if key in ("answer_slot", "intent_model", "entities_model", "response_model", "format"):
+    if key in ("answer_slot", "intent_model", "entities_model", "response_model", "base_model", "format"):
         if value is None or isinstance(value, str):
             return value or None
         raise FallbackConfigError(f"{where}: {key} must be a string")

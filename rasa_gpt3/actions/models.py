@@ -5,7 +5,8 @@ Model ids: the config's `intent_model` / `entities_model` / `response_model`, el
 (`gpt3_models.yml`, re-read when it changes). A model within 60 days of its shutdown date gets one warning line at
 start-up; a model past it one error line, and the action does without it (`rasa_gpt3.model_lifecycle`). The
 intent model's label codec and the known entity types come from the bot's own training data, exported as for
-fine-tuning.
+fine-tuning for the model's base model: the registry's, else the config's `base_model` (a model the registry does
+not know, one served by vLLM say, needs it when its base model is not gpt-4o-mini), else that of an `ft:` id.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -23,7 +24,7 @@ from rasa_gpt3.errors import first_line
 from rasa_gpt3.inference.calls import BoundedCaller, CallPolicy, caller_for
 from rasa_gpt3.inference.entities import EntityModel
 from rasa_gpt3.inference.intents import IntentModel
-from rasa_gpt3.nlu.task_model import TaskModel
+from rasa_gpt3.nlu.task_model import TaskModel, configured_base_model
 from rasa_gpt3.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -42,6 +43,7 @@ class ModelChoice(NamedTuple):
     fmt: str
     base_model: Optional[str]
     fingerprint: Optional[str]
+    registered: bool = True  # False: named in the config or environment, unknown to the registry
 
 
 @dataclass(frozen=True)
@@ -170,9 +172,15 @@ class ModelLoader:
         entry = registry.find(task, backend, model=explicit) if explicit else registry.active(task, backend)
         if entry is None and not explicit:
             return None
-        fmt = (entry.format if entry else None) or self.config.format or prompts.FORMATS[0]
         if entry is None:
-            return ModelChoice(str(explicit), fmt, None, None)
+            from rasa_gpt3.data.export import resolve_format_and_model
+
+            # a model the registry does not know (one served by vLLM, say): its base model's tokenizer decides the
+            # intent labels and its format the records, as for the NLU components' `model` and `base_model`
+            base_model = configured_base_model({"base_model": self.config.base_model, "model": explicit})
+            fmt, _ = resolve_format_and_model(self.config.format, base_model)
+            return ModelChoice(str(explicit), fmt, base_model, None, registered=False)
+        fmt = entry.format or self.config.format or prompts.FORMATS[0]
         return ModelChoice(entry.model, fmt, entry.base_model, entry.fingerprint)
 
     def _task_model(self, task: str, registry: Any, backend: str) -> Optional[TaskModel]:
@@ -190,7 +198,10 @@ class ModelLoader:
                 choice.model,
                 task,
             )
-        return TaskModel.from_export(exported, choice.model, backend, self._project().nlu)
+        served = TaskModel.from_export(exported, choice.model, backend, self._project().nlu)
+        # an unregistered model without a known base was exported for the default base model, a guess at its
+        # labels: no provider's shutdown date follows from that guess (a model served by vLLM would be dropped)
+        return served if choice.registered or choice.base_model else replace(served, base_model=None)
 
     @staticmethod
     def _prepare_sdk(settings: Settings) -> None:

@@ -146,7 +146,7 @@ def fingerprint_addon(task: str, config: Dict[str, Any]) -> str:
     except RasaGPT3Error:
         active = "unreadable"  # train() reports the broken registry with its own message
     # entering the last 60 days or passing the shutdown date retrains the component, so `rasa train` says so
-    base = (entry.base_model if entry is not None else None) or _base_model_name(config) or "gpt-4o-mini"
+    base = (entry.base_model if entry is not None else None) or configured_base_model(config) or "gpt-4o-mini"
     try:
         shutdown = schedule_state(base, settings.backend_name)
     except RasaGPT3Error:
@@ -163,7 +163,8 @@ def fingerprint_addon(task: str, config: Dict[str, Any]) -> str:
     )
 
 
-def _base_model_name(config: Dict[str, Any]) -> Optional[str]:
+def configured_base_model(config: Dict[str, Any]) -> Optional[str]:
+    """The config's `base_model`, else the base of its `model` when that is a fine-tuned id (`ft:<base>:...`)."""
     if config.get("base_model"):
         return config["base_model"]
     model = config.get("model")
@@ -195,7 +196,7 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
     from rasa_gpt3.registry import Registry
 
     settings = settings_from_config(config)
-    exported = export_task(task, training_data, fmt=config.get("format"), base_model=_base_model_name(config))
+    exported = export_task(task, training_data, fmt=config.get("format"), base_model=configured_base_model(config))
     backend = settings.backend_name
     explicit = config.get("model")
     registry = Registry.load(settings.registry_path)

@@ -152,6 +152,8 @@ def test_an_adapter_read_into_arrays_and_written_back_answers_the_same(host, tra
     assert host.unload_adapter(weights) and not host.unload_adapter(weights)
     text = vllm_instructions("ORG/tiny", "bot-intents", tmp_path / "export", rank=32)
     assert "--enable-lora" in text and "--max-logprobs 20" in text and "--max-lora-rank 32" in text
+    # the bot names the base model as the local backend does, so its components read the answers with its labels
+    assert "`model: bot-intents` with `base_model: hf:ORG/tiny`" in text
 
 
 def test_weights_that_do_not_fit_the_base_model_are_refused_and_leave_the_others(host, trained, tmp_path):

@@ -74,14 +74,28 @@ def write_adapter(
 
 
 def vllm_instructions(
-    base_model_name: str, served_name: str, out_dir: Union[str, Path], rank: int = 16, port: int = 8000
+    base_model_name: str,
+    served_name: str,
+    out_dir: Union[str, Path],
+    rank: int = 16,
+    port: int = 8000,
+    bot_base_model: Optional[str] = None,
 ) -> str:
-    """How to serve an exported adapter with vLLM and point the bot at it (printed after an export)."""
+    """How to serve an exported adapter with vLLM and point the bot at it (printed after an export).
+
+    `bot_base_model` is the base model as the bot names it (`hf:ORG/NAME` or a directory; default: derived from
+    `base_model_name`): the components and the fallback action need it, as the registry does not know the served
+    name, to read the model's answers with the labels of its tokenizer rather than gpt-4o-mini's.
+    """
+    if bot_base_model is None:
+        is_directory = Path(base_model_name).expanduser().is_dir()
+        bot_base_model = base_model_name if is_directory else f"hf:{base_model_name}"
     # vLLM refuses adapters above its --max-lora-rank, 16 by default
     rank_option = f" --max-lora-rank {rank}" if rank > 16 else ""
     return (
         f"Serve it:  vllm serve {base_model_name} --enable-lora --lora-modules {served_name}={Path(out_dir)} "
         f"--max-logprobs 20{rank_option} --port {port}\n"
-        f"Point the bot at it:  OPENAI_BASE_URL=http://127.0.0.1:{port}/v1 and `model: {served_name}` in the "
-        "component's config"
+        f"Point the bot at it:  OPENAI_BASE_URL=http://127.0.0.1:{port}/v1, and `model: {served_name}` with "
+        f"`base_model: {bot_base_model}` in the component's config (gpt3_fallback.yml: `intent_model` or "
+        f"`response_model`, and `base_model`)"
     )

@@ -157,7 +157,8 @@ def export_adapter(meta: Dict[str, Any], arrays: Dict[str, np.ndarray], out_dir:
     base = serving_name(meta["base_model"])
     files = write_adapter(AdapterWeights(config=meta["adapter_config"], tensors=arrays), out_dir, base_model_name=base)
     rank = int((meta.get("lora") or {}).get("rank") or meta["adapter_config"].get("r") or 16)
-    return ExportedAdapter(files=files, base_model=base, instructions=vllm_instructions(base, model_id, out_dir, rank))
+    instructions = vllm_instructions(base, model_id, out_dir, rank, bot_base_model=meta["base_model"])
+    return ExportedAdapter(files=files, base_model=base, instructions=instructions)
 
 
 ENGINE = EngineKind(name=NAME, describe=describe, train=train, load=load)

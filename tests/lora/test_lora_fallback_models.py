@@ -1,0 +1,70 @@
+"""The fallback action's models when the project's registry does not know them (a model served by vLLM, say): the
+configured base model, else an `ft:` id's own, decides the intent labels and the record format."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from tests.conftest import FINANCIAL_DEMO
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """financial-demo without a registry (gpt3_models.yml): every model the action is given is unknown to it."""
+    path = tmp_path_factory.mktemp("bot") / "financial-demo"
+    shutil.copytree(FINANCIAL_DEMO, path)
+    return path
+
+
+def _models(project, monkeypatch, **settings):
+    from rasa_gpt3.actions.fallback_config import FallbackConfig
+    from rasa_gpt3.actions.models import ModelLoader
+
+    # a remote backend, as vLLM is; nothing listens there, so the shutdown-date lookup fails at once
+    monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.delenv("RASA_GPT3_LOCAL", raising=False)
+    return ModelLoader(project, FallbackConfig(extract_entities=False, **settings)).models()
+
+
+def _labels(project, base_model):
+    from rasa_gpt3.data.export import export_task
+    from rasa_gpt3.data.project import load_project
+
+    return export_task("intent", load_project(project).nlu, base_model=base_model, validate=False).codec.labels
+
+
+def test_an_unregistered_intent_model_is_read_with_the_labels_of_its_configured_base_model(
+    project, tiny_base, monkeypatch
+):
+    tiny_labels = _labels(project, str(tiny_base.path))
+    default_labels = _labels(project, None)
+    assert tiny_labels != default_labels  # the two tokenizers split some intent names differently
+
+    served = _models(project, monkeypatch, intent_model="financial-demo-intent", base_model=str(tiny_base.path))
+    assert served.intent.model == "financial-demo-intent"
+    assert dict(served.intent.labels) == dict(tiny_labels) and served.intent.fmt == "chat"
+    # without it the action reads the model's answers with gpt-4o-mini's labels, as before
+    unconfigured = _models(project, monkeypatch, intent_model="financial-demo-intent")
+    assert dict(unconfigured.intent.labels) == dict(default_labels)
+
+
+def test_an_unregistered_fine_tuned_id_is_served_in_its_base_models_format(project, monkeypatch):
+    model = "ft:babbage-002:acme::abc123"
+    served = _models(project, monkeypatch, intent_model=model, response_model=model)
+    assert served.intent.fmt == "completion" and dict(served.intent.labels) == dict(_labels(project, "babbage-002"))
+    assert served.response == (model, "completion")
+
+
+def test_only_a_known_base_models_shutdown_date_drops_an_unregistered_model(project, monkeypatch):
+    from rasa_gpt3.data.base_models import ENV_SHUTDOWN_DATES
+
+    monkeypatch.setenv(ENV_SHUTDOWN_DATES, "gpt-4o-mini-2024-07-18=2020-01-01")
+    # a name without a base (a model served by vLLM) is read with gpt-4o-mini's labels, but is not gpt-4o-mini's
+    served = _models(project, monkeypatch, intent_model="financial-demo-intent")
+    assert served.intent is not None and served.intent.model == "financial-demo-intent"
+    # a fine-tuned id names its base, whose shutdown date has passed: the action does without it
+    retired = _models(project, monkeypatch, intent_model="ft:gpt-4o-mini-2024-07-18:acme::abc123")
+    assert retired.intent is None
