@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, NamedTuple, Optional, Tuple
 
@@ -198,10 +198,8 @@ class ModelLoader:
                 choice.model,
                 task,
             )
-        served = TaskModel.from_export(exported, choice.model, backend, self._project().nlu)
-        # an unregistered model without a known base was exported for the default base model, a guess at its
-        # labels: no provider's shutdown date follows from that guess (a model served by vLLM would be dropped)
-        return served if choice.registered or choice.base_model else replace(served, base_model=None)
+        base_known = choice.registered or bool(choice.base_model)
+        return TaskModel.from_export(exported, choice.model, backend, self._project().nlu, base_known=base_known)
 
     @staticmethod
     def _prepare_sdk(settings: Settings) -> None:

@@ -87,10 +87,15 @@ class TaskModel:
     groups: List[str] = field(default_factory=list)
 
     @classmethod
-    def from_export(cls, exported: Any, model: str, backend: str, training_data: Any = None) -> TaskModel:
+    def from_export(
+        cls, exported: Any, model: str, backend: str, training_data: Any = None, *, base_known: bool = True
+    ) -> TaskModel:
         """The model `model` on `backend` serving `exported` (an ExportedTask).
 
         For the entities task, `training_data` gives the entity types, roles and groups the model may name.
+        `base_known=False`: `exported` was made for the default base model, a guess at a model neither the registry
+        nor the config describes (one served by vLLM, say); the guess gives its labels, not a base model whose
+        provider's shutdown date would apply to it.
         """
         known: Dict[str, Any] = {}
         if exported.task == "entities" and training_data is not None:
@@ -104,7 +109,7 @@ class TaskModel:
             model=model,
             backend=backend,
             fmt=exported.fmt,
-            base_model=exported.base_model.name,
+            base_model=exported.base_model.name if base_known else None,
             fingerprint=exported.fingerprint,
             codec=exported.codec.to_json() if exported.codec is not None else None,
             **known,
@@ -146,9 +151,12 @@ def fingerprint_addon(task: str, config: Dict[str, Any]) -> str:
     except RasaGPT3Error:
         active = "unreadable"  # train() reports the broken registry with its own message
     # entering the last 60 days or passing the shutdown date retrains the component, so `rasa train` says so
-    base = (entry.base_model if entry is not None else None) or configured_base_model(config) or "gpt-4o-mini"
+    # an explicit `model` without a known base (one served by vLLM, say) follows no provider's schedule
+    base = (entry.base_model if entry is not None else None) or configured_base_model(config)
+    if base is None and not config.get("model"):
+        base = "gpt-4o-mini"  # what the registry's model will be fine-tuned from
     try:
-        shutdown = schedule_state(base, settings.backend_name)
+        shutdown = schedule_state(base, settings.backend_name) if base else [None, None]
     except RasaGPT3Error:
         shutdown = "unreadable"  # train() reports the malformed RASA_GPT3_SHUTDOWN_DATES
     return json.dumps(
@@ -196,10 +204,17 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
     from rasa_gpt3.registry import Registry
 
     settings = settings_from_config(config)
-    exported = export_task(task, training_data, fmt=config.get("format"), base_model=configured_base_model(config))
     backend = settings.backend_name
     explicit = config.get("model")
     registry = Registry.load(settings.registry_path)
+    # an explicit model's base: the config's, else the registry's entry for it, else an `ft:` id's own; none known
+    # (a model served by vLLM, say): the default base model's labels are a guess, see TaskModel.from_export
+    base_model = configured_base_model(config)
+    if base_model is None and explicit:
+        known = registry.find(task, backend, model=str(explicit))
+        base_model = known.base_model if known is not None else None
+    exported = export_task(task, training_data, fmt=config.get("format"), base_model=base_model)
+    base_known = not explicit or base_model is not None
 
     if explicit:
         resolved = registry.resolve(task, backend, exported.fingerprint, explicit=str(explicit))
@@ -237,7 +252,7 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
             )
     if not model:
         raise GPT3ComponentError(f"{name}: the fine-tune finished without a model id; see `rasa-gpt3 list`")
-    return TaskModel.from_export(exported, model, backend, training_data)
+    return TaskModel.from_export(exported, model, backend, training_data, base_known=base_known)
 
 
 def _fine_tune_now(

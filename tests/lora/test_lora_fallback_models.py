@@ -68,3 +68,32 @@ def test_only_a_known_base_models_shutdown_date_drops_an_unregistered_model(proj
     # a fine-tuned id names its base, whose shutdown date has passed: the action does without it
     retired = _models(project, monkeypatch, intent_model="ft:gpt-4o-mini-2024-07-18:acme::abc123")
     assert retired.intent is None
+
+
+def test_the_nlu_components_read_an_explicit_model_the_same_way(project, tiny_base, monkeypatch):
+    import json
+
+    from rasa_gpt3.data.base_models import ENV_SHUTDOWN_DATES
+    from rasa_gpt3.data.project import load_project
+    from rasa_gpt3.nlu.task_model import fingerprint_addon, obtain_task_model
+
+    monkeypatch.setenv("OPENAI_API_KEY", "EMPTY")
+    monkeypatch.setenv("OPENAI_BASE_URL", "http://127.0.0.1:9/v1")
+    monkeypatch.delenv("RASA_GPT3_LOCAL", raising=False)
+    monkeypatch.setenv(ENV_SHUTDOWN_DATES, "gpt-4o-mini-2024-07-18=2020-01-01")
+    nlu = load_project(project).nlu
+
+    def obtain(**config):
+        return obtain_task_model("intent", nlu, {"project": str(project), **config}, "GPT3IntentClassifier")
+
+    served = obtain(model="financial-demo-intent", base_model=str(tiny_base.path))
+    assert served.base_model == str(tiny_base.path) and dict(served.codec["labels"]) == dict(
+        _labels(project, str(tiny_base.path))
+    )
+    # no base known: gpt-4o-mini's labels as a guess, but not its shutdown date (nor a retrain when it nears)
+    guessed = obtain(model="financial-demo-intent")
+    assert guessed.base_model is None and dict(guessed.codec["labels"]) == dict(_labels(project, None))
+    assert json.loads(fingerprint_addon("intent", {"project": str(project), "model": "financial-demo-intent"}))[
+        "shutdown"
+    ] == [None, None]
+    assert obtain(model="ft:gpt-4o-mini-2024-07-18:acme::abc123").base_model == "gpt-4o-mini-2024-07-18"
