@@ -98,6 +98,18 @@ def test_stop_sequence_cuts_the_text_like_openai(host):
     assert len(cut.tokens) == len(cut.logprobs) == len(cut.top)
 
 
+def test_a_character_split_across_tokens_comes_out_whole(host, tiny_tokenizer):
+    text = "pay 5 € to the café"
+    ids = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    # the tokenizer never saw these characters: each is two or three byte tokens, so a prefix can end inside one
+    assert any(tiny_tokenizer.decode(ids[:end]).endswith("\ufffd") for end in range(1, len(ids)))
+    anchor = host.tokenizer(prompts.SEPARATOR, add_special_tokens=False)["input_ids"][-3:]
+    answers = [host.answer_text(anchor, ids[:end]) for end in range(1, len(ids) + 1)]
+    assert answers[-1] == text and not any("\ufffd" in answer for answer in answers)
+    # every step's text extends the one before, so the pieces a generation reports add up to the whole text
+    assert all(longer.startswith(shorter) for shorter, longer in zip(answers, answers[1:]))
+
+
 def test_concurrent_requests_on_two_adapters_get_their_own_answers(host, trained):
     result, _, _ = trained
     adapters = [result.path, result.checkpoints[0].path]

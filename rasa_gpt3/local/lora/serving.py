@@ -31,6 +31,8 @@ MAX_TOP_LOGPROBS = 20
 # tokens decoded before a piece so that its text is what it adds in context (SentencePiece drops a leading space
 # of a sequence's first token; byte-level pieces may complete a character begun before)
 CONTEXT_TOKENS = 3
+# what a byte-level tokenizer decodes an incomplete UTF-8 sequence to (U+FFFD)
+INCOMPLETE_CHARACTER = "\ufffd"
 DEFAULT_MAX_ADAPTERS = 8
 
 
@@ -169,6 +171,16 @@ class AdapterHost:
             for token, after in zip(candidates, afters)
         ]
 
+    def answer_text(self, anchor: List[int], generated: List[int]) -> Optional[str]:
+        """The text `generated` reads as after the prompt's last tokens `anchor`, without a trailing incomplete
+        UTF-8 sequence (it stays back until its last byte comes, as vLLM's detokenizer does); None when decoding
+        after the anchor does not extend the anchor's own text."""
+        before = self.tokenizer.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        after = self.tokenizer.decode(anchor + generated, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        if not after.startswith(before):
+            return None
+        return after[len(before) :].rstrip(INCOMPLETE_CHARACTER)
+
     # ------------------------------------------------------------------ generation
 
     def generate(
@@ -239,7 +251,8 @@ class AdapterHost:
                     best = torch.topk(distribution, min(top_n, distribution.shape[-1]))
                     candidates = [token] + [int(i) for i in best.indices]
                     texts = self._pieces(context, candidates)
-                    piece = texts[0]
+                    answer = self.answer_text(ids[-CONTEXT_TOKENS:], generated)
+                    piece = answer[len(text) :] if answer is not None and answer.startswith(text) else texts[0]
                     top = [(texts[1 + n], float(value)) for n, value in enumerate(best.values)]
                     pieces.append(piece)
                     logprobs.append(float(distribution[token]))
