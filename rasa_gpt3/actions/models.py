@@ -24,7 +24,7 @@ from rasa_gpt3.errors import first_line
 from rasa_gpt3.inference.calls import BoundedCaller, CallPolicy, caller_for
 from rasa_gpt3.inference.entities import EntityModel
 from rasa_gpt3.inference.intents import IntentModel
-from rasa_gpt3.nlu.task_model import TaskModel, configured_base_model
+from rasa_gpt3.nlu.task_model import TaskModel, configured_base_model, guessed_labels_warning
 from rasa_gpt3.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -179,6 +179,9 @@ class ModelLoader:
             # intent labels and its format the records, as for the NLU components' `model` and `base_model`
             base_model = configured_base_model({"base_model": self.config.base_model, "model": explicit})
             fmt, _ = resolve_format_and_model(self.config.format, base_model)
+            if base_model is None and task == "intent":
+                warning = guessed_labels_warning(str(explicit), "gpt3_fallback.yml")
+                self._warn_once(f"guessed-labels-{explicit}", "action_gpt3_fallback: %s", warning)
             return ModelChoice(str(explicit), fmt, base_model, None, registered=False)
         fmt = entry.format or self.config.format or prompts.FORMATS[0]
         return ModelChoice(entry.model, fmt, entry.base_model, entry.fingerprint)

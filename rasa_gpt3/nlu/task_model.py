@@ -171,6 +171,15 @@ def fingerprint_addon(task: str, config: Dict[str, Any]) -> str:
     )
 
 
+def guessed_labels_warning(model: str, where: str) -> str:
+    """The one line logged when an intent model's base model is unknown, so its labels are gpt-4o-mini's guess."""
+    return (
+        f"intent model {model} is not in the registry and {where} names no base_model: its answers are read with "
+        "gpt-4o-mini's intent labels; if it was fine-tuned from another model (served by vLLM, say), set base_model "
+        "to that model (hf:ORG/NAME or its directory)"
+    )
+
+
 def configured_base_model(config: Dict[str, Any]) -> Optional[str]:
     """The config's `base_model`, else the base of its `model` when that is a fine-tuned id (`ft:<base>:...`)."""
     if config.get("base_model"):
@@ -215,6 +224,8 @@ def _obtain(task: str, training_data: Any, config: Dict[str, Any], name: str) ->
         base_model = known.base_model if known is not None else None
     exported = export_task(task, training_data, fmt=config.get("format"), base_model=base_model)
     base_known = not explicit or base_model is not None
+    if not base_known and task == "intent":
+        logger.warning("%s: %s", name, guessed_labels_warning(str(explicit), "the component's config"))
 
     if explicit:
         resolved = registry.resolve(task, backend, exported.fingerprint, explicit=str(explicit))

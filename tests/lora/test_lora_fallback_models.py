@@ -37,7 +37,7 @@ def _labels(project, base_model):
 
 
 def test_an_unregistered_intent_model_is_read_with_the_labels_of_its_configured_base_model(
-    project, tiny_base, monkeypatch
+    project, tiny_base, monkeypatch, caplog
 ):
     tiny_labels = _labels(project, str(tiny_base.path))
     default_labels = _labels(project, None)
@@ -46,9 +46,12 @@ def test_an_unregistered_intent_model_is_read_with_the_labels_of_its_configured_
     served = _models(project, monkeypatch, intent_model="financial-demo-intent", base_model=str(tiny_base.path))
     assert served.intent.model == "financial-demo-intent"
     assert dict(served.intent.labels) == dict(tiny_labels) and served.intent.fmt == "chat"
-    # without it the action reads the model's answers with gpt-4o-mini's labels, as before
+    assert "names no base_model" not in caplog.text
+    # without it the action reads the model's answers with gpt-4o-mini's labels, as before, and says so
     unconfigured = _models(project, monkeypatch, intent_model="financial-demo-intent")
     assert dict(unconfigured.intent.labels) == dict(default_labels)
+    (warning,) = [r.getMessage() for r in caplog.records if "names no base_model" in r.getMessage()]
+    assert "financial-demo-intent" in warning and "gpt3_fallback.yml" in warning and "\n" not in warning
 
 
 def test_an_unregistered_fine_tuned_id_is_served_in_its_base_models_format(project, monkeypatch):
@@ -70,7 +73,7 @@ def test_only_a_known_base_models_shutdown_date_drops_an_unregistered_model(proj
     assert retired.intent is None
 
 
-def test_the_nlu_components_read_an_explicit_model_the_same_way(project, tiny_base, monkeypatch):
+def test_the_nlu_components_read_an_explicit_model_the_same_way(project, tiny_base, monkeypatch, caplog):
     import json
 
     from rasa_gpt3.data.base_models import ENV_SHUTDOWN_DATES
@@ -91,8 +94,10 @@ def test_the_nlu_components_read_an_explicit_model_the_same_way(project, tiny_ba
         _labels(project, str(tiny_base.path))
     )
     # no base known: gpt-4o-mini's labels as a guess, but not its shutdown date (nor a retrain when it nears)
+    assert "names no base_model" not in caplog.text
     guessed = obtain(model="financial-demo-intent")
     assert guessed.base_model is None and dict(guessed.codec["labels"]) == dict(_labels(project, None))
+    assert "GPT3IntentClassifier: intent model financial-demo-intent is not in the registry" in caplog.text
     assert json.loads(fingerprint_addon("intent", {"project": str(project), "model": "financial-demo-intent"}))[
         "shutdown"
     ] == [None, None]
