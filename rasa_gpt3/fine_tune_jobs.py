@@ -1,4 +1,5 @@
-"""What a fine-tuning job says about its model: the metadata rasa_gpt3 stores with it, its epochs and metrics.
+"""What a fine-tuning job says about its model: the metadata rasa_gpt3 stores with it (the fine-tune's idempotency
+key among it), its epochs and metrics.
 
 Read by the fine-tune lifecycle (`finetune`) and by the registry's verbs (`registry`), which describe a model from
 the job that made it and check that the backend still serves it. The SDK (`rasa_gpt3.client`) is imported inside
@@ -7,11 +8,14 @@ the functions that call the API: it takes seconds to import, and reading the reg
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from typing import Any, Dict, Optional
 
 from rasa_gpt3.errors import BackendError, RasaGPT3Error
 from rasa_gpt3.progress import JobProgress, apply_event
+from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
 
 # the fine-tune lifecycle's log, which `rasa-gpt3 fine-tune` shows on stderr
 logger = logging.getLogger("rasa_gpt3.finetune")
@@ -27,6 +31,42 @@ META_FORMAT = "format"
 
 # how many jobs to look through for a matching one when the server ignores a filter
 JOB_SCAN_LIMIT = 500
+DEFAULT_SEED = 42
+
+
+def idempotency_key(
+    fingerprint: str,
+    task: str,
+    base_model: str,
+    hyperparameters: Dict[str, Any],
+    seed: int = DEFAULT_SEED,
+    lora: Optional[Dict[str, str]] = None,
+) -> str:
+    """The fine-tune's identity: the same data, task, base model, hyperparameters, seed and LoRA settings give the
+    same key (no LoRA settings: the key an earlier version gave, so its models are still reused)."""
+    identity: Dict[str, Any] = {
+        "fingerprint": fingerprint,
+        "task": task,
+        "base_model": base_model,
+        "hyperparameters": hyperparameters,
+        "seed": seed,
+    }
+    if lora:
+        identity["lora"] = lora
+    payload = json.dumps(identity, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+
+
+def job_metadata(exported: Any, project_name: str, key: str) -> Dict[str, str]:
+    """The metadata stored with a job: enough to find it again and to register its model later."""
+    return {
+        META_KEY: key,
+        META_PROJECT: project_name[:512],
+        META_TASK: exported.task,
+        META_FINGERPRINT: exported.fingerprint,
+        META_PROMPT_FORMAT: PROMPT_FORMAT_VERSION,
+        META_FORMAT: exported.fmt,
+    }
 
 
 def job_epochs(job: Any) -> Optional[int]:

@@ -23,7 +23,6 @@ Decisions worth knowing:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import re
 import time
@@ -34,21 +33,19 @@ from rasa_gpt3.client import SDK_ERRORS, api_errors, classify_api_error, make_cl
 from rasa_gpt3.data.base_models import BaseModel, check_epochs, default_epochs
 from rasa_gpt3.errors import BackendError, BudgetError, DataError
 from rasa_gpt3.fine_tune_jobs import (
+    DEFAULT_SEED,
     JOB_SCAN_LIMIT,
-    META_FINGERPRINT,
-    META_FORMAT,
     META_KEY,
     META_PROJECT,
-    META_PROMPT_FORMAT,
-    META_TASK,
     fetch_results,
+    idempotency_key,
     job_epochs,
+    job_metadata,
     job_metrics,
     model_exists,
 )
 from rasa_gpt3.model_lifecycle import fine_tune_refusal
 from rasa_gpt3.progress import JobProgress, ProgressReporter, apply_event
-from rasa_gpt3.prompts import PROMPT_FORMAT_VERSION
 from rasa_gpt3.registry import Registry, RegistryEntry, register_job
 from rasa_gpt3.settings import Settings
 
@@ -57,7 +54,6 @@ logger = logging.getLogger(__name__)
 RUNNING_STATUSES = ("validating_files", "queued", "running", "pausing", "paused")
 FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
 FILE_PURPOSE = "fine-tune"
-DEFAULT_SEED = 42
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -171,29 +167,6 @@ def supervised_hyperparameters(
     }
 
 
-def idempotency_key(
-    fingerprint: str,
-    task: str,
-    base_model: str,
-    hyperparameters: Dict[str, Any],
-    seed: int = DEFAULT_SEED,
-    lora: Optional[Dict[str, str]] = None,
-) -> str:
-    """The fine-tune's identity: the same data, task, base model, hyperparameters, seed and LoRA settings give the
-    same key (no LoRA settings: the key an earlier version gave, so its models are still reused)."""
-    identity: Dict[str, Any] = {
-        "fingerprint": fingerprint,
-        "task": task,
-        "base_model": base_model,
-        "hyperparameters": hyperparameters,
-        "seed": seed,
-    }
-    if lora:
-        identity["lora"] = lora
-    payload = json.dumps(identity, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
-
-
 def upload_filename(task: str, kind: str, content: bytes) -> str:
     """The name an upload gets; it embeds the content hash, which is how an identical upload is found again."""
     return f"rasa-gpt3-{task}-{kind}-{hashlib.sha256(content).hexdigest()[:16]}.jsonl"
@@ -203,18 +176,6 @@ def default_suffix(project_name: str) -> str:
     """A model-name suffix from the project name (lowercase letters, digits and dashes, at most 40 characters)."""
     cleaned = re.sub(r"[^a-z0-9-]+", "-", project_name.lower()).strip("-")
     return cleaned[:40].rstrip("-") or "rasa-gpt3"
-
-
-def job_metadata(exported: Any, project_name: str, key: str) -> Dict[str, str]:
-    """The metadata stored with a job: enough to find it again and to register its model later."""
-    return {
-        META_KEY: key,
-        META_PROJECT: project_name[:512],
-        META_TASK: exported.task,
-        META_FINGERPRINT: exported.fingerprint,
-        META_PROMPT_FORMAT: PROMPT_FORMAT_VERSION,
-        META_FORMAT: exported.fmt,
-    }
 
 
 def failure_message(job: Any) -> str:

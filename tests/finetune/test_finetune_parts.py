@@ -15,19 +15,20 @@ HP = finetune.supervised_hyperparameters(3)
 
 
 def test_idempotency_key_is_stable_and_changes_with_every_input():
-    key = finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP)
-    assert key == finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", dict(reversed(list(HP.items()))))
+    key_of = fine_tune_jobs.idempotency_key
+    key = key_of("fp", "intent", "gpt-4o-mini-2024-07-18", HP)
+    assert key == key_of("fp", "intent", "gpt-4o-mini-2024-07-18", dict(reversed(list(HP.items()))))
     others = {
-        finetune.idempotency_key("fp2", "intent", "gpt-4o-mini-2024-07-18", HP),
-        finetune.idempotency_key("fp", "entities", "gpt-4o-mini-2024-07-18", HP),
-        finetune.idempotency_key("fp", "intent", "babbage-002", HP),
-        finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", finetune.supervised_hyperparameters(4)),
-        finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, seed=7),
-        finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, lora={"lora_rank": "8"}),
+        key_of("fp2", "intent", "gpt-4o-mini-2024-07-18", HP),
+        key_of("fp", "entities", "gpt-4o-mini-2024-07-18", HP),
+        key_of("fp", "intent", "babbage-002", HP),
+        key_of("fp", "intent", "gpt-4o-mini-2024-07-18", finetune.supervised_hyperparameters(4)),
+        key_of("fp", "intent", "gpt-4o-mini-2024-07-18", HP, seed=7),
+        key_of("fp", "intent", "gpt-4o-mini-2024-07-18", HP, lora={"lora_rank": "8"}),
     }
     assert key not in others and len(others) == 6
     # no LoRA settings is the key without them: models fine-tuned before `--lora` existed are still reused
-    assert finetune.idempotency_key("fp", "intent", "gpt-4o-mini-2024-07-18", HP, lora={}) == key
+    assert key_of("fp", "intent", "gpt-4o-mini-2024-07-18", HP, lora={}) == key
 
 
 def test_cost_estimate_counts_tokens_times_epochs_at_the_table_price():
