@@ -307,12 +307,7 @@ class MiniLMEncoder:
         order = sorted(range(len(texts)), key=lambda i: len(tokenized[i]))
         for start in range(0, len(order), self.batch_size):
             chunk = order[start : start + self.batch_size]
-            length = max(len(tokenized[i]) for i in chunk)
-            ids = np.zeros((len(chunk), length), dtype=np.int64)
-            mask = np.zeros((len(chunk), length), dtype=bool)
-            for row, i in enumerate(chunk):
-                ids[row, : len(tokenized[i])] = tokenized[i]
-                mask[row, : len(tokenized[i])] = True
+            ids, mask = padded_batch([tokenized[i] for i in chunk])
             if len(chunk) == 1:
                 # one sentence's matrices are too small to share between BLAS threads: one thread used 25% less
                 # CPU and 40% less wall time per live request on the loaded 2-core machine
@@ -322,6 +317,17 @@ class MiniLMEncoder:
                 output[chunk] = self._forward(ids, mask)
         norms = np.linalg.norm(output, axis=1, keepdims=True)
         return output / np.maximum(norms, 1e-12)
+
+
+def padded_batch(token_ids: Sequence[Sequence[int]]) -> Tuple[np.ndarray, np.ndarray]:
+    """Token id lists as one zero-padded (rows, longest) id matrix and the mask of the real tokens."""
+    length = max(len(row) for row in token_ids)
+    ids = np.zeros((len(token_ids), length), dtype=np.int64)
+    mask = np.zeros((len(token_ids), length), dtype=bool)
+    for row, row_ids in enumerate(token_ids):
+        ids[row, : len(row_ids)] = row_ids
+        mask[row, : len(row_ids)] = True
+    return ids, mask
 
 
 @functools.lru_cache(maxsize=1)

@@ -15,7 +15,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from rasa_gpt3.local.minilm import DIMENSION, MiniLMEncoder, _layer_norm
+from rasa_gpt3.local.minilm import DIMENSION, MiniLMEncoder, _layer_norm, padded_batch
 
 TUNED_PREFIX = "minilm_"
 EPOCHS = 3
@@ -109,13 +109,8 @@ def tune_layers(
             if should_stop is not None and should_stop():
                 raise TrainingCancelled()
             chunk = order[start : start + BATCH_SIZE]
-            length = max(len(tokens[i]) for i in chunk)
-            ids = np.zeros((len(chunk), length), dtype=np.int64)
-            mask = np.zeros((len(chunk), length), dtype=bool)
-            for row, i in enumerate(chunk):
-                ids[row, : len(tokens[i])] = tokens[i]
-                mask[row, : len(tokens[i])] = True
+            ids, mask = padded_batch([tokens[i] for i in chunk])
             # the embedding layer stays frozen: its output is computed in numpy
-            embedded = _layer_norm(encoder.word[ids] + encoder.position[:length], *encoder.embedding_norm)
+            embedded = _layer_norm(encoder.word[ids] + encoder.position[: ids.shape[1]], *encoder.embedding_norm)
             step(tf.constant(embedded, tf.float32), tf.constant(mask), tf.constant(targets[chunk]))
     return layers_to_arrays([[variable.numpy() for variable in layer] for layer in layers])
