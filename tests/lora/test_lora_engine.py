@@ -44,14 +44,18 @@ def test_fine_tune_and_serve_financial_demo_through_the_sdk(local_backend, with_
     train, valid = tiny_records
     client = local_backend.client
     validation_file = local_backend.upload_records(valid, "valid.jsonl")
-    job = local_backend.fine_tune(
-        train,
-        model=str(tiny_base.path),
-        timeout=600,
-        seed=7,
-        hyperparameters=HYPERPARAMETERS,
-        validation_file=validation_file,
-    )
+
+    def fine_tune():
+        return local_backend.fine_tune(
+            train,
+            model=str(tiny_base.path),
+            timeout=600,
+            seed=7,
+            hyperparameters=HYPERPARAMETERS,
+            validation_file=validation_file,
+        )
+
+    job = fine_tune()
     assert job.status == "succeeded", job.error
     assert job.model == str(tiny_base.path) and job.fine_tuned_model.startswith(f"ft:{tiny_base.path.name}:local:")
     events = list(client.fine_tuning.jobs.list_events(job.id, limit=1000))
@@ -85,14 +89,7 @@ def test_fine_tune_and_serve_financial_demo_through_the_sdk(local_backend, with_
     assert full.usage.prompt_tokens > 10 and full.usage.completion_tokens >= 1
 
     # the same seed on the same data: the same model, so the same answers and probabilities
-    again = local_backend.fine_tune(
-        train,
-        model=str(tiny_base.path),
-        timeout=600,
-        seed=7,
-        hyperparameters=HYPERPARAMETERS,
-        validation_file=validation_file,
-    )
+    again = fine_tune()
     assert again.status == "succeeded", again.error
     for text in ("hi", "show my transactions", "I want to pay my credit card"):
         asked = [
